@@ -101,6 +101,85 @@ def _cmd_preview(args) -> int:
     return 0
 
 
+def _add_ingest(sub) -> None:
+    p = sub.add_parser(
+        "ingest",
+        help="decode and preprocess an archive into Parquet shards with Ray Data",
+        description="List SRC (folder, zip/tar archive, folder of archives, s3://... prefix), label it "
+        "by its layout (TEKNOFEST, class folders, unlabelled), split by patient, then decode and "
+        "preprocess in parallel with Ray Data into OUT/shards/*.parquet, OUT/quarantine.parquet and "
+        "OUT/card.json. Re-running continues an interrupted ingest and never duplicates rows. Uses "
+        "the cluster at $RAY_ADDRESS when set, else a local Ray.",
+    )
+    p.add_argument("src", help="input folder, archive or URL")
+    p.add_argument("out", help="output folder or URL")
+    p.add_argument("--labels", help="labels CSV (columns path, label, lesion, patient; see --labels-*-col)")
+    p.add_argument("--labels-path-col", default="path", help="path column of the labels CSV")
+    p.add_argument("--labels-label-col", default="label", help="label column (0/1, normal/stroke, ich/no_ich, ...)")
+    p.add_argument("--labels-lesion-col", default="lesion", help="lesion column (0/1/2)")
+    p.add_argument("--labels-patient-col", default="patient", help="patient column (the split group)")
+    p.add_argument("--split", default="0.7,0.15,0.15", help="train,val,test ratios (default 0.7,0.15,0.15)")
+    p.add_argument("--split-mode", choices=("hash", "stratified"), default="hash",
+                   help="hash: stable when files are added; stratified: exact class balance per split")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the split hash")
+    p.add_argument("--ignore-layout-splits", action="store_true", help="split anew even if the layout has Training/Test folders")
+    p.add_argument("--files-per-chunk", type=int, default=1000, help="files per resumable chunk (default 1000)")
+    p.add_argument("--files-per-task", type=int, default=128,
+                   help="files one Ray task decodes and writes as one shard (default 128, ~17 MB)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--overwrite", action="store_true", help="discard an OUT made with other inputs or settings")
+    p.set_defaults(func=_cmd_ingest)
+
+
+def _cmd_ingest(args) -> int:
+    from strokeray.datasets.layouts import LabelsTable
+    from strokeray.datasets.splits import SplitConfig
+    from strokeray.stages.ingest import IngestConfig, run_ingest
+    from strokeray.stages.manifest import ManifestConfig
+
+    ratios = tuple(float(x) for x in args.split.split(","))
+    cfg = IngestConfig(
+        manifest=ManifestConfig(
+            labels=args.labels,
+            labels_table=LabelsTable(args.labels_path_col, args.labels_label_col, args.labels_lesion_col, args.labels_patient_col),
+            split=SplitConfig(ratios=ratios, mode=args.split_mode, seed=args.split_seed,
+                              use_layout_splits=not args.ignore_layout_splits),
+        ),
+        files_per_chunk=args.files_per_chunk,
+        files_per_task=args.files_per_task,
+        num_cpus=args.num_cpus,
+        overwrite=args.overwrite,
+    )
+    s = run_ingest(args.src, args.out, cfg)
+    print(json.dumps(dataclasses.asdict(s)))
+    return 0
+
+
+def _add_benchmark(sub) -> None:
+    p = sub.add_parser(
+        "benchmark",
+        help="measure a stage against its baselines in one run and print the ratios",
+        description="ingest: slices/s of (a) pydicom decode alone, (b) the original study's per-file "
+        "path, (c) strokeray ingest at 1 and 2 CPUs, plus peak RSS at N and 4N slices.",
+    )
+    p.add_argument("which", choices=("ingest",), help="the stage to benchmark")
+    p.add_argument("--workdir", default="runs/benchmark", help="where archives are generated and kept")
+    p.add_argument("--slices", type=int, default=1024, help="synthetic 512x512 slices (default 1024)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS comparison")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=_cmd_benchmark)
+
+
+def _cmd_benchmark(args) -> int:
+    from strokeray.benchmarks.ingest import run_ingest_benchmark
+
+    bench = run_ingest_benchmark(args.workdir, args.slices, memory=not args.no_memory)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(dataclasses.asdict(bench), fh, indent=2)
+    return 0
+
+
 def _add_pipeline(sub) -> None:
     p = sub.add_parser(
         "pipeline",
@@ -129,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"strokeray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_synth, _add_decode, _add_preview, _add_pipeline):
+    for add in (_add_synth, _add_decode, _add_preview, _add_ingest, _add_pipeline, _add_benchmark):
         add(sub)
     return parser
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,9 @@ class BrainMaskConfig:
     # brain is walled in by skull; scalp (~50 %), face and neck are not.
     min_rim_bone: float = 0.6
     min_part_fraction: float = 0.1  # other walled-in parts kept if this big vs the largest
+    # Masks are found at about this pixel size and upsampled: anatomy needs no finer grid, and a
+    # 0.45 mm slice then costs a quarter of the work. The bone cut is redone at full resolution.
+    working_mm: float = 0.9
 
 
 def for_export(cfg: BrainMaskConfig, low: float, high: float) -> BrainMaskConfig:
@@ -68,8 +70,16 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill enclosed holes of a boolean mask."""
-    return ndimage.binary_fill_holes(mask)
+    """Fill enclosed holes of a boolean mask (background 4-connected, as scipy's fill_holes).
+
+    A flood fill of the background from the border: anything it cannot reach is a hole. About
+    ten times faster than scipy.ndimage.binary_fill_holes on a 512x512 slice.
+    """
+    h, w = mask.shape
+    canvas = np.zeros((h + 2, w + 2), np.uint8)
+    canvas[1:-1, 1:-1] = mask
+    cv2.floodFill(canvas, None, (0, 0), 1)
+    return np.asarray(mask, dtype=bool) | (canvas[1:-1, 1:-1] == 0)
 
 
 def head_mask(hu: np.ndarray, cfg: BrainMaskConfig = BrainMaskConfig()) -> np.ndarray:
@@ -77,20 +87,43 @@ def head_mask(hu: np.ndarray, cfg: BrainMaskConfig = BrainMaskConfig()) -> np.nd
     return fill_holes(largest_component(hu > cfg.head_min_hu))
 
 
+def head_and_brain(
+    hu: np.ndarray,
+    spacing_mm: tuple[float, float] | None = None,
+    cfg: BrainMaskConfig = BrainMaskConfig(),
+) -> tuple[np.ndarray, np.ndarray]:
+    """(head, brain) boolean masks at the image's resolution, found on a ~working_mm grid.
+
+    ``spacing_mm`` is (row, column) pixel spacing; when unknown, 0.5 mm is assumed for the
+    morphology sizes only. The brain is all False for slices with no plausible brain.
+    """
+    hu = np.asarray(hu, dtype=np.float32)
+    row_mm, col_mm = spacing_mm if spacing_mm else (0.5, 0.5)
+    factor = max(1, int(cfg.working_mm / max(min(row_mm, col_mm), 1e-3)))
+    h, w = hu.shape
+    small = hu if factor == 1 else cv2.resize(hu, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA)
+    sy, sx = h / small.shape[0], w / small.shape[1]
+    head_s = head_mask(small, cfg)
+    brain_s = _brain_on_grid(small, head_s, (row_mm * sy, col_mm * sx), cfg)
+    if factor == 1:
+        return head_s, brain_s & (hu < cfg.bone_min_hu)
+    head = cv2.resize(head_s.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    brain = cv2.resize(brain_s.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return head, brain & (hu < cfg.bone_min_hu)
+
+
 def brain_mask(
     hu: np.ndarray,
     spacing_mm: tuple[float, float] | None = None,
     cfg: BrainMaskConfig = BrainMaskConfig(),
 ) -> np.ndarray:
-    """Boolean mask of the brain (intracranial soft tissue) with skull, scalp and noise removed.
+    """Boolean mask of the brain (intracranial soft tissue) with skull, scalp and noise removed."""
+    return head_and_brain(hu, spacing_mm, cfg)[1]
 
-    ``spacing_mm`` is (row, column) pixel spacing; when unknown, 0.5 mm is assumed for the
-    morphology sizes only. Returns an all-False mask for slices with no plausible brain.
-    """
-    hu = np.asarray(hu)
-    row_mm, col_mm = spacing_mm if spacing_mm else (0.5, 0.5)
+
+def _brain_on_grid(hu: np.ndarray, head: np.ndarray, spacing: tuple[float, float], cfg: BrainMaskConfig) -> np.ndarray:
+    row_mm, col_mm = spacing
     px_mm = float(np.sqrt(row_mm * col_mm))
-    head = head_mask(hu, cfg)
     tissue = head & (hu >= cfg.tissue_min_hu) & (hu <= cfg.tissue_max_hu)
     opened = cv2.morphologyEx(tissue.astype(np.uint8), cv2.MORPH_OPEN, disk(cfg.opening_mm / px_mm))
     # Partial-volume skull edges (100-150 HU) count as wall too.
@@ -98,8 +131,7 @@ def brain_mask(
     if not brain.any():
         return brain
     # Holes are ventricles at partial volume, calcifications and noise; bone is never brain.
-    brain = fill_holes(brain) & (hu < cfg.bone_min_hu)
-    return brain
+    return fill_holes(brain) & (hu < cfg.bone_min_hu)
 
 
 def walled_in_components(

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from strokeray.imaging.brain_mask import BrainMaskConfig, brain_mask, for_export, head_mask
+from strokeray.imaging.brain_mask import BrainMaskConfig, for_export, head_and_brain
 from strokeray.imaging.geometry import Box, bbox, box_around, resample
 from strokeray.imaging.windows import DEFAULT_WINDOWS, Window, apply_windows
 
@@ -133,8 +133,7 @@ def preprocess(
     if mask is not None and mask.shape != hu.shape:
         raise ValueError(f"mask {mask.shape} and image {hu.shape} differ in shape")
     bcfg = cfg.brain if export_window is None else for_export(cfg.brain, *export_window)
-    head = head_mask(hu, bcfg)
-    brain = brain_mask(hu, spacing_mm or (cfg.assumed_spacing_mm,) * 2, bcfg)
+    head, brain = head_and_brain(hu, spacing_mm or (cfg.assumed_spacing_mm,) * 2, bcfg)
     found = bool(brain.any())
     if mask is not None:
         mask = np.where(head, mask, 0).astype(np.uint8)

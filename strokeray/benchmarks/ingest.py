@@ -1,0 +1,228 @@
+"""Ingest benchmark: slices per second against baselines in the same run, and peak memory.
+
+(a) floor: pydicom decode of the same files alone; (b) the original study's per-file path;
+(c) strokeray ingest (Ray Data, started fresh in a child process) at 1 and 2 CPUs, timed from
+the moment Ray is up; (d) the machine's own ceiling: decode + preprocess in a plain process pool
+of 1 and 2 processes, no Ray and no Parquet, to read the 2-CPU scaling against. Memory: the
+same ingest over N and 4N slices, sampling the driver's RSS and every Ray worker's USS; bounded
+means 4x the data costs under 25 % more.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pydicom
+
+from strokeray.datasets.phantom import PhantomConfig
+from strokeray.datasets.synth import SynthConfig, write_archive
+
+
+@dataclass
+class IngestBenchmark:
+    slices: int
+    machine: str
+    floor_slices_per_s: float = 0.0
+    study_slices_per_s: float = 0.0
+    ingest_1cpu_slices_per_s: float = 0.0
+    ingest_2cpu_slices_per_s: float = 0.0
+    pool_1proc_slices_per_s: float = 0.0  # the per-file work alone in a process pool: the machine's
+    pool_2proc_slices_per_s: float = 0.0  # own scaling ceiling, no Ray, no Parquet
+    ratios: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, dict] = field(default_factory=dict)
+    targets_met: dict[str, bool] = field(default_factory=dict)
+
+
+def machine() -> str:
+    import platform
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}"
+
+
+def make_archive(root: Path, slices: int, seed: int) -> list[str]:
+    """A phantom archive of at least ``slices`` 512x512 DICOM slices; returns the DICOM paths."""
+    per_patient = 8
+    patients = -(-slices // per_patient)
+    cfg = SynthConfig(patients=patients, seed=seed, png=False, overlays=False, masks=False,
+                      phantom=PhantomConfig(slices=per_patient))
+    if not (root / "synth.json").exists():
+        write_archive(str(root), cfg)
+    return sorted(str(p) for p in root.rglob("*.dcm"))
+
+
+def floor(paths: list[str]) -> float:
+    """Slices per second of reading and decoding alone."""
+    t = time.perf_counter()
+    for p in paths:
+        pydicom.dcmread(p).pixel_array  # noqa: B018 - the decode is the point
+    return len(paths) / (time.perf_counter() - t)
+
+
+def study(paths: list[str]) -> float:
+    from strokeray.benchmarks.study_baseline import run_study_baseline
+
+    t = time.perf_counter()
+    n = run_study_baseline(paths)
+    return n / (time.perf_counter() - t)
+
+
+def _decode_and_preprocess(paths: list[str]) -> int:
+    import cv2
+
+    from strokeray.imaging.views import preprocess
+    from strokeray.io.decode import decode_slices
+
+    cv2.setNumThreads(1)
+    for p in paths:
+        with open(p, "rb") as fh:
+            for ct in decode_slices(fh.read(), p):
+                preprocess(ct.hu, ct.spacing_mm)
+    return len(paths)
+
+
+def pool(paths: list[str], processes: int) -> float:
+    """Slices per second of decode + preprocess in a plain process pool (no Ray, no writing)."""
+    from multiprocessing import get_context
+
+    parts = [paths[i :: processes * 8] for i in range(processes * 8)]
+    with get_context("spawn").Pool(processes) as workers:
+        workers.map(_decode_and_preprocess, [paths[:2]] * processes)  # imports, page cache
+        t = time.perf_counter()
+        n = sum(workers.map(_decode_and_preprocess, parts))
+    return n / (time.perf_counter() - t)
+
+
+def _memory_tree(pid: int) -> dict[str, int]:
+    """Driver RSS and, over Ray workers, the largest RSS and the largest USS (private memory).
+
+    A worker's RSS also counts the pages of Ray's shared object store it has touched, which grows
+    with the data streamed through it even when its own memory does not; USS excludes them.
+    """
+    import psutil
+
+    out = {"driver_rss": 0, "worker_rss": 0, "worker_uss": 0}
+    try:
+        root = psutil.Process(pid)
+        out["driver_rss"] = root.memory_info().rss
+        for child in root.children(recursive=True):
+            try:
+                if child.name().startswith("ray::") or "default_worker.py" in " ".join(child.cmdline()):
+                    out["worker_rss"] = max(out["worker_rss"], child.memory_info().rss)
+                    out["worker_uss"] = max(out["worker_uss"], child.memory_full_info().uss)
+            except psutil.Error:
+                continue
+    except psutil.Error:
+        pass
+    return out
+
+
+def run_child(src: str, num_cpus: int, files_per_chunk: int) -> dict:
+    """Ingest ``src`` in a fresh process with its own Ray; returns its timing and peak memory."""
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", "strokeray.benchmarks.ingest", "--child", src, f"{out}/o",
+               str(num_cpus), str(files_per_chunk)]
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        peaks = {"driver_rss": 0, "worker_rss": 0, "worker_uss": 0}
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                for k, v in _memory_tree(proc.pid).items():
+                    peaks[k] = max(peaks[k], v)
+                time.sleep(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        stdout, _ = proc.communicate()
+        stop.set()
+        sampler.join()
+        if proc.returncode != 0:
+            raise RuntimeError(f"ingest child failed ({proc.returncode}): {stdout[-2000:]}")
+        result = json.loads(stdout.strip().splitlines()[-1])
+    result.update({f"{k}_peak_mb": v / 2**20 for k, v in peaks.items()})
+    return result
+
+
+def _child_main(src: str, out: str, num_cpus: int, files_per_chunk: int) -> None:
+    from strokeray.stages.ingest import IngestConfig, run_ingest
+    from strokeray.stages.runtime import ensure_ray
+
+    ensure_ray(num_cpus)
+    t = time.perf_counter()
+    s = run_ingest(src, out, IngestConfig(files_per_chunk=files_per_chunk), log=lambda *_: None)
+    seconds = time.perf_counter() - t
+    print(json.dumps({"slices": s.slices, "seconds": seconds, "slices_per_s": s.slices / seconds}))
+
+
+def run_ingest_benchmark(workdir: str, slices: int = 1024, memory: bool = True, log=print) -> IngestBenchmark:
+    """The whole benchmark; archives are kept in ``workdir`` and reused by later runs."""
+    root = Path(workdir)
+    paths = make_archive(root / "archive", slices, seed=11)
+    n = len(paths)
+    bench = IngestBenchmark(slices=n, machine=machine())
+    log(f"[bench] {n} slices of 512x512 phantom DICOM in {root / 'archive'} on {bench.machine}")
+    floor(paths[:16])  # warm the page cache and imports for everyone
+    bench.floor_slices_per_s = floor(paths)
+    log(f"[bench] (a) floor, pydicom decode alone: {bench.floor_slices_per_s:.1f} slices/s")
+    bench.study_slices_per_s = study(paths)
+    log(f"[bench] (b) original study's per-file path: {bench.study_slices_per_s:.1f} slices/s")
+    for cpus in (1, 2):
+        r = run_child(str(root / "archive"), cpus, files_per_chunk=1000)
+        setattr(bench, f"ingest_{cpus}cpu_slices_per_s", r["slices_per_s"])
+        log(f"[bench] (c) strokeray ingest, {cpus} CPU: {r['slices_per_s']:.1f} slices/s ({r['slices']} slices)")
+    for procs in (1, 2):
+        setattr(bench, f"pool_{procs}proc_slices_per_s", pool(paths, procs))
+    log(
+        f"[bench] (d) ceiling, decode + preprocess in a process pool: 1 process {bench.pool_1proc_slices_per_s:.1f},"
+        f" 2 processes {bench.pool_2proc_slices_per_s:.1f} slices/s"
+    )
+    c1, c2 = bench.ingest_1cpu_slices_per_s, bench.ingest_2cpu_slices_per_s
+    bench.ratios = {
+        "ingest_1cpu_vs_study": c1 / bench.study_slices_per_s,
+        "ingest_1cpu_vs_floor": c1 / bench.floor_slices_per_s,
+        "ingest_2cpu_vs_1cpu": c2 / c1,
+        "pool_2proc_vs_1proc": bench.pool_2proc_slices_per_s / bench.pool_1proc_slices_per_s,
+        "ingest_1cpu_vs_pool_1proc": c1 / bench.pool_1proc_slices_per_s,
+    }
+    bench.targets_met = {
+        "ingest_1cpu_vs_study >= 10": bench.ratios["ingest_1cpu_vs_study"] >= 10,
+        "ingest_1cpu_vs_floor >= 0.5": bench.ratios["ingest_1cpu_vs_floor"] >= 0.5,
+        "ingest_2cpu_vs_1cpu >= 1.7": bench.ratios["ingest_2cpu_vs_1cpu"] >= 1.7,
+    }
+    if memory:
+        small_paths = make_archive(root / "archive-quarter", max(1, n // 4), seed=12)
+        # Chunks of 128 files: memory is bounded by the chunk, whatever the archive size.
+        small = run_child(str(root / "archive-quarter"), 2, files_per_chunk=128)
+        large = run_child(str(root / "archive"), 2, files_per_chunk=128)
+        bench.memory = {"slices": {"small": len(small_paths), "large": n}, "small": small, "large": large}
+        for key in ("driver_rss_peak_mb", "worker_uss_peak_mb", "worker_rss_peak_mb"):
+            growth = large[key] / small[key] - 1.0
+            bench.ratios[f"{key}_growth_4x"] = growth
+            if key != "worker_rss_peak_mb":  # reported, but shared object-store pages inflate it
+                bench.targets_met[f"{key} growth < 25%"] = growth < 0.25
+        log(
+            f"[bench] peak memory {len(small_paths)} -> {n} slices: driver RSS {small['driver_rss_peak_mb']:.0f} -> "
+            f"{large['driver_rss_peak_mb']:.0f} MB, largest worker USS {small['worker_uss_peak_mb']:.0f} -> "
+            f"{large['worker_uss_peak_mb']:.0f} MB (RSS {small['worker_rss_peak_mb']:.0f} -> {large['worker_rss_peak_mb']:.0f} MB)"
+        )
+    for k, v in bench.ratios.items():
+        log(f"[bench] ratio {k}: {v:.2f}")
+    for k, v in bench.targets_met.items():
+        log(f"[bench] target {k}: {'met' if v else 'MISSED'}")
+    return bench
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--child":
+        _child_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    else:
+        sys.exit("usage: python -m strokeray.benchmarks.ingest --child SRC OUT NUM_CPUS FILES_PER_CHUNK")

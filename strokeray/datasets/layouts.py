@@ -1,0 +1,236 @@
+"""Turn a listing into labelled manifest rows: which layout, which class, which mask, which patient.
+
+Layouts, recognised from folder names alone:
+- ``teknofest``: class folders (Non-Stroke/INMEYOK, Ischemic/ISKEMI, Hemorrhagic/KANAMA, any case)
+  holding DICOM/ or PNG/ images and MASK/ or OVERLAY/ annotations, optionally under split
+  folders (Training/Train/Egitim, Validation/Val, Test/Testing). When a slice exists both as
+  DICOM and as PNG, the DICOM (real HU) is used and the PNG dropped.
+- ``class_folders``: images under Normal/ and Stroke/ (or the TEKNOFEST class names) without
+  DICOM/PNG subfolders, as in the CT-ICH Kaggle release.
+- ``unlabelled``: anything else; every object gets label -1.
+
+Patient group keys (for splitting), first rule that applies: the labels CSV's patient column;
+DICOM PatientID (read from the header later, see stages.manifest); the CT-ICH file name rule
+``<patient> (<slice>).jpg``; the phantom/TEKNOFEST rule ``<patient>_<slice>.ext``; else the file
+itself. Keys are pseudonymised like DICOM PatientIDs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from strokeray.datasets.teknofest import ANNOTATION_DIRS, CLASS_NAMES, IMAGE_DIRS
+from strokeray.imaging.overlay import BACKGROUND, HEMORRHAGIC, ISCHEMIC
+from strokeray.io.pseudonym import pseudonym
+from strokeray.io.sources import SourceEntry
+
+UNKNOWN = -1
+SPLIT_NAMES = {
+    "training": "train", "train": "train", "egitim": "train",
+    "validation": "val", "val": "val", "valid": "val", "dogrulama": "val",
+    "test": "test", "testing": "test",
+}
+# Generic class folders of plain layouts: label, lesion.
+PLAIN_CLASSES = {
+    "normal": (0, BACKGROUND), "non-stroke": (0, BACKGROUND), "nonstroke": (0, BACKGROUND),
+    "inmeyok": (0, BACKGROUND), "stroke": (1, UNKNOWN), "inme": (1, UNKNOWN),
+    "ischemic": (1, ISCHEMIC), "iskemi": (1, ISCHEMIC), "hemorrhagic": (1, HEMORRHAGIC), "kanama": (1, HEMORRHAGIC),
+}
+LABEL_WORDS = {
+    "0": 0, "1": 1, "normal": 0, "non-stroke": 0, "stroke": 1, "no_ich": 0, "ich": 1,
+    "false": 0, "true": 1, "no": 0, "yes": 1, "negative": 0, "positive": 1,
+}
+CTICH_NAME = re.compile(r"^(?P<patient>.+?)\s*\((?P<slice>\d+)\)$")
+UNDERSCORE_NAME = re.compile(r"^(?P<patient>\d+)_(?P<slice>\d+)$")
+
+
+@dataclass
+class ManifestRow:
+    """One input object, labelled; ``group`` is a pseudonymous patient key (may be filled later)."""
+
+    uri: str
+    name: str
+    size: int
+    label: int = UNKNOWN  # -1 unknown, 0 non-stroke, 1 stroke
+    lesion: int = UNKNOWN  # -1 unknown, 0 none, 1 ischemic, 2 hemorrhagic
+    mask_uri: str = ""
+    mask_kind: str = ""  # MASK or OVERLAY
+    group: str = ""
+    group_rule: str = ""
+    layout_split: str = ""  # train/val/test from the layout's own folders
+    split: str = ""
+
+
+@dataclass(frozen=True)
+class LabelsTable:
+    """An explicit labels CSV: path relative to the source, optional label, lesion and patient."""
+
+    path_col: str = "path"
+    label_col: str = "label"
+    lesion_col: str = "lesion"
+    patient_col: str = "patient"
+
+
+@dataclass
+class Labelled:
+    layout: str
+    rows: list[ManifestRow]
+    dropped_duplicates: list[str] = field(default_factory=list)  # PNGs shadowed by their DICOM
+
+
+def _parts(name: str) -> list[str]:
+    return [p for p in PurePosixPath(name).parts[:-1]]
+
+
+def detect_layout(names: list[str]) -> str:
+    """teknofest, class_folders or unlabelled, from the folder names of the listing."""
+    teknofest = plain = 0
+    for name in names[:5000]:
+        parts = [p.lower() for p in _parts(name)]
+        upper = [p.upper() for p in _parts(name)]
+        has_class = any(p in CLASS_NAMES for p in parts)
+        if has_class and any(d in upper for d in IMAGE_DIRS + ANNOTATION_DIRS):
+            teknofest += 1
+        elif any(p in PLAIN_CLASSES for p in parts):
+            plain += 1
+    if teknofest and teknofest >= plain:
+        return "teknofest"
+    if plain:
+        return "class_folders"
+    return "unlabelled"
+
+
+def _layout_split(parts: list[str]) -> str:
+    for p in parts:
+        split = SPLIT_NAMES.get(p.lower())
+        if split:
+            return split
+    return ""
+
+
+def _class_of(parts: list[str], table: dict[str, tuple[int, int]]) -> tuple[int, int] | None:
+    for p in reversed(parts):
+        hit = table.get(p.lower())
+        if hit is not None:
+            return hit
+    return None
+
+
+def file_group(name: str) -> tuple[str, str]:
+    """(raw patient key, rule) from a file name, or ("", "") when no rule applies."""
+    stem = PurePosixPath(name).stem
+    for rule, pattern in (("ctich_name", CTICH_NAME), ("underscore_name", UNDERSCORE_NAME)):
+        m = pattern.match(stem)
+        if m:
+            return m.group("patient").strip(), rule
+    return "", ""
+
+
+def _teknofest_class(parts: list[str]) -> tuple[int, int] | None:
+    for p in reversed(parts):
+        cls = CLASS_NAMES.get(p.lower())
+        if cls is not None:
+            return (0 if cls == BACKGROUND else 1), cls
+    return None
+
+
+def label_listing(entries: list[SourceEntry], labels_csv: bytes | None = None, table: LabelsTable = LabelsTable()) -> Labelled:
+    """Manifest rows for a listing: layout labels, masks, file-name patient keys, CSV overrides."""
+    names = [e.name for e in entries]
+    layout = detect_layout(names)
+    by_name = {e.name: e for e in entries}
+    rows: list[ManifestRow] = []
+    dropped: list[str] = []
+    for e in entries:
+        parts = _parts(e.name)
+        upper = [p.upper() for p in parts]
+        row = ManifestRow(uri=e.uri, name=e.name, size=e.size, layout_split=_layout_split(parts))
+        if layout == "teknofest":
+            if any(d in upper for d in ANNOTATION_DIRS):
+                continue  # annotations are attached to their images below
+            cls = _teknofest_class(parts)
+            if cls is not None:
+                row.label, row.lesion = cls
+            p = PurePosixPath(e.name)
+            if p.parent.name.upper() == "PNG" and _sibling(p, "DICOM", by_name) is not None:
+                dropped.append(e.name)  # the DICOM twin carries real HU
+                continue
+            if row.lesion in (ISCHEMIC, HEMORRHAGIC):
+                for kind in ANNOTATION_DIRS:
+                    candidate = _sibling(p, kind, by_name)
+                    if candidate is not None:
+                        row.mask_uri, row.mask_kind = candidate.uri, kind
+                        break
+        elif layout == "class_folders":
+            cls = _class_of(parts, PLAIN_CLASSES)
+            if cls is not None:
+                row.label, row.lesion = cls
+        raw, rule = file_group(e.name)
+        if raw:
+            row.group, row.group_rule = pseudonym(raw, "patient"), rule
+        rows.append(row)
+    if labels_csv is not None:
+        apply_labels_csv(rows, labels_csv, table)
+    return Labelled(layout, rows, dropped)
+
+
+_SUFFIXES = {"DICOM": (".dcm", ".DCM", ".dicom", ""), "MASK": (".png", ".PNG", ".bmp"), "OVERLAY": (".png", ".PNG", ".jpg")}
+
+
+def _sibling(p: PurePosixPath, kind: str, by_name: dict[str, SourceEntry]) -> SourceEntry | None:
+    """The file of the same stem in the class folder's ``kind`` subfolder (DICOM, MASK, OVERLAY)."""
+    folder = p.parent.parent
+    for sub in (kind, kind.lower(), kind.capitalize()):
+        for suffix in _SUFFIXES[kind]:
+            hit = by_name.get(str(folder / sub / f"{p.stem}{suffix}"))
+            if hit is not None:
+                return hit
+    return None
+
+
+def parse_label(value: str) -> int:
+    key = str(value).strip().lower()
+    if key not in LABEL_WORDS:
+        raise ValueError(f"label {value!r} is not one of {sorted(LABEL_WORDS)}")
+    return LABEL_WORDS[key]
+
+
+def apply_labels_csv(rows: list[ManifestRow], data: bytes, table: LabelsTable = LabelsTable()) -> int:
+    """Override labels/lesions/patients from a CSV keyed by path (relative, or a suffix of the name).
+
+    Returns how many rows it matched. Unknown columns are ignored; a missing path column raises.
+    """
+    reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
+    if reader.fieldnames is None or table.path_col not in reader.fieldnames:
+        raise ValueError(f"labels CSV has no {table.path_col!r} column (columns: {reader.fieldnames})")
+    entries = {}
+    for rec in reader:
+        entries[rec[table.path_col].strip().lstrip("./")] = rec
+    matched = 0
+    for row in rows:
+        rec = entries.get(row.name)
+        if rec is None:
+            # Match by the longest path suffix: CSVs written relative to another root still apply.
+            parts = PurePosixPath(row.name).parts
+            for i in range(1, len(parts)):
+                rec = entries.get(str(PurePosixPath(*parts[i:])))
+                if rec is not None:
+                    break
+        if rec is None:
+            continue
+        matched += 1
+        if rec.get(table.label_col, "") not in ("", None):
+            row.label = parse_label(rec[table.label_col])
+            if row.label == 0:
+                row.lesion = BACKGROUND
+            elif row.lesion == BACKGROUND:
+                row.lesion = UNKNOWN
+        if rec.get(table.lesion_col, "") not in ("", None):
+            row.lesion = int(rec[table.lesion_col])
+        if rec.get(table.patient_col, "") not in ("", None):
+            row.group, row.group_rule = pseudonym(rec[table.patient_col], "patient"), "labels_csv"
+    return matched

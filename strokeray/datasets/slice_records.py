@@ -1,0 +1,117 @@
+"""One manifest row in, shard records (one per slice) and quarantine records out.
+
+This is the whole per-file work of ingest: read, decode, attach the mask, preprocess. It never
+raises for bad input: a file that cannot be used becomes a quarantine record with its reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from strokeray.imaging.overlay import BACKGROUND, lesion_mask_from_overlay
+from strokeray.imaging.views import PreprocessConfig, preprocess
+from strokeray.io.decode import decode_slices
+from strokeray.io.dicom_decode import DecodeConfig
+from strokeray.io.errors import DecodeError
+from strokeray.io.raster import decode_image, decode_mask_image
+from strokeray.io.sources import read_bytes
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+
+def _nan(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _quarantine(source: str, stage: str, reason: str, detail: str) -> dict:
+    return {"source": source, "stage": stage, "reason": reason, "detail": detail[:500]}
+
+
+def _mask(row: dict, shape: tuple[int, int]) -> tuple[np.ndarray | None, dict | None]:
+    """The row's lesion mask on the slice grid, or a quarantine record explaining why not."""
+    if not row.get("mask_uri"):
+        return None, None
+    lesion = int(row["lesion"]) if int(row["lesion"]) > BACKGROUND else None
+    try:
+        data = read_bytes(row["mask_uri"])
+        if row.get("mask_kind") == "OVERLAY":
+            mask = lesion_mask_from_overlay(decode_image(data, row["mask_uri"]), lesion_class=lesion)
+        else:
+            mask = decode_mask_image(data, lesion, row["mask_uri"])
+    except DecodeError as err:
+        return None, _quarantine(row["name"], "mask", err.reason.value, err.detail)
+    except OSError as err:
+        return None, _quarantine(row["name"], "mask", "unreadable", str(err))
+    if mask.shape != shape:
+        return None, _quarantine(row["name"], "mask", "mask_mismatch", f"mask {mask.shape} vs image {shape}")
+    return mask, None
+
+
+def records_for(row: dict, cfg: RecordConfig = RecordConfig()) -> tuple[list[dict], list[dict]]:
+    """Shard records and quarantine records for one manifest row."""
+    name = row["name"]
+    try:
+        data = read_bytes(row["uri"])
+    except OSError as err:
+        return [], [_quarantine(name, "read", "unreadable", str(err))]
+    try:
+        slices = decode_slices(data, name, cfg.decode)
+    except DecodeError as err:
+        return [], [_quarantine(name, "decode", err.reason.value, err.detail)]
+    records: list[dict] = []
+    problems: list[dict] = []
+    mask = None
+    if len(slices) == 1:
+        mask, problem = _mask(row, slices[0].shape)
+        if problem:
+            problems.append(problem)
+    for ct in slices:
+        try:
+            pre = preprocess(ct.hu, ct.spacing_mm, mask, cfg.preprocess, ct.export_window)
+        except (ValueError, MemoryError) as err:  # odd geometry the views cannot take
+            problems.append(_quarantine(name, "preprocess", "preprocess_failed", f"frame {ct.frame}: {err}"))
+            continue
+        seg = pre.segmentation
+        records.append(
+            {
+                "id": ct.instance_key,
+                "source": name,
+                "patient": ct.patient_key or row["group"],
+                "study": ct.study_key,
+                "series": ct.series_key,
+                "split": row["split"],
+                "label": int(row["label"]),
+                "lesion": int(row["lesion"]),
+                "has_mask": mask is not None,
+                "instance_number": -1 if ct.instance_number is None else int(ct.instance_number),
+                "frame": int(ct.frame),
+                "z_mm": _nan(ct.position_mm[2] if ct.position_mm else None),
+                "source_spacing_mm": _nan(ct.spacing_mm[0] if ct.spacing_mm else None),
+                "thickness_mm": _nan(ct.thickness_mm),
+                "cls_spacing_mm": _nan(pre.classification.spacing_mm),
+                "seg_spacing_mm": _nan(seg.spacing_mm),
+                "is_hu": bool(ct.is_hu),
+                "hu_rule": ct.hu_rule,
+                "transfer_syntax": ct.transfer_syntax,
+                "brain_found": bool(pre.brain_found),
+                "brain_area_mm2": _nan(pre.brain_area_mm2),
+                "seg_box": np.asarray(seg.box.as_list(), dtype=np.int32),
+                "cls_box": np.asarray(pre.classification.box.as_list(), dtype=np.int32),
+                "cls_image": pre.classification.image,
+                "seg_image": seg.image,
+                "seg_mask": seg.mask if seg.mask is not None else np.zeros(seg.image.shape[1:], np.uint8),
+            }
+        )
+    return records, problems
+
+
+def stack_records(records: list[dict]) -> dict[str, np.ndarray]:
+    """Column arrays (tensors stacked on a new first axis) for a non-empty batch of records."""
+    return {key: (np.stack if isinstance(records[0][key], np.ndarray) else np.asarray)([r[key] for r in records])
+            for key in records[0]}

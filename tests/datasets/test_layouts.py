@@ -1,0 +1,65 @@
+import pytest
+
+from strokeray.datasets.layouts import (
+    LabelsTable, apply_labels_csv, detect_layout, file_group, label_listing, parse_label,
+)
+from strokeray.io.sources import SourceEntry
+
+
+def entries(*names):
+    return [SourceEntry(uri=f"/r/{n}", name=n, size=1) for n in names]
+
+
+def test_detect_layouts():
+    assert detect_layout(["Training/KANAMA/DICOM/1.dcm", "Test/inmeyok/PNG/2.png"]) == "teknofest"
+    assert detect_layout(["Dataset/Normal/1 (1).jpg", "Dataset/Stroke/2 (1).jpg"]) == "class_folders"
+    assert detect_layout(["scans/a.dcm", "b.dcm"]) == "unlabelled"
+
+
+def test_teknofest_rows():
+    lab = label_listing(entries(
+        "Training/Hemorrhagic/DICOM/00001_02.dcm",
+        "Training/Hemorrhagic/PNG/00001_02.png",
+        "Training/Hemorrhagic/MASK/00001_02.png",
+        "Training/Hemorrhagic/OVERLAY/00001_02.png",
+        "Test/ISKEMI/PNG/00009_01.png",
+        "Test/ISKEMI/OVERLAY/00009_01.png",
+        "Test/Non-Stroke/DICOM/00004_00.dcm",
+    ))
+    assert lab.layout == "teknofest"
+    by = {r.name: r for r in lab.rows}
+    assert set(by) == {"Training/Hemorrhagic/DICOM/00001_02.dcm", "Test/ISKEMI/PNG/00009_01.png", "Test/Non-Stroke/DICOM/00004_00.dcm"}
+    assert lab.dropped_duplicates == ["Training/Hemorrhagic/PNG/00001_02.png"]
+    h = by["Training/Hemorrhagic/DICOM/00001_02.dcm"]
+    assert (h.label, h.lesion, h.mask_kind, h.layout_split) == (1, 2, "MASK", "train")
+    assert h.mask_uri.endswith("MASK/00001_02.png")
+    i = by["Test/ISKEMI/PNG/00009_01.png"]
+    assert (i.label, i.lesion, i.mask_kind, i.layout_split) == (1, 1, "OVERLAY", "test")
+    n = by["Test/Non-Stroke/DICOM/00004_00.dcm"]
+    assert (n.label, n.lesion, n.mask_uri) == (0, 0, "")
+    # File-name patient rule: both slices of patient 00001 share one pseudonymous key.
+    assert h.group and h.group_rule == "underscore_name" and "00001" not in h.group
+
+
+def test_class_folders_and_ctich_names():
+    lab = label_listing(entries("Dataset/Normal/100 (1).jpg", "Dataset/Normal/100 (2).jpg", "Dataset/Stroke/58 (10).jpg"))
+    rows = {r.name: r for r in lab.rows}
+    assert rows["Dataset/Normal/100 (1).jpg"].label == 0
+    assert (rows["Dataset/Stroke/58 (10).jpg"].label, rows["Dataset/Stroke/58 (10).jpg"].lesion) == (1, -1)
+    assert rows["Dataset/Normal/100 (1).jpg"].group == rows["Dataset/Normal/100 (2).jpg"].group
+    assert file_group("x/58 (10).jpg") == ("58", "ctich_name")
+    assert file_group("x/scan.dcm") == ("", "")
+
+
+def test_labels_csv_overrides_by_path_suffix():
+    lab = label_listing(entries("root/Dataset/Normal/49 (1).jpg", "root/Dataset/Normal/50 (1).jpg"))
+    csv = b"path,status,pid\nDataset/Normal/49 (1).jpg,ICH,49\n"
+    matched = apply_labels_csv(lab.rows, csv, LabelsTable(label_col="status", patient_col="pid"))
+    assert matched == 1
+    r49, r50 = lab.rows
+    assert (r49.label, r49.lesion, r49.group_rule) == (1, -1, "labels_csv")
+    assert (r50.label, r50.lesion) == (0, 0)
+    with pytest.raises(ValueError):
+        apply_labels_csv(lab.rows, b"file,label\nx,1\n")
+    with pytest.raises(ValueError):
+        parse_label("maybe")

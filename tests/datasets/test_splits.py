@@ -1,0 +1,45 @@
+import pytest
+
+from strokeray.datasets.splits import SplitConfig, assign_splits
+
+
+def groups(n, strata=(0, 1)):
+    return {f"g{i}": strata[i % len(strata)] for i in range(n)}
+
+
+def test_hash_splits_are_stable_when_patients_are_added():
+    small = assign_splits(groups(200))
+    big = assign_splits(groups(400))
+    assert all(big[g] == s for g, s in small.items())
+    shares = {s: sum(v == s for v in big.values()) / 400 for s in ("train", "val", "test")}
+    assert abs(shares["train"] - 0.7) < 0.08 and abs(shares["test"] - 0.15) < 0.06
+
+
+def test_stratified_splits_are_exact_per_class():
+    out = assign_splits(groups(40), SplitConfig(mode="stratified"))
+    for stratum in (0, 1):
+        members = [g for g, s in groups(40).items() if s == stratum]
+        got = [out[g] for g in members]
+        assert (got.count("train"), got.count("val"), got.count("test")) == (14, 3, 3)
+
+
+def test_seed_changes_assignment():
+    a = assign_splits(groups(100), SplitConfig(seed=1))
+    b = assign_splits(groups(100), SplitConfig(seed=2))
+    assert a != b
+
+
+def test_layout_splits_win_and_val_comes_from_train():
+    g = groups(200)
+    layout = {k: ("test" if i % 4 == 0 else "train") for i, k in enumerate(g)}
+    out = assign_splits(g, SplitConfig(), layout)
+    assert all(out[k] == "test" for k, v in layout.items() if v == "test")
+    from_train = [out[k] for k, v in layout.items() if v == "train"]
+    assert "val" in from_train and "test" not in from_train
+    assert assign_splits(g, SplitConfig(use_layout_splits=False), layout) == assign_splits(g)
+
+
+@pytest.mark.parametrize("kw", [{"ratios": (0.5, 0.5, 0.5)}, {"ratios": (1.0, 0.0)}, {"mode": "random"}])
+def test_bad_split_config(kw):
+    with pytest.raises(ValueError):
+        SplitConfig(**kw)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from strokeray.imaging.overlay import BACKGROUND, HEMORRHAGIC, ISCHEMIC
+from strokeray.imaging.overlay import BACKGROUND, HEMORRHAGIC
 
 HU_AIR = -1000.0
 HU_FAT = -90.0
@@ -142,7 +142,7 @@ def render_slice(
     v = -np.sin(th) * y + np.cos(th) * x
 
     s = _profile(z, cfg) * spec.scale
-    a_out, b_out = 96.0 * s, 96.0 * spec.aspect * s  # outer head semi-axes (mm)
+    a_out = 96.0 * s  # outer head semi-axis, anterior-posterior (mm); left-right is aspect x this
     phi = np.arctan2(v / spec.aspect, u)
     rho_mm = np.sqrt(u**2 + (v / spec.aspect) ** 2)  # distance in "AP millimetres"
 

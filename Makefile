@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The embedded default: a demo archive of phantoms, preprocessed (runs/demo).
+## The embedded default: a local Ray, a demo archive of phantoms, its shards and previews (runs/demo).
 demo: $(STAMP)
 	$(BIN)/strokeray pipeline
 

@@ -180,6 +180,53 @@ def _cmd_benchmark(args) -> int:
     return 0
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the classifier or the segmenter on ingest shards with Ray Train",
+        description="TorchTrainer (DDP, one worker per GPU, CPU workers otherwise) over the shards of "
+        "an ingest. Checkpoints go to OUT/NAME; running again with the same OUT and NAME resumes. "
+        "The best checkpoint (validation accuracy / mean lesion IoU) is exported to OUT/NAME/bundle.",
+    )
+    p.add_argument("task", choices=("classify", "segment"))
+    p.add_argument("--data", required=True, help="an ingest output folder (with shards/ and card.json)")
+    p.add_argument("--out", default="runs/train", help="storage path for runs (local or s3://)")
+    p.add_argument("--name", help="run name (default TASK-BACKBONE); reuse it to resume")
+    p.add_argument("--backbone", help="classifier backbone (vgg16, resnet18/34/50, efficientnet_b0, densenet121) "
+                   "or segmenter encoder (resnet34, vgg16, densenet201, efficientnet-b0)")
+    p.add_argument("--arch", default="unet", choices=("unet", "unetplusplus", "deeplabv3plus"), help="segmenter architecture")
+    p.add_argument("--weights", help="pretrained weights: a torchvision weights name or a local .safetensors file")
+    p.add_argument("--freeze-features", action="store_true", help="train the classifier head only")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--input-size", type=int, help="resize the views to this size (default: as ingested)")
+    p.add_argument("--augment", type=float, default=1.0, help="augmentation strength (0 turns it off)")
+    p.add_argument("--workers", type=int, default=2, help="training workers (one per GPU)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker, AMP and pinned memory")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    from strokeray.learn.augment import AugmentConfig
+    from strokeray.learn.models import ModelConfig
+    from strokeray.stages.train import TrainConfig, run_train
+
+    backbone = args.backbone or ("vgg16" if args.task == "classify" else "resnet34")
+    cfg = TrainConfig(
+        task=args.task,
+        model=ModelConfig(task=args.task, backbone=backbone, arch=args.arch, weights=args.weights,
+                          freeze_features=args.freeze_features),
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        input_size=args.input_size, augment=AugmentConfig(strength=args.augment),
+        num_workers=args.workers, use_gpu=args.gpu,
+    )
+    r = run_train(args.data, args.out, cfg, args.name)
+    print(json.dumps({"bundle": r.bundle, "best": r.best_metrics}, default=str))
+    return 0
+
+
 def _add_pipeline(sub) -> None:
     p = sub.add_parser(
         "pipeline",
@@ -208,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"strokeray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_synth, _add_decode, _add_preview, _add_ingest, _add_pipeline, _add_benchmark):
+    for add in (_add_synth, _add_decode, _add_preview, _add_ingest, _add_train, _add_pipeline, _add_benchmark):
         add(sub)
     return parser
 

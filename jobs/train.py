@@ -1,0 +1,8 @@
+"""Entry point for `ray job submit -- python jobs/train.py classify|segment --data SHARDS ...`."""
+
+import sys
+
+from strokeray.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["train", *sys.argv[1:]]))

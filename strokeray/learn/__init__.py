@@ -1,0 +1,1 @@
+"""Torch: models, augmentations, losses, metrics and model bundles. Never imports Ray."""

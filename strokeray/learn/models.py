@@ -1,0 +1,121 @@
+"""The two models: a slice classifier (VGG16 with the study's head, or another torchvision
+backbone) and a lesion segmenter (segmentation-models-pytorch U-Net and relatives).
+
+Pretrained weights are never downloaded by default (none can be here): ``weights`` is None, a
+torchvision weights name (``IMAGENET1K_V1``; needs network or a filled torch hub cache), or a
+local ``.safetensors`` file holding the model's state dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torchvision
+
+CLASSIFIER_BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "efficientnet_b0", "densenet121")
+SEGMENTER_ARCHS = ("unet", "unetplusplus", "deeplabv3plus")
+SEGMENTER_ENCODERS = ("resnet34", "vgg16", "densenet201", "efficientnet-b0", "resnet18")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    task: str = "classify"  # classify | segment
+    backbone: str = "vgg16"  # classifier backbone, or segmenter encoder
+    arch: str = "unet"  # segmenter architecture
+    in_channels: int = 3  # one per HU window
+    num_classes: int = 2  # 2 for classify (Non-Stroke / Stroke), 3 for segment
+    dropout: float = 0.5
+    freeze_features: bool = False  # train the classifier head only
+    weights: str | None = None
+
+
+class StudyHead(nn.Module):
+    """The study's head: global average pooling, dense 2048-1024-1024-512 with dropout, 2 outputs."""
+
+    def __init__(self, in_features: int, num_classes: int = 2, dropout: float = 0.5) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        width = in_features
+        for out in (2048, 1024, 1024, 512):
+            layers += [nn.Linear(width, out), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            width = out
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Classifier(nn.Module):
+    """Backbone features + head; ``features`` is what ``freeze_features`` freezes."""
+
+    def __init__(self, features: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.features = features
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _first_conv(module: nn.Module, in_channels: int) -> None:
+    """Make the first convolution take ``in_channels`` (its RGB kernels averaged and repeated)."""
+    for name, child in module.named_modules():
+        if isinstance(child, nn.Conv2d):
+            if child.in_channels == in_channels:
+                return
+            new = nn.Conv2d(in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                            bias=child.bias is not None)
+            with torch.no_grad():
+                new.weight.copy_(child.weight.mean(1, keepdim=True).repeat(1, in_channels, 1, 1) * 3 / in_channels)
+                if child.bias is not None:
+                    new.bias.copy_(child.bias)
+            parent = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
+            setattr(parent, name.rsplit(".", 1)[-1], new)
+            return
+
+
+def build_classifier(cfg: ModelConfig) -> nn.Module:
+    if cfg.backbone not in CLASSIFIER_BACKBONES:
+        raise ValueError(f"unknown classifier backbone {cfg.backbone!r}; choose from {CLASSIFIER_BACKBONES}")
+    tv_weights = cfg.weights if cfg.weights and not cfg.weights.endswith(".safetensors") else None
+    net = getattr(torchvision.models, cfg.backbone)(weights=tv_weights)
+    if cfg.backbone == "vgg16":
+        features, width = net.features, 512
+    elif cfg.backbone.startswith("resnet"):
+        features = nn.Sequential(*list(net.children())[:-2])
+        width = net.fc.in_features
+    elif cfg.backbone == "efficientnet_b0":
+        features, width = net.features, net.classifier[-1].in_features
+    else:  # densenet121
+        features = nn.Sequential(net.features, nn.ReLU(inplace=True))
+        width = net.classifier.in_features
+    _first_conv(features, cfg.in_channels)
+    model = Classifier(features, StudyHead(width, cfg.num_classes, cfg.dropout))
+    if cfg.freeze_features:
+        for p in model.features.parameters():
+            p.requires_grad_(False)
+    return model
+
+
+def build_segmenter(cfg: ModelConfig) -> nn.Module:
+    import segmentation_models_pytorch as smp
+
+    archs = {"unet": smp.Unet, "unetplusplus": smp.UnetPlusPlus, "deeplabv3plus": smp.DeepLabV3Plus}
+    if cfg.arch not in archs:
+        raise ValueError(f"unknown segmenter architecture {cfg.arch!r}; choose from {SEGMENTER_ARCHS}")
+    enc_weights = cfg.weights if cfg.weights and not cfg.weights.endswith(".safetensors") else None
+    return archs[cfg.arch](encoder_name=cfg.backbone, encoder_weights=enc_weights,
+                           in_channels=cfg.in_channels, classes=cfg.num_classes)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """A fresh model for ``cfg``; a local .safetensors ``weights`` file is loaded into it."""
+    model = build_classifier(cfg) if cfg.task == "classify" else build_segmenter(cfg)
+    if cfg.weights and cfg.weights.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(cfg.weights))
+    return model

@@ -1,0 +1,60 @@
+import math
+
+import numpy as np
+import pytest
+
+from strokeray.learn.metrics import SegmentationMeter, binary_report, patient_level, roc_auc, roc_curve
+
+
+def test_binary_report_by_hand():
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 1])
+    scores = np.array([0.9, 0.8, 0.3, 0.6, 0.2, 0.1, 0.4, 0.7])
+    r = binary_report(labels, scores)
+    assert (r.tp, r.fn, r.fp, r.tn) == (3, 1, 1, 3)
+    assert r.accuracy == 0.75 and r.sensitivity == 0.75 and r.specificity == 0.75
+    assert r.precision == 0.75 and r.f1 == pytest.approx(0.75)
+    # 16 positive/negative pairs; positives outrank negatives in 14 of them (0.3 < 0.6 and 0.3 < 0.4).
+    assert r.auc == pytest.approx(14 / 16)
+
+
+def test_auc_ties_and_degenerate():
+    assert roc_auc([0, 1], [0.5, 0.5]) == 0.5
+    assert roc_auc([1, 0, 1, 0], [0.9, 0.1, 0.8, 0.2]) == 1.0
+    assert math.isnan(roc_auc([1, 1], [0.1, 0.2]))
+    fpr, tpr, _ = roc_curve([0, 1, 1, 0], [0.1, 0.9, 0.6, 0.7])
+    assert fpr[-1] == 1.0 and tpr[-1] == 1.0 and np.all(np.diff(fpr) >= 0)
+
+
+def test_patient_level_takes_any_positive_and_max_score():
+    pats = np.array(["b", "a", "b", "a", "c"])
+    lab, score = patient_level(pats, np.array([0, 0, 1, 0, 0]), np.array([0.2, 0.1, 0.7, 0.3, 0.5]))
+    assert lab.tolist() == [0, 1, 0] and score.tolist() == [0.3, 0.7, 0.5]
+
+
+def test_segmentation_iou_dice_by_hand():
+    true = np.zeros((6, 6), int)
+    true[1:3, 1:3] = 2  # 4 px
+    pred = np.zeros((6, 6), int)
+    pred[1:3, 1:4] = 2  # 6 px, 4 overlap
+    m = SegmentationMeter(3)
+    m.update(pred, true)
+    rep = m.report()
+    assert rep["iou_hemorrhagic"] == pytest.approx(4 / 6)
+    assert rep["dice_hemorrhagic"] == pytest.approx(8 / 10)
+    assert math.isnan(rep["iou_ischemic"])
+    assert rep["mean_lesion_iou"] == pytest.approx(4 / 6)
+
+
+def test_competition_iou_is_lenient_at_borders():
+    true = np.zeros((9, 9), int)
+    true[2:7, 2:7] = 1  # 25 px; eroded 3x3 core is 9 px, dilated square is 49 px
+    pred = np.zeros((9, 9), int)
+    pred[1:8, 1:8] = 1  # 49 px: one pixel too generous all around
+    m = SegmentationMeter(3)
+    m.update(pred, true)
+    # Intersection with the dilated truth: 49; union with the eroded truth: 49 -> a perfect score,
+    # where the plain IoU is 25/49.
+    assert m.competition_iou() == 1.0
+    assert m.report()["iou_ischemic"] == pytest.approx(25 / 49)
+    with pytest.raises(ValueError):
+        m.update(pred, true[:-1])

@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from strokeray.learn.losses import SegLossConfig, segmentation_loss
+from strokeray.learn.models import CLASSIFIER_BACKBONES, ModelConfig, StudyHead, build_model
+
+
+@pytest.mark.parametrize("backbone", CLASSIFIER_BACKBONES)
+def test_classifiers(backbone):
+    model = build_model(ModelConfig(task="classify", backbone=backbone, in_channels=3)).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 2)
+
+
+def test_vgg16_study_head_and_freezing():
+    model = build_model(ModelConfig(backbone="vgg16", freeze_features=True, in_channels=4))
+    linears = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(512, 2048), (2048, 1024), (1024, 1024), (1024, 512), (512, 2)]
+    assert not any(p.requires_grad for p in model.features.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
+    assert model.features[0].in_channels == 4
+    assert isinstance(StudyHead(8).net[0], torch.nn.AdaptiveAvgPool2d)
+
+
+@pytest.mark.parametrize("arch,encoder", [("unet", "resnet34"), ("unet", "vgg16"), ("unet", "densenet201"),
+                                          ("unet", "efficientnet-b0"), ("unetplusplus", "resnet18"), ("deeplabv3plus", "resnet18")])
+def test_segmenters(arch, encoder):
+    model = build_model(ModelConfig(task="segment", backbone=encoder, arch=arch, num_classes=3)).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_unknown_names_raise():
+    with pytest.raises(ValueError):
+        build_model(ModelConfig(backbone="alexnet"))
+    with pytest.raises(ValueError):
+        build_model(ModelConfig(task="segment", arch="fpn9"))
+
+
+def test_segmentation_loss_prefers_the_truth():
+    target = torch.zeros(2, 16, 16, dtype=torch.long)
+    target[:, 4:10, 4:10] = 2
+    good = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 20
+    bad = torch.zeros_like(good)
+    cfg = SegLossConfig(dice=1, ce=1, focal=1, jaccard=1)
+    assert segmentation_loss(good, target, cfg) < 0.05 < segmentation_loss(bad, target, cfg)

@@ -227,6 +227,28 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="metrics of a model bundle on one split of ingest shards (test by default)",
+        description="Classifier: slice- and patient-level accuracy, sensitivity, specificity, F1, "
+        "ROC AUC. Segmenter: per-class IoU and Dice, mean lesion IoU, competition IoU.",
+    )
+    p.add_argument("bundle", help="a model bundle folder")
+    p.add_argument("--data", required=True, help="an ingest output folder")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--out", help="also write the metrics to this JSON file")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args) -> int:
+    from strokeray.stages.evaluate import run_evaluate
+
+    r = run_evaluate(args.bundle, args.data, args.split, out=args.out)
+    print(json.dumps({"task": r.task, "split": r.split, "slices": r.slices, "metrics": r.metrics}))
+    return 0
+
+
 def _add_pipeline(sub) -> None:
     p = sub.add_parser(
         "pipeline",
@@ -255,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"strokeray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_synth, _add_decode, _add_preview, _add_ingest, _add_train, _add_pipeline, _add_benchmark):
+    for add in (_add_synth, _add_decode, _add_preview, _add_ingest, _add_train, _add_evaluate, _add_pipeline, _add_benchmark):
         add(sub)
     return parser
 

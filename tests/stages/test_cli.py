@@ -7,7 +7,7 @@ import pytest
 
 from strokeray.cli import build_parser, main
 
-SUBCOMMANDS = ["synth", "decode", "preview", "ingest", "train", "pipeline", "benchmark"]
+SUBCOMMANDS = ["synth", "decode", "preview", "ingest", "train", "evaluate", "pipeline", "benchmark"]
 
 
 @pytest.mark.parametrize("cmd", [[], *[[c] for c in SUBCOMMANDS]])

@@ -18,6 +18,7 @@ from strokeray.datasets.synth import SynthConfig, write_archive
 from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.bundle import load_bundle
 from strokeray.learn.models import ModelConfig, build_model
+from strokeray.stages.evaluate import run_evaluate
 from strokeray.stages.ingest import IngestConfig, run_ingest
 from strokeray.stages.manifest import ManifestConfig
 from strokeray.stages.train import TrainConfig, run_train
@@ -37,9 +38,11 @@ def shards(ray_local, tmp_path_factory) -> str:
 
 
 def small(task: str, epochs: int) -> TrainConfig:
-    # No augmentation: on ~70 training slices and a few epochs it only adds noise to "does it learn".
-    return TrainConfig(task=task, model=ModelConfig(backbone="resnet18"), epochs=epochs, batch_size=8,
-                       input_size=64, lr=1e-3, num_workers=2, seed=1, augment=AugmentConfig(strength=0.0))
+    # "Does the loop learn", made reliable: ~70 training slices split over 2 workers need small
+    # batches for enough optimizer steps, and augmentation and dropout only add noise to the check.
+    return TrainConfig(task=task, model=ModelConfig(backbone="resnet18", dropout=0.0), epochs=epochs,
+                       batch_size=4, input_size=64, lr=3e-4, num_workers=2, seed=1,
+                       augment=AugmentConfig(strength=0.0))
 
 
 @pytest.mark.parametrize("task", ["classify", "segment"])
@@ -47,7 +50,8 @@ def test_ddp_training_learns_and_bundles(shards, tmp_path, task):
     r = run_train(shards, str(tmp_path / "runs"), small(task, 4), log=lambda *_: None)
     losses = [h["train_loss"] for h in r.history]
     assert [h["epoch"] for h in r.history] == [1, 2, 3, 4]
-    assert losses[-1] < losses[0]
+    # It learns: some later epoch is well below the first (a last-epoch bounce on ~70 slices is noise).
+    assert min(losses[1:]) < 0.85 * losses[0], losses
     key = "val_accuracy" if task == "classify" else "val_mean_lesion_iou"
     assert key in r.best_metrics and "val_loss" in r.best_metrics
     # The bundle holds exactly the best checkpoint's weights and reproduces its outputs.
@@ -59,6 +63,13 @@ def test_ddp_training_learns_and_bundles(shards, tmp_path, task):
         assert torch.equal(model(x), ref(x))
     assert doc["task"] == task and doc["input_size"] == 64 and len(doc["windows"]) == 3
     assert doc["dataset_card"]["slices"] > 0 and doc["history"][-1]["epoch"] == 4
+    # Evaluating the bundle on val, in one process, agrees with what the DDP workers reported.
+    ev = run_evaluate(r.bundle, shards, "val", log=lambda *_: None)
+    if task == "classify":
+        assert ev.metrics["slice_accuracy"] == pytest.approx(r.best_metrics["val_accuracy"])
+        assert ev.metrics["slice_n"] == r.best_metrics["val_n"]
+    else:
+        assert 0.0 <= ev.metrics["competition_iou"] <= 1.0 and "iou_hemorrhagic" in ev.metrics
 
 
 def test_killed_worker_resumes_from_checkpoint(shards, tmp_path):

@@ -1,0 +1,8 @@
+"""Entry point for `ray job submit -- python jobs/evaluate.py BUNDLE --data SHARDS [--split test]`."""
+
+import sys
+
+from strokeray.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

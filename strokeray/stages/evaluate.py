@@ -1,0 +1,93 @@
+"""Evaluate a model bundle on one split of an ingest's shards (the test split by default).
+
+Streams the shards one file at a time, runs the model in this process, and reports the
+classifier's slice- and patient-level metrics or the segmenter's IoU, Dice and competition IoU.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from strokeray.learn.metrics import SegmentationMeter, binary_report, patient_level
+
+
+@dataclass
+class EvaluationResult:
+    task: str
+    split: str
+    slices: int
+    metrics: dict
+
+
+def _tensor(column, shape: tuple[int, ...]) -> np.ndarray:
+    """A tensor column as (N, *shape): Ray's extension type when Ray registered it, else its
+    storage (one flat list per row); either way the same bytes."""
+    return np.stack(column.to_numpy(zero_copy_only=False)).reshape(-1, *shape)
+
+
+def run_evaluate(bundle: str, shards: str, split: str = "test", batch_size: int = 32, out: str | None = None,
+                 log=print) -> EvaluationResult:
+    """Metrics of ``bundle`` on ``split``; written as JSON to ``out`` when given."""
+    import torch
+    import torch.nn.functional as F
+
+    from strokeray.learn.bundle import load_bundle
+
+    model, doc = load_bundle(bundle)
+    task, size = doc["task"], int(doc["input_size"])
+    channels = len(doc["windows"])
+    view = doc["preprocess"]["classification" if task == "classify" else "segmentation"]["size"]
+    seg = doc["preprocess"]["segmentation"]["size"]
+    image = "cls_image" if task == "classify" else "seg_image"
+    columns = [image, "split", "label", "patient"] + (["seg_mask", "has_mask", "lesion"] if task == "segment" else [])
+    fs, base = fsspec.core.url_to_fs(shards)
+    probs, labels, patients = [], [], []
+    meter = SegmentationMeter(3)
+    n = 0
+    for path in sorted(fs.glob(f"{base.rstrip('/')}/shards/*.parquet")):
+        with fs.open(path, "rb") as fh:
+            table = pq.read_table(fh, columns=columns)
+        keep = pc.equal(table["split"], split)
+        if task == "classify":
+            keep = pc.and_(keep, pc.greater_equal(table["label"], 0))
+        else:
+            keep = pc.and_(keep, pc.or_(table["has_mask"], pc.equal(table["lesion"], 0)))
+        table = table.filter(keep)
+        for start in range(0, table.num_rows, batch_size):
+            part = table.slice(start, batch_size)
+            x = torch.from_numpy(_tensor(part[image], (channels, view, view))).float() / 255.0
+            if x.shape[-1] != size:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+            with torch.no_grad():
+                logits = model(x)
+            n += part.num_rows
+            if task == "classify":
+                probs.append(logits.softmax(1)[:, 1].numpy())
+                labels.append(np.asarray(part["label"]))
+                patients.append(np.asarray(part["patient"]))
+            else:
+                pred = logits.argmax(1)
+                if pred.shape[-1] != seg:  # score at the stored mask's resolution
+                    pred = F.interpolate(pred[:, None].float(), size=(seg, seg), mode="nearest")[:, 0].long()
+                meter.update(pred.numpy(), _tensor(part["seg_mask"], (seg, seg)))
+    if task == "classify":
+        prob, lab, pat = np.concatenate(probs), np.concatenate(labels), np.concatenate(patients)
+        metrics = binary_report(lab, prob).as_dict("slice_")
+        plab, pprob = patient_level(pat, lab, prob)
+        metrics.update(binary_report(plab, pprob).as_dict("patient_"))
+    else:
+        metrics = meter.report()
+    result = EvaluationResult(task=task, split=split, slices=n, metrics=metrics)
+    if out:
+        with fsspec.open(out, "w") as fh:
+            json.dump({"bundle": bundle, "shards": shards, **result.__dict__}, fh, indent=2)
+    key = ("slice_accuracy", "slice_auc", "patient_accuracy", "patient_auc") if task == "classify" else (
+        "mean_lesion_iou", "competition_iou")
+    log(f"[evaluate] {task} on {split} ({n} slices): " + ", ".join(f"{k}={metrics[k]:.3f}" for k in key))
+    return result

@@ -34,8 +34,8 @@ SPLIT_NAMES = {
     "validation": "val", "val": "val", "valid": "val", "dogrulama": "val",
     "test": "test", "testing": "test",
 }
-# Generic class folders of plain layouts: label, lesion.
-PLAIN_CLASSES = {
+# Class folder names of every layout (TEKNOFEST's English and Turkish ones among them): label, lesion.
+FOLDER_CLASSES = {
     "normal": (0, BACKGROUND), "non-stroke": (0, BACKGROUND), "nonstroke": (0, BACKGROUND),
     "inmeyok": (0, BACKGROUND), "stroke": (1, UNKNOWN), "inme": (1, UNKNOWN),
     "ischemic": (1, ISCHEMIC), "iskemi": (1, ISCHEMIC), "hemorrhagic": (1, HEMORRHAGIC), "kanama": (1, HEMORRHAGIC),
@@ -95,7 +95,7 @@ def detect_layout(names: list[str]) -> str:
         has_class = any(p in CLASS_NAMES for p in parts)
         if has_class and any(d in upper for d in IMAGE_DIRS + ANNOTATION_DIRS):
             teknofest += 1
-        elif any(p in PLAIN_CLASSES for p in parts):
+        elif any(p in FOLDER_CLASSES for p in parts):
             plain += 1
     if teknofest and teknofest >= plain:
         return "teknofest"
@@ -130,14 +130,6 @@ def file_group(name: str) -> tuple[str, str]:
     return "", ""
 
 
-def _teknofest_class(parts: list[str]) -> tuple[int, int] | None:
-    for p in reversed(parts):
-        cls = CLASS_NAMES.get(p.lower())
-        if cls is not None:
-            return (0 if cls == BACKGROUND else 1), cls
-    return None
-
-
 def label_listing(entries: list[SourceEntry], labels_csv: bytes | None = None, table: LabelsTable = LabelsTable()) -> Labelled:
     """Manifest rows for a listing: layout labels, masks, file-name patient keys, CSV overrides."""
     names = [e.name for e in entries]
@@ -152,7 +144,7 @@ def label_listing(entries: list[SourceEntry], labels_csv: bytes | None = None, t
         if layout == "teknofest":
             if any(d in upper for d in ANNOTATION_DIRS):
                 continue  # annotations are attached to their images below
-            cls = _teknofest_class(parts)
+            cls = _class_of(parts, FOLDER_CLASSES)
             if cls is not None:
                 row.label, row.lesion = cls
             p = PurePosixPath(e.name)
@@ -166,7 +158,7 @@ def label_listing(entries: list[SourceEntry], labels_csv: bytes | None = None, t
                         row.mask_uri, row.mask_kind = candidate.uri, kind
                         break
         elif layout == "class_folders":
-            cls = _class_of(parts, PLAIN_CLASSES)
+            cls = _class_of(parts, FOLDER_CLASSES)
             if cls is not None:
                 row.label, row.lesion = cls
         raw, rule = file_group(e.name)

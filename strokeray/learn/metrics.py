@@ -135,6 +135,13 @@ class SegmentationMeter:
                 self.comp_inter += int(np.count_nonzero(p & dilated))
                 self.comp_union += int(np.count_nonzero(p | eroded))
 
+    def merge(self, other: "SegmentationMeter") -> None:
+        """Add another meter's counts (e.g. one per training worker)."""
+        for attr in ("inter", "union", "pred_area", "true_area"):
+            getattr(self, attr)[:] += getattr(other, attr)
+        self.comp_inter += other.comp_inter
+        self.comp_union += other.comp_union
+
     def iou(self) -> np.ndarray:
         return np.where(self.union > 0, self.inter / np.maximum(self.union, 1), np.nan)
 

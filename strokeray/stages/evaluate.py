@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import fsspec
 import numpy as np
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from strokeray.learn.metrics import SegmentationMeter, binary_report, patient_level
+from strokeray.stages.train import split_rows
 
 
 @dataclass
@@ -45,7 +45,7 @@ def run_evaluate(bundle: str, shards: str, split: str = "test", batch_size: int 
     view = doc["preprocess"]["classification" if task == "classify" else "segmentation"]["size"]
     seg = doc["preprocess"]["segmentation"]["size"]
     image = "cls_image" if task == "classify" else "seg_image"
-    columns = [image, "split", "label", "patient"] + (["seg_mask", "has_mask", "lesion"] if task == "segment" else [])
+    columns = [image, "split"] + (["label", "patient"] if task == "classify" else ["seg_mask", "has_mask", "lesion"])
     fs, base = fsspec.core.url_to_fs(shards)
     probs, labels, patients = [], [], []
     meter = SegmentationMeter(3)
@@ -53,12 +53,7 @@ def run_evaluate(bundle: str, shards: str, split: str = "test", batch_size: int 
     for path in sorted(fs.glob(f"{base.rstrip('/')}/shards/*.parquet")):
         with fs.open(path, "rb") as fh:
             table = pq.read_table(fh, columns=columns)
-        keep = pc.equal(table["split"], split)
-        if task == "classify":
-            keep = pc.and_(keep, pc.greater_equal(table["label"], 0))
-        else:
-            keep = pc.and_(keep, pc.or_(table["has_mask"], pc.equal(table["lesion"], 0)))
-        table = table.filter(keep)
+        table = split_rows(table, split, task)
         for start in range(0, table.num_rows, batch_size):
             part = table.slice(start, batch_size)
             x = torch.from_numpy(_tensor(part[image], (channels, view, view))).float() / 255.0

@@ -48,9 +48,8 @@ class Manifest:
         return self.table.num_rows
 
 
-def _options_digest(src: str, cfg: ManifestConfig) -> str:
-    labels = read_bytes(cfg.labels) if cfg.labels else b""
-    blob = json.dumps({"src": src, "cfg": asdict(cfg), "labels": hashlib.sha256(labels).hexdigest()}, sort_keys=True)
+def _options_digest(src: str, cfg: ManifestConfig, labels: bytes | None) -> str:
+    blob = json.dumps({"src": src, "cfg": asdict(cfg), "labels": hashlib.sha256(labels or b"").hexdigest()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -93,7 +92,8 @@ def build_manifest(src: str, out: str, cfg: ManifestConfig = ManifestConfig(), l
     """List, label, group and split ``src``; reuse ``out/manifest.parquet`` when it matches."""
     fs, base = fsspec.core.url_to_fs(out)
     base = base.rstrip("/")
-    digest = _options_digest(src, cfg)
+    labels = read_bytes(cfg.labels) if cfg.labels else None
+    digest = _options_digest(src, cfg, labels)
     meta_path = f"{base}/manifest.json"
     if fs.exists(meta_path) and fs.exists(f"{base}/manifest.parquet"):
         with fs.open(meta_path, "r") as fh:
@@ -104,7 +104,6 @@ def build_manifest(src: str, out: str, cfg: ManifestConfig = ManifestConfig(), l
             log(f"[manifest] reusing {out}/manifest.parquet ({table.num_rows} objects)")
             return Manifest(table, meta["layout"], meta["problems"], meta["skipped"], meta["shadowed"], digest)
     listing = list_inputs(src, cfg.limits)
-    labels = read_bytes(cfg.labels) if cfg.labels else None
     labelled = label_listing(listing.entries, labels, cfg.labels_table)
     rows = labelled.rows
     _fill_dicom_groups(rows)

@@ -59,7 +59,8 @@ TASKS = {
 }
 
 
-def _split_table(table, split: str, task: str):
+def split_rows(table, split: str, task: str):
+    """The rows of a shard table that belong to ``split`` and carry a truth for ``task``."""
     keep = pc.equal(table["split"], split)
     if task == "classify":
         keep = pc.and_(keep, pc.greater_equal(table["label"], 0))
@@ -75,7 +76,7 @@ def datasets_for(shards: str, task: str):
     spec = TASKS[task]
     base = ray.data.read_parquet(shards.rstrip("/") + "/shards", columns=list(spec.columns))
     return {
-        split: base.map_batches(_split_table, batch_format="pyarrow", fn_kwargs={"split": split, "task": task})
+        split: base.map_batches(split_rows, batch_format="pyarrow", fn_kwargs={"split": split, "task": task})
         for split in ("train", "val")
     }
 
@@ -216,11 +217,7 @@ def train_loop(config: dict) -> None:
         else:
             total_meter = SegmentationMeter(3)
             for g in gathered:
-                m = g["meter"]
-                for attr in ("inter", "union", "pred_area", "true_area"):
-                    getattr(total_meter, attr)[:] += getattr(m, attr)
-                total_meter.comp_inter += m.comp_inter
-                total_meter.comp_union += m.comp_union
+                total_meter.merge(g["meter"])
             metrics.update({f"val_{k}": v for k, v in total_meter.report().items()})
         score = metrics.get(spec.score_name, float("nan"))
         metrics["val_score"] = -1.0 if score != score else float(score)  # NaN never wins

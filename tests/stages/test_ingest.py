@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from strokeray.cli import main
+from strokeray.io.shard_schema import SCALAR_COLUMNS, TENSOR_COLUMNS
 from strokeray.stages.ingest import IngestConfig, run_ingest
 from strokeray.stages.manifest import ManifestConfig, build_manifest
 from strokeray.datasets.layouts import LabelsTable
@@ -79,9 +80,8 @@ def test_shard_schema_and_contents(ingested):
     out, _, summary = ingested
     t = shards(out)
     row = t.slice(0, 1).to_pylist()[0]
-    for col in ("id", "source", "patient", "study", "series", "split", "label", "lesion", "has_mask",
-                "z_mm", "thickness_mm", "seg_box", "cls_image", "seg_image", "seg_mask"):
-        assert col in t.column_names
+    # The shards hold exactly the columns the schema module documents, in its order.
+    assert t.column_names == [*SCALAR_COLUMNS, *TENSOR_COLUMNS]
     import ray
 
     batch = ray.data.read_parquet(str(out / "shards")).take_batch(4, batch_format="numpy")

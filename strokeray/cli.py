@@ -160,23 +160,34 @@ def _add_benchmark(sub) -> None:
         "benchmark",
         help="measure a stage against its baselines in one run and print the ratios",
         description="ingest: slices/s of (a) pydicom decode alone, (b) the original study's per-file "
-        "path, (c) strokeray ingest at 1 and 2 CPUs, plus peak RSS at N and 4N slices.",
+        "path, (c) strokeray ingest at 1 and 2 CPUs, plus peak RSS at N and 4N slices. "
+        "train: images/s of the Ray Train loop (1 worker) against a plain PyTorch loop with the same "
+        "model, batch and data in memory, for both tasks; then both models trained on phantom shards "
+        "and scored on their test split against the quality targets.",
     )
-    p.add_argument("which", choices=("ingest",), help="the stage to benchmark")
-    p.add_argument("--workdir", default="runs/benchmark", help="where archives are generated and kept")
-    p.add_argument("--slices", type=int, default=1024, help="synthetic 512x512 slices (default 1024)")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS comparison")
+    p.add_argument("which", choices=("ingest", "train"), help="the stage to benchmark")
+    p.add_argument("--workdir", help="where archives and runs are generated and kept (default runs/benchmark[-train])")
+    p.add_argument("--slices", type=int, default=1024, help="ingest: synthetic 512x512 slices (default 1024)")
+    p.add_argument("--no-memory", action="store_true", help="ingest: skip the peak-RSS comparison")
+    p.add_argument("--epochs", type=int, default=4, help="train: epochs per throughput run, the first is warm-up")
+    p.add_argument("--no-quality", action="store_true", help="train: skip the phantom quality runs")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=_cmd_benchmark)
 
 
 def _cmd_benchmark(args) -> int:
-    from strokeray.benchmarks.ingest import run_ingest_benchmark
+    if args.which == "train":
+        from strokeray.benchmarks.train import run_train_benchmark
 
-    bench = run_ingest_benchmark(args.workdir, args.slices, memory=not args.no_memory)
+        bench = run_train_benchmark(args.workdir or "runs/benchmark-train", epochs=args.epochs,
+                                    quality_runs=not args.no_quality)
+    else:
+        from strokeray.benchmarks.ingest import run_ingest_benchmark
+
+        bench = run_ingest_benchmark(args.workdir or "runs/benchmark", args.slices, memory=not args.no_memory)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(dataclasses.asdict(bench), fh, indent=2)
+            json.dump(dataclasses.asdict(bench), fh, indent=2, default=str)
     return 0
 
 
@@ -205,6 +216,8 @@ def _add_train(sub) -> None:
     p.add_argument("--augment", type=float, default=1.0, help="augmentation strength (0 turns it off)")
     p.add_argument("--workers", type=int, default=2, help="training workers (one per GPU)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker, AMP and pinned memory")
+    p.add_argument("--metric", help="validation metric that picks the best checkpoint (default val_accuracy / "
+                   "val_mean_lesion_iou; e.g. val_auc, val_patient_auc, val_competition_iou, val_loss)")
     p.set_defaults(func=_cmd_train)
 
 
@@ -220,10 +233,58 @@ def _cmd_train(args) -> int:
                           freeze_features=args.freeze_features),
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         input_size=args.input_size, augment=AugmentConfig(strength=args.augment),
-        num_workers=args.workers, use_gpu=args.gpu,
+        num_workers=args.workers, use_gpu=args.gpu, score_metric=args.metric,
     )
     r = run_train(args.data, args.out, cfg, args.name)
     print(json.dumps({"bundle": r.bundle, "best": r.best_metrics}, default=str))
+    return 0
+
+
+def _add_tune(sub) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="search hyperparameters with Ray Tune (ASHA) and publish the best model to the registry",
+        description="Each trial trains with Ray Train (a TorchTrainer per trial); ASHA stops weak trials "
+        "early on the validation metric. The best trial's best checkpoint becomes a new registry "
+        "version (with the search's results table) and, when it beats the current one, the current "
+        "best. Running again with the same OUT and NAME resumes an interrupted search.",
+    )
+    p.add_argument("task", choices=("classify", "segment"))
+    p.add_argument("--data", required=True, help="an ingest output folder (with shards/ and card.json)")
+    p.add_argument("--out", default="runs/tune", help="storage path of searches (local or s3://)")
+    p.add_argument("--name", help="search name (default TASK-search); reuse it to resume")
+    p.add_argument("--registry", default="runs/registry", help="model registry folder or URL (default runs/registry)")
+    p.add_argument("--space", help="JSON file with search-space overrides: backbones, lr [lo, hi], weight_decay, "
+                   "batch_size, augment, input_size, seg_loss [[dice, ce, focal], ...]")
+    p.add_argument("--backbones", help="comma-separated backbones / encoders to compare (overrides --space)")
+    p.add_argument("--samples", type=int, default=2, help="trials per backbone (default 2)")
+    p.add_argument("--max-epochs", type=int, default=8, help="epochs of a trial that is never stopped (default 8)")
+    p.add_argument("--grace-period", type=int, default=2, help="ASHA: epochs before a trial can be stopped")
+    p.add_argument("--reduction-factor", type=int, default=2, help="ASHA: keep 1/N of the trials at each rung")
+    p.add_argument("--metric", help="validation metric to maximise (default val_accuracy / val_competition_iou; "
+                   "e.g. val_auc, val_patient_auc, val_mean_lesion_iou)")
+    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (GPUs per trial with --gpu)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="discard a search of the same name made with other settings")
+    p.set_defaults(func=_cmd_tune)
+
+
+def _cmd_tune(args) -> int:
+    from strokeray.stages.tune import SearchConfig, SearchSpace, run_search
+
+    space = SearchSpace()
+    if args.space:
+        with open(args.space) as fh:
+            space = SearchSpace.from_json(fh.read())
+    if args.backbones:
+        space = dataclasses.replace(space, backbones=tuple(b.strip() for b in args.backbones.split(",") if b.strip()))
+    cfg = SearchConfig(task=args.task, space=space, samples=args.samples, max_epochs=args.max_epochs,
+                       grace_period=args.grace_period, reduction_factor=args.reduction_factor, metric=args.metric,
+                       workers_per_trial=args.workers_per_trial, use_gpu=args.gpu, seed=args.seed)
+    r = run_search(args.data, args.out, cfg, args.name, registry=args.registry, overwrite=args.overwrite)
+    print(json.dumps({"search": r.path, "version": r.version, "bundle": r.bundle, "current": r.current,
+                      "resumed": r.resumed, "reused": r.reused, "best": r.best}, default=str))
     return 0
 
 
@@ -277,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"strokeray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_synth, _add_decode, _add_preview, _add_ingest, _add_train, _add_evaluate, _add_pipeline, _add_benchmark):
+    for add in (_add_synth, _add_decode, _add_preview, _add_ingest, _add_train, _add_tune, _add_evaluate, _add_pipeline, _add_benchmark):
         add(sub)
     return parser
 

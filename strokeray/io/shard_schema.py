@@ -4,6 +4,8 @@ Image columns are fixed-shape tensors (Ray's tensor extension type; the storage 
 fixed-size list that any Arrow reader can open). Identifiers are pseudonyms, never raw IDs.
 """
 
+import numpy as np
+
 SCHEMA_VERSION = 1
 
 # Scalar columns in order, with their meaning; the tensor columns follow.
@@ -38,3 +40,9 @@ TENSOR_COLUMNS = {
     "seg_mask": "lesion classes in the segmentation view, (256, 256) uint8",
 }
 QUARANTINE_COLUMNS = ("source", "stage", "reason", "detail")
+
+
+def tensor_array(column, shape: tuple[int, ...]) -> np.ndarray:
+    """A tensor column read back as (N, *shape): Ray's extension type when Ray registered it, else
+    its storage (one flat list per row); either way the same bytes."""
+    return np.stack(column.to_numpy(zero_copy_only=False)).reshape(-1, *shape)

@@ -13,6 +13,7 @@ import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 
+from strokeray.io.shard_schema import tensor_array
 from strokeray.learn.metrics import SegmentationMeter, binary_report, patient_level
 from strokeray.stages.train import split_rows
 
@@ -23,12 +24,6 @@ class EvaluationResult:
     split: str
     slices: int
     metrics: dict
-
-
-def _tensor(column, shape: tuple[int, ...]) -> np.ndarray:
-    """A tensor column as (N, *shape): Ray's extension type when Ray registered it, else its
-    storage (one flat list per row); either way the same bytes."""
-    return np.stack(column.to_numpy(zero_copy_only=False)).reshape(-1, *shape)
 
 
 def run_evaluate(bundle: str, shards: str, split: str = "test", batch_size: int = 32, out: str | None = None,
@@ -56,7 +51,7 @@ def run_evaluate(bundle: str, shards: str, split: str = "test", batch_size: int 
         table = split_rows(table, split, task)
         for start in range(0, table.num_rows, batch_size):
             part = table.slice(start, batch_size)
-            x = torch.from_numpy(_tensor(part[image], (channels, view, view))).float() / 255.0
+            x = torch.from_numpy(tensor_array(part[image], (channels, view, view))).float() / 255.0
             if x.shape[-1] != size:
                 x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
             with torch.no_grad():
@@ -70,7 +65,7 @@ def run_evaluate(bundle: str, shards: str, split: str = "test", batch_size: int 
                 pred = logits.argmax(1)
                 if pred.shape[-1] != seg:  # score at the stored mask's resolution
                     pred = F.interpolate(pred[:, None].float(), size=(seg, seg), mode="nearest")[:, 0].long()
-                meter.update(pred.numpy(), _tensor(part["seg_mask"], (seg, seg)))
+                meter.update(pred.numpy(), tensor_array(part["seg_mask"], (seg, seg)))
     if task == "classify":
         prob, lab, pat = np.concatenate(probs), np.concatenate(labels), np.concatenate(patients)
         metrics = binary_report(lab, prob).as_dict("slice_")

@@ -16,7 +16,10 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, configure_logging=False)
+        # The dashboard serves the State API, through which Ray Train's placement-group cleaner
+        # learns that a run's controller died (a Tune trial stopped early): without it those
+        # placement groups leak and later trials wait for CPUs forever.
+        ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=True, configure_logging=False)
 
 
 def arrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:

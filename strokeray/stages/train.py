@@ -1,6 +1,7 @@
 """Train the classifier or the segmenter with Ray Train (TorchTrainer, DDP) on ingest shards.
 
-One loop serves both tasks; what differs (columns, loss, metrics) comes from ``TaskSpec``.
+One loop serves both tasks; what differs (columns, metrics) comes from ``TaskSpec``, the steps
+(inputs, loss, augmentation) from ``learn.steps.TaskSteps``, which the benchmark's plain loop shares.
 Each epoch reports metrics and, from rank 0, a checkpoint (safetensors weights, optimizer state,
 history). Ray keeps the best two by validation score plus the latest; a dead worker restarts the
 group from the latest checkpoint (FailureConfig); running again with the same ``--out`` and
@@ -44,18 +45,33 @@ class TrainConfig:
     cpus_per_worker: float | None = None
     max_failures: int = 2
     seed: int = 0
+    # The validation metric that picks the best checkpoint (None: the task's, see TASKS). Losses
+    # (names ending in "loss") are minimised: ``val_score`` is then the negated loss.
+    score_metric: str | None = None
+    # Read the shards once into Ray's object store rather than every epoch (None: when they fit
+    # in a quarter of it; see datasets_for).
+    cache_data: bool | None = None
+
+    def score_name(self) -> str:
+        return self.score_metric or TASKS[self.task].score_name
+
+    def score_of(self, metrics: dict) -> float:
+        """``val_score``: the score metric, higher is better, NaN or missing as -inf's stand-in."""
+        value = metrics.get(self.score_name(), float("nan"))
+        if value is None or value != value:
+            return -1e9 if self.score_name().endswith("loss") else -1.0  # never the best
+        return -float(value) if self.score_name().endswith("loss") else float(value)
 
 
 @dataclass
 class TaskSpec:
-    image: str
     score_name: str  # the validation metric that picks the best checkpoint
     columns: tuple[str, ...]
 
 
 TASKS = {
-    "classify": TaskSpec("cls_image", "val_accuracy", ("cls_image", "label", "patient", "split")),
-    "segment": TaskSpec("seg_image", "val_mean_lesion_iou", ("seg_image", "seg_mask", "has_mask", "lesion", "split")),
+    "classify": TaskSpec("val_accuracy", ("cls_image", "label", "patient", "split")),
+    "segment": TaskSpec("val_mean_lesion_iou", ("seg_image", "seg_mask", "has_mask", "lesion", "split")),
 }
 
 
@@ -69,16 +85,48 @@ def split_rows(table, split: str, task: str):
     return table.filter(keep)
 
 
-def datasets_for(shards: str, task: str):
-    """Ray datasets of the train and val splits, reading only the columns the task needs."""
+# CPUs a data task (read a shard, keep a split) reserves. The work is light next to training, and
+# a whole CPU per task can leave the data unschedulable once training workers and concurrent Tune
+# trials hold most of the CPUs (a silent hang).
+DATA_TASK_CPUS = 0.25
+
+
+def split_bytes(shards: str, columns: list[str]) -> int:
+    """Uncompressed bytes of ``columns`` over all shards, from the Parquet footers alone."""
+    fs, base = fsspec.core.url_to_fs(shards)
+    total = 0
+    for path in fs.glob(f"{base.rstrip('/')}/shards/*.parquet"):
+        with fs.open(path, "rb") as fh:
+            meta = pq.ParquetFile(fh).metadata
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            for c in range(rg.num_columns):
+                col = rg.column(c)
+                if col.path_in_schema.split(".", 1)[0] in columns:
+                    total += col.total_uncompressed_size
+    return total
+
+
+def datasets_for(shards: str, task: str, cache: bool | None = None):
+    """Ray datasets of the train and val splits, reading only the columns the task needs.
+
+    ``cache``: read once into Ray's object store instead of re-reading the shards every epoch
+    (None: when the task's columns take under a quarter of the object store).
+    """
     import ray
 
     spec = TASKS[task]
-    base = ray.data.read_parquet(shards.rstrip("/") + "/shards", columns=list(spec.columns))
-    return {
-        split: base.map_batches(split_rows, batch_format="pyarrow", fn_kwargs={"split": split, "task": task})
-        for split in ("train", "val")
-    }
+    base = ray.data.read_parquet(shards.rstrip("/") + "/shards", columns=list(spec.columns),
+                                 ray_remote_args={"num_cpus": DATA_TASK_CPUS})
+    if cache is None:
+        store = ray.cluster_resources().get("object_store_memory", 0)
+        cache = split_bytes(shards, list(spec.columns)) < 0.25 * store
+    out = {}
+    for split in ("train", "val"):
+        ds = base.map_batches(split_rows, batch_format="pyarrow", fn_kwargs={"split": split, "task": task},
+                              num_cpus=DATA_TASK_CPUS)
+        out[split] = ds.materialize() if cache else ds
+    return out
 
 
 def class_weights(shards: str) -> list[float]:
@@ -101,21 +149,19 @@ def _unwrap(model):
 
 def train_loop(config: dict) -> None:
     """The per-worker loop run by Ray Train."""
+    import time
+
     import ray.train
     import ray.train.torch
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
     from safetensors.torch import load_file, save_file
 
-    from strokeray.learn.augment import augment_batch
-    from strokeray.learn.losses import segmentation_loss
     from strokeray.learn.metrics import SegmentationMeter, binary_report, patient_level
     from strokeray.learn.models import build_model
+    from strokeray.learn.steps import TaskSteps
 
     cfg: TrainConfig = config["cfg"]
-    weights = config.get("class_weights")
-    spec = TASKS[cfg.task]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed + rank)
@@ -135,76 +181,49 @@ def train_loop(config: dict) -> None:
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    cw = torch.tensor(weights, dtype=torch.float32, device=device) if weights else None
+    steps = TaskSteps(cfg.task, device, cfg.input_size, cfg.augment, cfg.seg_loss,
+                      config.get("class_weights"), seed=cfg.seed * 1000 + rank)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-
-    def to_device(a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(a))
-        if device.type == "cuda":
-            t = t.pin_memory()
-        return t.to(device, non_blocking=True)
-
-    def inputs(batch):
-        x = to_device(batch[spec.image]).float() / 255.0
-        y = to_device(batch["label"] if cfg.task == "classify" else batch["seg_mask"]).long()
-        if cfg.input_size and x.shape[-1] != cfg.input_size:
-            x = F.interpolate(x, size=(cfg.input_size, cfg.input_size), mode="bilinear", align_corners=False)
-            if cfg.task == "segment":
-                y = F.interpolate(y[:, None].float(), size=(cfg.input_size,) * 2, mode="nearest")[:, 0].long()
-        return x, y
-
-    def loss_of(logits, y):
-        if cfg.task == "classify":
-            return F.cross_entropy(logits.float(), y, weight=cw)
-        return segmentation_loss(logits, y, cfg.seg_loss)
 
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         total, seen = 0.0, 0
+        began = time.perf_counter()
         # numpy batches: the patient key is a string column, which torch batches cannot carry.
         for batch in train_shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
                                               local_shuffle_buffer_size=256, local_shuffle_seed=cfg.seed + epoch):
-            x, y = inputs(batch)
-            x, aug_y = augment_batch(x, y if cfg.task == "segment" else None, cfg.augment, gen)
-            if cfg.task == "segment":
-                y = aug_y
-            with torch.autocast(device.type, enabled=use_amp):
-                loss = loss_of(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            total += float(loss.detach()) * len(x)
-            seen += len(x)
+            loss_sum, n = steps.train_step(model, optimizer, batch)
+            total += loss_sum
+            seen += n
+        train_seconds = time.perf_counter() - began
         model.eval()
         val_loss, val_seen, outputs = 0.0, 0, []
         meter = SegmentationMeter(3)
-        with torch.no_grad():
-            for batch in val_shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"):
-                x, y = inputs(batch)
-                with torch.autocast(device.type, enabled=use_amp):
-                    logits = model(x)
-                val_loss += float(loss_of(logits, y)) * len(x)
-                val_seen += len(x)
-                if cfg.task == "classify":
-                    prob = logits.float().softmax(1)[:, 1].cpu().numpy()
-                    outputs.append((prob, y.cpu().numpy(), np.asarray(batch["patient"])))
-                else:
-                    meter.update(logits.argmax(1).cpu().numpy(), y.cpu().numpy())
-        local = {"train": (total, seen), "val": (val_loss, val_seen), "outputs": outputs, "meter": meter}
+        for batch in val_shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"):
+            logits, y, loss_sum = steps.eval_step(model, batch)
+            val_loss += loss_sum
+            val_seen += len(y)
+            if cfg.task == "classify":
+                prob = logits.float().softmax(1)[:, 1].cpu().numpy()
+                outputs.append((prob, y.cpu().numpy(), np.asarray(batch["patient"])))
+            else:
+                meter.update(logits.argmax(1).cpu().numpy(), y.cpu().numpy())
+        local = {"train": (total, seen, train_seconds), "val": (val_loss, val_seen), "outputs": outputs, "meter": meter}
         gathered = [None] * world
         if world > 1:
             dist.all_gather_object(gathered, local)
         else:
             gathered = [local]
+        train_seen = sum(g["train"][1] for g in gathered)
         metrics = {"epoch": epoch + 1,
                    "started_at_epoch": start_epoch,  # > 0 after a resume from a checkpoint
-                   "train_loss": sum(g["train"][0] for g in gathered) / max(1, sum(g["train"][1] for g in gathered)),
-                   "val_loss": sum(g["val"][0] for g in gathered) / max(1, sum(g["val"][1] for g in gathered))}
+                   "train_loss": sum(g["train"][0] for g in gathered) / max(1, train_seen),
+                   "val_loss": sum(g["val"][0] for g in gathered) / max(1, sum(g["val"][1] for g in gathered)),
+                   # the training pass alone (data feeding included; validation and checkpoint not)
+                   "train_images": train_seen,
+                   "train_images_per_s": train_seen / max(1e-9, max(g["train"][2] for g in gathered)),
+                   "torch_threads": torch.get_num_threads()}
         if cfg.task == "classify":
             outs = [o for g in gathered for o in g["outputs"]]
             if outs:
@@ -219,10 +238,13 @@ def train_loop(config: dict) -> None:
             for g in gathered:
                 total_meter.merge(g["meter"])
             metrics.update({f"val_{k}": v for k, v in total_meter.report().items()})
-        score = metrics.get(spec.score_name, float("nan"))
-        metrics["val_score"] = -1.0 if score != score else float(score)  # NaN never wins
+        metrics["val_score"] = cfg.score_of(metrics)
         best = max(best, metrics["val_score"])
         history.append({k: (None if isinstance(v, float) and v != v else v) for k, v in metrics.items()})
+        if rank == 0:
+            print(f"[train] epoch {epoch + 1}/{cfg.epochs}: train_loss={metrics['train_loss']:.4f} "
+                  f"val_loss={metrics['val_loss']:.4f} {cfg.score_name()}={metrics.get(cfg.score_name(), float('nan')):.4f} "
+                  f"({metrics['train_images_per_s']:.1f} images/s)", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
@@ -244,33 +266,55 @@ class TrainResult:
     history: list[dict]
 
 
-def run_train(shards: str, out: str, cfg: TrainConfig, name: str | None = None, log=print) -> TrainResult:
-    """Train on ``shards`` (an ingest OUT); checkpoints under ``out/<name>``, bundle ``out/<name>/bundle``."""
+@dataclass
+class PreparedRun:
+    """A configured trainer and what exporting its bundle needs."""
+
+    trainer: object  # ray.train.torch.TorchTrainer
+    cfg: TrainConfig  # with the model's channels and classes filled in from the shards
+    card: dict
+    storage: str
+    name: str
+
+
+def read_card(shards: str) -> dict:
+    fs, card_path = fsspec.core.url_to_fs(f"{shards.rstrip('/')}/card.json")
+    with fs.open(card_path, "r") as fh:
+        return json.load(fh)
+
+
+def with_model_shape(cfg: TrainConfig, card: dict) -> TrainConfig:
+    """``cfg`` with the model's input channels (the shards' HU windows) and classes (the task's)."""
+    windows = card["config"]["records"]["preprocess"]["windows"]
+    return replace(cfg, model=replace(cfg.model, task=cfg.task, num_classes=2 if cfg.task == "classify" else 3,
+                                      in_channels=len(windows)))
+
+
+def cpus_per_worker(cfg: TrainConfig) -> float:
+    """The CPUs each worker reserves: see ``TrainConfig.cpus_per_worker``."""
     import ray
+
+    if cfg.cpus_per_worker is not None:
+        return cfg.cpus_per_worker
+    if cfg.use_gpu:
+        return 1.0
+    total = float(ray.cluster_resources().get("CPU", 1))
+    return max(0.1, min(1.0, (total - 1.0) / cfg.num_workers))
+
+
+def prepare_run(shards: str, out: str, cfg: TrainConfig, name: str | None = None, callbacks=()) -> PreparedRun:
+    """A TorchTrainer for ``cfg`` on ``shards``, storing under ``out/<name>`` (Ray must be up)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from strokeray.learn.bundle import save_bundle
-    from strokeray.learn.models import build_model
-    from strokeray.stages.runtime import ensure_ray
-
     if cfg.task not in TASKS:
         raise ValueError(f"task must be classify or segment, got {cfg.task!r}")
-    model_cfg = replace(cfg.model, task=cfg.task, num_classes=2 if cfg.task == "classify" else 3)
-    fs, card_path = fsspec.core.url_to_fs(f"{shards.rstrip('/')}/card.json")
-    with fs.open(card_path, "r") as fh:
-        card = json.load(fh)
-    windows = card["config"]["records"]["preprocess"]["windows"]
-    model_cfg = replace(model_cfg, in_channels=len(windows))
-    cfg = replace(cfg, model=model_cfg)
-    name = name or f"{cfg.task}-{model_cfg.backbone}"
-    ensure_ray()
+    card = read_card(shards)
+    cfg = with_model_shape(cfg, card)
+    name = name or f"{cfg.task}-{cfg.model.backbone}"
     weights = class_weights(shards) if cfg.task == "classify" and cfg.balance_classes else None
     storage = os.path.abspath(out) if "://" not in out else out
-    cpus = cfg.cpus_per_worker
-    if cpus is None:
-        total = float(ray.cluster_resources().get("CPU", 1))
-        cpus = 1.0 if cfg.use_gpu else max(0.1, min(1.0, (total - 1.0) / cfg.num_workers))
+    cpus = cpus_per_worker(cfg)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"cfg": cfg, "class_weights": weights},
@@ -282,35 +326,57 @@ def run_train(shards: str, out: str, cfg: TrainConfig, name: str | None = None, 
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute="val_score", checkpoint_score_order="max"),
+            callbacks=list(callbacks),
         ),
-        datasets=datasets_for(shards, cfg.task),
+        datasets=datasets_for(shards, cfg.task, cfg.cache_data),
     )
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-    best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_score", -1.0))
-    with best_ckpt.as_directory() as d:
-        from safetensors.torch import load_file
+    return PreparedRun(trainer=trainer, cfg=cfg, card=card, storage=storage, name=name)
 
-        model = build_model(replace(model_cfg, weights=None))
-        model.load_state_dict(load_file(os.path.join(d, "model.safetensors")))
-    with result.checkpoint.as_directory() as d:  # the latest holds the whole history
-        state = json.loads(open(os.path.join(d, "state.json")).read())
+
+def export_bundle(checkpoint_dir: str, bundle_dir: str, cfg: TrainConfig, card: dict, metrics: dict,
+                  history: list[dict]) -> str:
+    """Write the model in ``checkpoint_dir`` (a local folder) as a bundle with its provenance."""
+    from safetensors.torch import load_file
+
+    from strokeray.learn.bundle import save_bundle
+    from strokeray.learn.models import build_model
+
+    model = build_model(replace(cfg.model, weights=None))
+    model.load_state_dict(load_file(os.path.join(checkpoint_dir, "model.safetensors")))
+    pre = card["config"]["records"]["preprocess"]
     view = "classification" if cfg.task == "classify" else "segmentation"
-    size = cfg.input_size or card["config"]["records"]["preprocess"][view]["size"]
-    bundle_dir = f"{storage.rstrip('/')}/{name}/bundle"
-    save_bundle(bundle_dir, model, model_cfg, {
+    save_bundle(bundle_dir, model, cfg.model, {
         "task": cfg.task,
-        "input_size": size,
-        "windows": windows,
+        "input_size": cfg.input_size or pre[view]["size"],
+        "windows": pre["windows"],
         "class_names": ["non-stroke", "stroke"] if cfg.task == "classify" else ["background", "ischemic", "hemorrhagic"],
-        "preprocess": card["config"]["records"]["preprocess"],
-        "metrics": {k: v for k, v in best_metrics.items() if isinstance(v, (int, float))},
-        "history": state["history"],
+        "preprocess": pre,
+        "score_metric": cfg.score_name(),
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        "history": history,
         "train": json.loads(json.dumps(asdict(cfg), default=str)),
         "dataset_card": {k: card[k] for k in ("schema_version", "source", "slices", "patients", "config_digest", "per_split")},
     })
-    log(f"[train] {cfg.task} {model_cfg.backbone}: best {TASKS[cfg.task].score_name}={best_metrics.get(TASKS[cfg.task].score_name)}"
+    return bundle_dir
+
+
+def run_train(shards: str, out: str, cfg: TrainConfig, name: str | None = None, log=print) -> TrainResult:
+    """Train on ``shards`` (an ingest OUT); checkpoints under ``out/<name>``, bundle ``out/<name>/bundle``."""
+    from strokeray.stages.runtime import ensure_ray
+
+    ensure_ray()
+    run = prepare_run(shards, out, cfg, name)
+    result = run.trainer.fit()
+    if result.error:
+        raise result.error
+    best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_score", -1.0))
+    with result.checkpoint.as_directory() as d:  # the latest holds the whole history
+        history = json.loads(open(os.path.join(d, "state.json")).read())["history"]
+    bundle_dir = f"{run.storage.rstrip('/')}/{run.name}/bundle"
+    with best_ckpt.as_directory() as d:
+        export_bundle(d, bundle_dir, run.cfg, run.card, dict(best_metrics), history)
+    score = run.cfg.score_name()
+    log(f"[train] {cfg.task} {run.cfg.model.backbone}: best {score}={best_metrics.get(score)}"
         f" at epoch {best_metrics.get('epoch')} -> {bundle_dir}")
-    return TrainResult(out=f"{storage}/{name}", bundle=bundle_dir, best_checkpoint=best_ckpt.path,
-                       best_metrics=dict(best_metrics), history=state["history"])
+    return TrainResult(out=f"{run.storage}/{run.name}", bundle=bundle_dir, best_checkpoint=best_ckpt.path,
+                       best_metrics=dict(best_metrics), history=history)

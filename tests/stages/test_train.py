@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from strokeray.benchmarks.train import plain_loop, training_rows
 from strokeray.datasets.phantom import PhantomConfig
 from strokeray.datasets.splits import SplitConfig
 from strokeray.datasets.synth import SynthConfig, write_archive
@@ -70,6 +72,15 @@ def test_ddp_training_learns_and_bundles(shards, tmp_path, task):
         assert ev.metrics["slice_n"] == r.best_metrics["val_n"]
     else:
         assert 0.0 <= ev.metrics["competition_iou"] <= 1.0 and "iou_hemorrhagic" in ev.metrics
+    # The benchmark's plain loop iterates the same training rows the workers shared (Ray's equal
+    # split may drop fewer rows than there are workers) and runs the same steps.
+    rows = training_rows(shards, task)
+    n = len(rows[next(iter(rows))])
+    assert n - 2 < r.history[0]["train_images"] <= n
+    assert r.history[0]["train_images_per_s"] > 0 and r.history[0]["torch_threads"] >= 1
+    cfg = small(task, 2)
+    cfg = replace(cfg, model=replace(cfg.model, task=task, num_classes=2 if task == "classify" else 3))
+    assert plain_loop({k: v[:8] for k, v in rows.items()}, cfg, threads=1, epochs=2) > 0
 
 
 def test_killed_worker_resumes_from_checkpoint(shards, tmp_path):

@@ -1,0 +1,327 @@
+"""Choose the best model with Ray Tune: each trial is a driver function that builds and fits a
+``TorchTrainer`` (the Ray 2.60 way), ASHA stops weak trials early, and the best trial's best
+checkpoint is published to the model registry with the search's results table.
+
+A search lives in ``OUT/NAME`` (Tune's experiment; the trials' Train runs in ``OUT/NAME/train``).
+Running again with the same OUT and NAME resumes an interrupted search (finished trials are not
+re-run) or, when it had finished, reports it and publishes nothing new; other settings under the
+same name are refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import fsspec
+
+from strokeray.learn.augment import AugmentConfig
+from strokeray.learn.losses import SegLossConfig
+from strokeray.learn.models import ModelConfig
+from strokeray.stages.train import TrainConfig
+
+DEFAULT_METRIC = {"classify": "val_accuracy", "segment": "val_competition_iou"}
+DEFAULT_BACKBONES = {"classify": ("resnet18", "efficientnet_b0"), "segment": ("resnet18", "resnet34")}
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What a trial may vary. Every backbone is tried ``samples`` times; the rest is sampled."""
+
+    backbones: tuple[str, ...] = ()  # empty: the task's defaults (DEFAULT_BACKBONES)
+    lr: tuple[float, float] = (1e-4, 3e-3)  # log-uniform range
+    weight_decay: tuple[float, ...] = (1e-5, 1e-4, 1e-3)
+    batch_size: tuple[int, ...] = (8, 16)
+    augment: tuple[float, ...] = (0.0, 0.5, 1.0)  # augmentation strength
+    input_size: tuple[int, ...] = (128,)
+    # segmenter loss weights (dice, cross-entropy, focal); the classifier ignores them
+    seg_loss: tuple[tuple[float, float, float], ...] = ((1.0, 1.0, 0.0), (1.0, 0.0, 1.0), (1.0, 0.5, 0.5))
+
+    @classmethod
+    def from_json(cls, text: str) -> SearchSpace:
+        """A space from JSON with any of the field names as keys (lists for tuples)."""
+        doc = json.loads(text)
+        unknown = set(doc) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown search-space keys: {sorted(unknown)}")
+        conv = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) for k, v in doc.items()}
+        return cls(**conv)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    task: str = "classify"
+    space: SearchSpace = field(default_factory=SearchSpace)
+    samples: int = 2  # trials per backbone
+    max_epochs: int = 8
+    grace_period: int = 2  # ASHA: epochs every trial gets before it can be stopped
+    reduction_factor: int = 2
+    metric: str | None = None  # validation metric to maximise (None: DEFAULT_METRIC[task])
+    workers_per_trial: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float | None = None  # None: 1, or 0.5 when the cluster has under 3 CPUs
+    seed: int = 0
+
+    def metric_name(self) -> str:
+        return self.metric or DEFAULT_METRIC[self.task]
+
+    def backbones(self) -> tuple[str, ...]:
+        return self.space.backbones or DEFAULT_BACKBONES[self.task]
+
+
+@dataclass
+class SearchResult:
+    path: str
+    rows: list[dict]  # one per trial
+    best: dict  # the best row
+    version: str
+    bundle: str
+    current: bool
+    resumed: bool
+    reused: bool  # the search had already finished: nothing was run or published
+
+
+def param_space(cfg: SearchConfig) -> dict:
+    from ray import tune
+
+    s = cfg.space
+    space = {
+        "backbone": tune.grid_search(list(cfg.backbones())),
+        "lr": tune.loguniform(*s.lr),
+        "weight_decay": tune.choice(list(s.weight_decay)),
+        "batch_size": tune.choice(list(s.batch_size)),
+        "augment": tune.choice(list(s.augment)),
+        "input_size": tune.choice(list(s.input_size)),
+    }
+    if cfg.task == "segment":
+        space["seg_loss"] = tune.choice([list(w) for w in s.seg_loss])
+    return space
+
+
+def trial_train_config(cfg: SearchConfig, params: dict, cpus_per_worker: float) -> TrainConfig:
+    """The TrainConfig of one trial: the search's settings plus the trial's sampled values."""
+    seg = params.get("seg_loss") or (1.0, 1.0, 0.0)
+    return TrainConfig(
+        task=cfg.task,
+        model=ModelConfig(task=cfg.task, backbone=params["backbone"]),
+        epochs=cfg.max_epochs,
+        batch_size=int(params["batch_size"]),
+        lr=float(params["lr"]),
+        weight_decay=float(params["weight_decay"]),
+        input_size=int(params["input_size"]),
+        augment=AugmentConfig(strength=float(params["augment"])),
+        seg_loss=SegLossConfig(dice=float(seg[0]), ce=float(seg[1]), focal=float(seg[2])),
+        num_workers=cfg.workers_per_trial,
+        use_gpu=cfg.use_gpu,
+        cpus_per_worker=cpus_per_worker,
+        seed=cfg.seed,
+        score_metric=cfg.metric_name(),
+    )
+
+
+def trial_driver(params: dict, *, cfg: SearchConfig, shards: str, train_storage: str, cpus_per_worker: float) -> None:
+    """One Tune trial: fit a TorchTrainer whose per-epoch reports flow back to Tune."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from strokeray.stages.train import prepare_run
+
+    ctx = ray.tune.get_context()
+    # One line per start of this trial: a resumed search must not start finished trials again.
+    with open(os.path.join(ctx.get_trial_dir(), "attempts.log"), "a") as fh:
+        fh.write(f"{time.time():.3f}\n")
+    # The Train run is named after the trial, so a restarted trial resumes its own checkpoints.
+    run = prepare_run(shards, train_storage, trial_train_config(cfg, params, cpus_per_worker),
+                      name=f"trial-{ctx.get_trial_id()}", callbacks=[TuneReportCallback()])
+    result = run.trainer.fit()
+    if result.error:
+        raise result.error
+
+
+# CPUs each trial's driver function reserves: it only waits on its Train run (whose workers hold
+# the real CPUs), but Tune refuses an empty reservation.
+DRIVER_CPUS = 0.01
+
+
+def concurrency(cfg: SearchConfig, resources: dict) -> tuple[int, float]:
+    """(max concurrent trials, CPUs per worker) for a cluster with ``resources``.
+
+    GPU: one trial per ``workers_per_trial`` GPUs. CPU: one CPU stays free for the Ray Data tasks
+    feeding the workers and the rest is shared out; on 2 cores, 2 trials of one half-CPU worker
+    (less the drivers' share, so that a whole CPU stays free).
+    """
+    cpus = float(resources.get("CPU", 1))
+    trials = len(cfg.backbones()) * cfg.samples
+    if cfg.use_gpu:
+        gpus = int(resources.get("GPU", 0))
+        if gpus < cfg.workers_per_trial:
+            raise RuntimeError(f"the cluster has {gpus} GPU(s); a trial needs {cfg.workers_per_trial}")
+        return max(1, min(trials, gpus // cfg.workers_per_trial)), cfg.cpus_per_worker or 1.0
+    spare = max(cpus - 1.0, 0.5)
+    per_worker = cfg.cpus_per_worker or (1.0 if cpus >= 3 else 0.5 - DRIVER_CPUS / cfg.workers_per_trial)
+    fits = math.floor(spare / (per_worker * cfg.workers_per_trial + DRIVER_CPUS) + 1e-6)
+    return max(1, min(trials, fits)), per_worker
+
+
+def _fetch_checkpoint(url: str, into: str) -> str:
+    os.makedirs(into, exist_ok=True)
+    fs, base = fsspec.core.url_to_fs(url)
+    for name in ("model.safetensors", "state.json"):
+        fs.get(f"{base.rstrip('/')}/{name}", os.path.join(into, name))
+    return into
+
+
+def trial_checkpoints(train_storage: str, trial_id: str) -> list[dict]:
+    """The complete checkpoints a trial's Train run kept: url, epoch, that epoch's metrics, history.
+
+    Read from the checkpoints themselves, not from Tune's reports: after an interrupted search
+    resumes, a reported checkpoint may have been pruned and a trial's reports may repeat epochs.
+    """
+    fs, base = fsspec.core.url_to_fs(f"{train_storage.rstrip('/')}/trial-{trial_id}")
+    scheme = train_storage.split("://", 1)[0] + "://" if "://" in train_storage else ""
+    found = []
+    for folder in fs.glob(f"{base}/checkpoint_*"):
+        if not (fs.exists(f"{folder}/state.json") and fs.exists(f"{folder}/model.safetensors")):
+            continue  # cut short by a kill
+        with fs.open(f"{folder}/state.json", "r") as fh:
+            state = json.load(fh)
+        found.append({"url": scheme + folder, "epoch": state["epoch"], "metrics": state["history"][-1],
+                      "history": state["history"]})
+    return sorted(found, key=lambda c: c["epoch"])
+
+
+def results_table(grid, cfg: SearchConfig, train_storage: str) -> list[dict]:
+    """One row per trial: its parameters, best checkpointed validation score and its epoch, epochs
+    run, time, status, and the checkpoints to export."""
+    rows = []
+    for result in grid:
+        last = result.metrics or {}
+        trial_id = last.get("trial_id") or "_".join(os.path.basename(result.path).split("_")[2:4])
+        row = {"trial_id": trial_id, **{f"param_{k}": v for k, v in (result.config or {}).items()}}
+        ckpts = trial_checkpoints(train_storage, trial_id)
+        if not ckpts:
+            row.update({"status": "error" if result.error else "no_result", "epochs_run": 0,
+                        "best_score": float("nan"), "best_epoch": 0, "time_s": 0.0, "checkpoint": "",
+                        "last_checkpoint": "", "error": str(result.error or "")[:500]})
+            rows.append(row)
+            continue
+        best, latest = max(ckpts, key=lambda c: c["metrics"]["val_score"]), ckpts[-1]
+        epochs = int(latest["epoch"])
+        df = result.metrics_dataframe
+        row.update({
+            "status": "error" if result.error else ("complete" if epochs >= cfg.max_epochs else "stopped_early"),
+            "epochs_run": epochs,
+            "best_score": float(best["metrics"]["val_score"]),
+            "best_epoch": int(best["epoch"]),
+            "time_s": float(df["time_total_s"].max()) if df is not None and "time_total_s" in df else float("nan"),
+            "checkpoint": best["url"],
+            "last_checkpoint": latest["url"],
+            "error": str(result.error or "")[:500],
+        })
+        for key in ("val_accuracy", "val_auc", "val_patient_auc", "val_mean_lesion_iou", "val_competition_iou", "val_loss"):
+            if key in best["metrics"]:
+                value = best["metrics"][key]
+                row[f"best_{key}"] = float(value) if value is not None and value == value else None
+        rows.append(row)
+    return rows
+
+
+def _same_settings(fs, path: str, doc: dict) -> bool:
+    with fs.open(path, "r") as fh:
+        return json.load(fh) == doc
+
+
+def run_search(shards: str, out: str, cfg: SearchConfig, name: str | None = None,
+               registry: str = "runs/registry", overwrite: bool = False, log=print) -> SearchResult:
+    """Run (or resume) the search and publish its best trial to ``registry``."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from strokeray.stages import registry as reg
+    from strokeray.stages.runtime import ensure_ray
+    from strokeray.stages.train import export_bundle, read_card, with_model_shape
+
+    if cfg.task not in DEFAULT_METRIC:
+        raise ValueError(f"task must be classify or segment, got {cfg.task!r}")
+    ensure_ray()
+    name = name or f"{cfg.task}-search"
+    storage = os.path.abspath(out) if "://" not in out else out
+    path = f"{storage.rstrip('/')}/{name}"
+    fs, base = fsspec.core.url_to_fs(path)
+    settings = {"shards": shards, "config": json.loads(json.dumps(asdict(cfg)))}
+    settings_path, published_path = f"{base}/strokeray-search.json", f"{base}/published.json"
+    if fs.exists(settings_path) and not _same_settings(fs, settings_path, settings):
+        if not overwrite:
+            raise ValueError(f"{path} holds a search with other settings or data; pass overwrite "
+                             "(--overwrite) to discard it, or choose another name")
+        fs.rm(base, recursive=True)
+    card = read_card(shards)
+    max_trials, per_worker = concurrency(cfg, ray.cluster_resources())
+    trainable = tune.with_parameters(trial_driver, cfg=cfg, shards=shards, train_storage=f"{path}/train",
+                                     cpus_per_worker=per_worker)
+    trainable = tune.with_resources(trainable, {"CPU": DRIVER_CPUS})
+    if fs.exists(published_path):
+        with fs.open(published_path, "r") as fh:
+            done = json.load(fh)
+        log(f"[tune] {path} finished earlier; its best is registry version {done['version']}")
+        return SearchResult(path=path, rows=done["rows"], best=done["best"], version=done["version"],
+                            bundle=done["bundle"], current=done["current"], resumed=False, reused=True)
+    resumed = fs.exists(settings_path) and tune.Tuner.can_restore(path)
+    if resumed:
+        log(f"[tune] resuming the interrupted search {path}")
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        fs.makedirs(base, exist_ok=True)
+        with fs.open(settings_path, "w") as fh:
+            json.dump(settings, fh, indent=2)
+        trials = len(cfg.backbones()) * cfg.samples
+        log(f"[tune] {trials} trials ({cfg.samples} per backbone over {', '.join(cfg.backbones())}), "
+            f"{max_trials} at a time, ASHA on {cfg.metric_name()} -> {path}")
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(cfg),
+            tune_config=tune.TuneConfig(
+                metric="val_score", mode="max", num_samples=cfg.samples, max_concurrent_trials=max_trials,
+                scheduler=ASHAScheduler(max_t=cfg.max_epochs, grace_period=min(cfg.grace_period, cfg.max_epochs),
+                                        reduction_factor=cfg.reduction_factor),
+                search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=max_trials),
+            ),
+            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=1)),
+        )
+    grid = tuner.fit()
+    rows = results_table(grid, cfg, f"{path}/train")
+    scored = [r for r in rows if r["best_score"] == r["best_score"] and r["checkpoint"]]
+    if not scored:
+        errors = "; ".join(r["error"] for r in rows if r["error"])
+        raise RuntimeError(f"no trial of {path} produced a checkpoint: {errors or 'no results'}")
+    best = max(scored, key=lambda r: r["best_score"])
+    params = {k[len("param_"):]: v for k, v in best.items() if k.startswith("param_")}
+    train_cfg = with_model_shape(trial_train_config(cfg, params, per_worker), card)
+    with tempfile.TemporaryDirectory() as tmp:
+        best_dir = _fetch_checkpoint(best["checkpoint"], os.path.join(tmp, "best"))
+        last_dir = _fetch_checkpoint(best["last_checkpoint"], os.path.join(tmp, "last"))
+        with open(os.path.join(best_dir, "state.json")) as fh:
+            best_epoch = json.load(fh)["history"][-1]
+        with open(os.path.join(last_dir, "state.json")) as fh:
+            history = json.load(fh)["history"]
+        search_doc = {"path": path, "metric": cfg.metric_name(), **settings, "best": best, "rows": rows}
+        summary = {"metric": cfg.metric_name(), "value": best["best_score"], "dataset": card["config_digest"],
+                   "search": path, "trial_id": best["trial_id"], "backbone": params["backbone"]}
+        pub = reg.publish(registry, cfg.task,
+                          lambda url: export_bundle(best_dir, url, train_cfg, card, best_epoch, history),
+                          search_doc, rows, summary)
+    with fs.open(published_path, "w") as fh:
+        json.dump({"version": pub.version, "bundle": pub.bundle, "current": pub.current, "best": best, "rows": rows},
+                  fh, indent=2, default=str)
+    log(f"[tune] best trial {best['trial_id']} ({params['backbone']}): {cfg.metric_name()}={best['best_score']:.4f} "
+        f"at epoch {best['best_epoch']} -> {pub.bundle}" + (" (now current)" if pub.current else ""))
+    return SearchResult(path=path, rows=rows, best=best, version=pub.version, bundle=pub.bundle, current=pub.current,
+                        resumed=resumed, reused=False)
+

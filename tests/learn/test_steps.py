@@ -1,0 +1,58 @@
+"""The shared training and evaluation steps (torch only, no Ray)."""
+
+import numpy as np
+import torch
+
+from strokeray.learn.augment import AugmentConfig
+from strokeray.learn.models import ModelConfig, build_model
+from strokeray.learn.steps import TaskSteps
+
+CPU = torch.device("cpu")
+
+
+def _seg_batch(n=4, size=32):
+    rng = np.random.default_rng(0)
+    mask = np.zeros((n, size, size), np.uint8)
+    mask[:, 8:16, 8:16] = 1
+    mask[:, 20:28, 4:12] = 2
+    image = (rng.random((n, 2, size, size)) * 60).astype(np.uint8)
+    image[:, 0][mask == 1] = 200
+    image[:, 1][mask == 2] = 250
+    return {"seg_image": image, "seg_mask": mask}
+
+
+def test_inputs_scale_resize_and_keep_mask_classes():
+    steps = TaskSteps("segment", CPU, input_size=16, augment=AugmentConfig(strength=0))
+    x, y = steps.inputs(_seg_batch())
+    assert x.shape == (4, 2, 16, 16) and x.dtype == torch.float32
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert y.shape == (4, 16, 16) and y.dtype == torch.long
+    assert set(torch.unique(y).tolist()) == {0, 1, 2}  # nearest: no invented in-between classes
+    # Size as stored: nothing is resampled.
+    x2, y2 = TaskSteps("segment", CPU).inputs(_seg_batch())
+    assert x2.shape[-1] == 32 and torch.equal(y2, torch.from_numpy(_seg_batch()["seg_mask"]).long())
+
+
+def test_class_weights_change_the_classifier_loss():
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.2], [-1.0, 1.0]])
+    y = torch.tensor([1, 1, 0])
+    plain = TaskSteps("classify", CPU).loss(logits, y)
+    weighted = TaskSteps("classify", CPU, class_weights=[1.0, 3.0]).loss(logits, y)
+    manual = torch.nn.functional.cross_entropy(logits, y, weight=torch.tensor([1.0, 3.0]))
+    assert torch.isclose(weighted, manual) and not torch.isclose(plain, weighted)
+
+
+def test_train_step_learns_a_fixed_batch_and_eval_step_reports_it():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(task="segment", backbone="resnet18", in_channels=2, num_classes=3))
+    steps = TaskSteps("segment", CPU, augment=AugmentConfig(strength=0))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = _seg_batch()
+    model.train()
+    losses = [steps.train_step(model, opt, batch) for _ in range(10)]
+    assert all(n == 4 for _, n in losses)
+    assert losses[-1][0] < 0.7 * losses[0][0], losses
+    model.eval()
+    logits, y, summed = steps.eval_step(model, batch)
+    assert logits.shape == (4, 3, 32, 32) and y.shape == (4, 32, 32)
+    assert abs(summed - 4 * float(steps.loss(logits, y))) < 1e-4

@@ -1,0 +1,162 @@
+"""Ray Tune search on phantom shards: ASHA, the registry export, re-runs and an interrupted search."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from strokeray.datasets.phantom import PhantomConfig
+from strokeray.datasets.splits import SplitConfig
+from strokeray.datasets.synth import SynthConfig, write_archive
+from strokeray.io.shard_schema import tensor_array
+from strokeray.learn.bundle import load_bundle
+from strokeray.stages import registry
+from strokeray.stages.ingest import IngestConfig, run_ingest
+from strokeray.stages.manifest import ManifestConfig
+from strokeray.stages.tune import SearchConfig, SearchSpace, concurrency, run_search
+
+pytestmark = pytest.mark.ray
+
+# Cheap trials (64 px, ~70 training slices). The validation loss is the metric: continuous, so
+# ASHA's comparisons never tie, which makes "some trial is stopped early" reliable with 8 trials.
+SPACE = SearchSpace(backbones=("resnet18", "resnet34"), lr=(1e-4, 3e-3), batch_size=(8,), augment=(0.0,),
+                    input_size=(64,))
+
+
+@pytest.fixture(scope="module")
+def shards(ray_local, tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("tune")
+    write_archive(str(root / "archive"), SynthConfig(patients=16, seed=7, png=False,
+                                                     phantom=PhantomConfig(size=128, slices=6)))
+    split = SplitConfig(mode="stratified", use_layout_splits=False)
+    run_ingest(str(root / "archive"), str(root / "shards"), IngestConfig(manifest=ManifestConfig(split=split)),
+               log=lambda *_: None)
+    return str(root / "shards")
+
+
+def test_concurrency_fits_the_cluster():
+    cpu = SearchConfig(samples=2)
+    trials, per_worker = concurrency(cpu, {"CPU": 2.0})
+    assert trials == 2 and 2 * (per_worker + 0.01) <= 1.0 + 1e-9  # a whole CPU left for Ray Data
+    assert concurrency(cpu, {"CPU": 16.0}) == (4, 1.0)  # no more than there are trials
+    assert concurrency(SearchConfig(samples=8, workers_per_trial=2), {"CPU": 16.0}) == (7, 1.0)
+    gpu = SearchConfig(samples=4, workers_per_trial=2, use_gpu=True)
+    assert concurrency(gpu, {"CPU": 32.0, "GPU": 8.0})[0] == 4
+    with pytest.raises(RuntimeError, match="GPU"):
+        concurrency(gpu, {"CPU": 32.0, "GPU": 1.0})
+
+
+def test_search_space_from_json_rejects_unknown_keys():
+    s = SearchSpace.from_json('{"backbones": ["resnet18"], "lr": [0.001, 0.01], "seg_loss": [[1, 1, 0]]}')
+    assert s.backbones == ("resnet18",) and s.lr == (0.001, 0.01) and s.seg_loss == ((1, 1, 0),)
+    with pytest.raises(ValueError, match="unknown"):
+        SearchSpace.from_json('{"learning_rate": [1, 2]}')
+
+
+def test_search_stops_early_exports_the_best_trial_and_reuses_a_finished_search(shards, tmp_path):
+    reg = str(tmp_path / "registry")
+    cfg = SearchConfig(task="classify", space=SPACE, samples=4, max_epochs=4, grace_period=1, reduction_factor=2,
+                       metric="val_loss", seed=3)
+    r = run_search(shards, str(tmp_path / "tune"), cfg, registry=reg, log=lambda *_: None)
+    rows = r.rows
+    assert len(rows) == 8 and {row["param_backbone"] for row in rows} == {"resnet18", "resnet34"}
+    assert all(row["status"] in ("complete", "stopped_early") for row in rows), rows
+    assert any(row["status"] == "stopped_early" for row in rows), [row["epochs_run"] for row in rows]
+    assert any(row["status"] == "complete" and row["epochs_run"] == 4 for row in rows)
+    # The published bundle is the trial with the best validation score in the table...
+    best = max(rows, key=lambda row: row["best_score"])
+    assert r.best["trial_id"] == best["trial_id"]
+    assert best["best_score"] == pytest.approx(-best["best_val_loss"])  # a loss is minimised
+    assert registry.versions(reg, "classify") == ["v0001"] and r.current
+    assert registry.best_bundle(reg, "classify") == r.bundle
+    model, doc = load_bundle(r.bundle)
+    assert doc["model"]["backbone"] == best["param_backbone"] and doc["score_metric"] == "val_loss"
+    assert doc["metrics"]["val_loss"] == pytest.approx(best["best_val_loss"])
+    # ...holding exactly the weights of that trial's best checkpoint...
+    ref = load_file(str(Path(best["checkpoint"]) / "model.safetensors"))
+    assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+    with fsspec.open(f"{r.bundle}/search.json", "r") as fh:
+        assert len(json.load(fh)["rows"]) == 8
+    assert (Path(r.bundle) / "results.csv").read_text().count("\n") == 9
+    # ...and it predicts on the shards.
+    table = pq.read_table(next(iter(sorted(Path(shards, "shards").glob("*.parquet")))), columns=["cls_image"])
+    x = torch.from_numpy(tensor_array(table["cls_image"], (3, 224, 224))[:4]).float() / 255
+    with torch.no_grad():
+        prob = model(torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear")).softmax(1)
+    assert prob.shape == (4, 2) and torch.allclose(prob.sum(1), torch.ones(4))
+    # Running the finished search again runs and publishes nothing.
+    again = run_search(shards, str(tmp_path / "tune"), cfg, registry=reg, log=lambda *_: None)
+    assert again.reused and again.version == "v0001" and registry.versions(reg, "classify") == ["v0001"]
+    # Other settings under the same name are refused, not silently started over.
+    with pytest.raises(ValueError, match="other settings"):
+        run_search(shards, str(tmp_path / "tune"), SearchConfig(task="classify", space=SPACE, samples=1),
+                   registry=reg, log=lambda *_: None)
+
+
+def _trial_states(search: Path) -> dict[str, str]:
+    """trial id -> status, from the newest experiment state Tune saved (what a restore reads)."""
+    files = sorted(search.glob("experiment_state-*.json"))  # named by the session start time
+    if not files:
+        return {}
+    try:
+        doc = json.loads(files[-1].read_text())
+    except (json.JSONDecodeError, OSError):  # caught mid-write
+        return {}
+    states = {}
+    for trial_json, _ in doc["trial_data"]:
+        t = json.loads(trial_json)
+        states[t["trial_id"]] = t["status"]
+    return states
+
+
+def test_interrupted_search_resumes_without_rerunning_finished_trials(shards, tmp_path):
+    out, reg = tmp_path / "tune", tmp_path / "registry"
+    cmd = [sys.executable, "-m", "strokeray.cli", "tune", "classify", "--data", shards, "--out", str(out),
+           "--registry", str(reg), "--name", "s", "--backbones", "resnet18,resnet34", "--samples", "2",
+           "--max-epochs", "3", "--grace-period", "3", "--seed", "1"]
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"batch_size": [8], "augment": [0.0], "input_size": [64]}))
+    cmd += ["--space", str(space)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["TUNE_GLOBAL_CHECKPOINT_S"] = "1"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        if "TERMINATED" in _trial_states(out / "s").values():
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the search ended before it could be interrupted"
+    finished = {t for t, s in _trial_states(out / "s").items() if s == "TERMINATED"}
+    assert finished, "no trial finished in time"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "s" / "published.json").exists()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["resumed"] is True and summary["version"] == "v0001"
+    states = _trial_states(out / "s")
+    assert len(states) == 4 and set(states.values()) == {"TERMINATED"}
+    # Every trial ran to its 3 epochs; those finished before the kill were never started again.
+    with open(out / "s" / "published.json") as fh:
+        rows = json.load(fh)["rows"]
+    assert sorted(r["epochs_run"] for r in rows) == [3, 3, 3, 3]
+    attempts = {}
+    for log in (out / "s").glob("*/attempts.log"):
+        attempts[log.parent.name] = len(log.read_text().splitlines())
+    finished_dirs = [d for d in attempts if any(t in d for t in finished)]
+    assert len(finished_dirs) == len(finished)
+    assert all(attempts[d] == 1 for d in finished_dirs), attempts
+    assert np.isfinite([r["best_score"] for r in rows]).all()

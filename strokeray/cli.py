@@ -163,12 +163,14 @@ def _add_benchmark(sub) -> None:
         "path, (c) strokeray ingest at 1 and 2 CPUs, plus peak RSS at N and 4N slices. "
         "train: images/s of the Ray Train loop (1 worker) against a plain PyTorch loop with the same "
         "model, batch and data in memory, for both tasks; then both models trained on phantom shards "
-        "and scored on their test split against the quality targets.",
+        "and scored on their test split against the quality targets. score: slices/s of (a) the models' "
+        "batched forward passes on views in memory, (b) the original study's per-file scoring loop, "
+        "(c) strokeray score, plus peak memory at N and 4N slices.",
     )
-    p.add_argument("which", choices=("ingest", "train"), help="the stage to benchmark")
+    p.add_argument("which", choices=("ingest", "train", "score"), help="the stage to benchmark")
     p.add_argument("--workdir", help="where archives and runs are generated and kept (default runs/benchmark[-train])")
-    p.add_argument("--slices", type=int, default=1024, help="ingest: synthetic 512x512 slices (default 1024)")
-    p.add_argument("--no-memory", action="store_true", help="ingest: skip the peak-RSS comparison")
+    p.add_argument("--slices", type=int, help="ingest, score: synthetic 512x512 slices (default 1024, 512)")
+    p.add_argument("--no-memory", action="store_true", help="ingest, score: skip the peak-memory comparison")
     p.add_argument("--epochs", type=int, default=4, help="train: epochs per throughput run, the first is warm-up")
     p.add_argument("--no-quality", action="store_true", help="train: skip the phantom quality runs")
     p.add_argument("--json", help="also write the results to this JSON file")
@@ -176,7 +178,12 @@ def _add_benchmark(sub) -> None:
 
 
 def _cmd_benchmark(args) -> int:
-    if args.which == "train":
+    if args.which == "score":
+        from strokeray.benchmarks.score import run_score_benchmark
+
+        bench = run_score_benchmark(args.workdir or "runs/benchmark-score", args.slices or 512,
+                                    memory=not args.no_memory)
+    elif args.which == "train":
         from strokeray.benchmarks.train import run_train_benchmark
 
         bench = run_train_benchmark(args.workdir or "runs/benchmark-train", epochs=args.epochs,
@@ -184,7 +191,7 @@ def _cmd_benchmark(args) -> int:
     else:
         from strokeray.benchmarks.ingest import run_ingest_benchmark
 
-        bench = run_ingest_benchmark(args.workdir or "runs/benchmark", args.slices, memory=not args.no_memory)
+        bench = run_ingest_benchmark(args.workdir or "runs/benchmark", args.slices or 1024, memory=not args.no_memory)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(dataclasses.asdict(bench), fh, indent=2, default=str)
@@ -288,6 +295,46 @@ def _cmd_tune(args) -> int:
     return 0
 
 
+def _add_score(sub) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score a whole archive: stroke probability per slice, lesions, per-study volumes",
+        description="Decode and preprocess SRC (folder, zip/tar, s3://...) with Ray Data, run the classifier "
+        "on every slice and the segmenter on the positive ones in an actor pool, and write "
+        "OUT/slices.parquet, studies.parquet, submission.csv, quarantine.parquet, summary.json (and "
+        "overlays/ with --overlays). Models default to the registry's current best. Re-running the same "
+        "command continues an interrupted run and rewrites nothing once it is complete.",
+    )
+    p.add_argument("src", help="archive: folder, zip/tar, folder of archives or URL")
+    p.add_argument("--out", required=True, help="output folder or URL")
+    p.add_argument("--classifier", help="classifier bundle (default: the registry's current best)")
+    p.add_argument("--segmenter", help="segmenter bundle (default: the registry's current best)")
+    p.add_argument("--no-segmenter", action="store_true", help="classify only")
+    p.add_argument("--registry", default="runs/registry", help="model registry (default runs/registry)")
+    p.add_argument("--threshold", type=float, default=0.5, help="stroke probability threshold (default 0.5)")
+    p.add_argument("--batch-size", type=int, default=16, help="slices per model call (default 16)")
+    p.add_argument("--actors", type=int, help="scoring actors (default: one per GPU with --gpu, else 1)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per scoring actor")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs (and torch threads) per actor")
+    p.add_argument("--overlays", action="store_true", help="write PNG overlays of positive slices")
+    p.add_argument("--files-per-chunk", type=int, default=1000, help="files per resumable chunk (default 1000)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--overwrite", action="store_true", help="discard an OUT made with other inputs, models or settings")
+    p.set_defaults(func=_cmd_score)
+
+
+def _cmd_score(args) -> int:
+    from strokeray.stages.score import ScoreConfig, run_score
+
+    cfg = ScoreConfig(threshold=args.threshold, batch_size=args.batch_size, actors=args.actors, use_gpu=args.gpu,
+                      cpus_per_actor=args.cpus_per_actor, overlays=args.overlays,
+                      files_per_chunk=args.files_per_chunk, num_cpus=args.num_cpus, overwrite=args.overwrite)
+    s = run_score(args.src, args.out, args.classifier, args.segmenter, args.registry, cfg,
+                  segment=not args.no_segmenter)
+    print(json.dumps(dataclasses.asdict(s)))
+    return 0
+
+
 def _add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate",
@@ -338,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"strokeray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_synth, _add_decode, _add_preview, _add_ingest, _add_train, _add_tune, _add_evaluate, _add_pipeline, _add_benchmark):
+    for add in (_add_synth, _add_decode, _add_preview, _add_ingest, _add_train, _add_tune, _add_evaluate, _add_score, _add_pipeline, _add_benchmark):
         add(sub)
     return parser
 

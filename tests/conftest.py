@@ -34,6 +34,28 @@ def phantom_archive(tmp_path_factory) -> tuple[Path, object]:
     return root, summary
 
 
+def zip_folder(folder: Path, target: Path, extra: dict[str, bytes] | None = None) -> Path:
+    """Zip ``folder`` (plus ``extra`` members, e.g. a zip-slip name) into ``target``."""
+    import zipfile
+
+    with zipfile.ZipFile(target, "w") as zf:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                zf.write(p, p.relative_to(folder).as_posix())
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return target
+
+
+@pytest.fixture(scope="session")
+def planted_zip(phantom_archive, tmp_path_factory):
+    """The phantom archive as a zip, with an unsafe member added."""
+    root, summary = phantom_archive
+    target = tmp_path_factory.mktemp("zips") / "phantoms (planted).zip"
+    zip_folder(root, target, {"../../escape.dcm": b"zip slip"})
+    return target, summary
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

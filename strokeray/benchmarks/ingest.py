@@ -124,32 +124,37 @@ def _memory_tree(pid: int) -> dict[str, int]:
     return out
 
 
+def run_measured(cmd: list[str]) -> dict:
+    """Run ``cmd`` (a child Python printing one JSON line last) sampling its process tree's memory;
+    returns that JSON plus the driver's peak RSS and the largest Ray worker's peak USS and RSS (MB)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    peaks = {"driver_rss": 0, "worker_rss": 0, "worker_uss": 0}
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            for k, v in _memory_tree(proc.pid).items():
+                peaks[k] = max(peaks[k], v)
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, _ = proc.communicate()
+    stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child failed ({proc.returncode}): {stdout[-2000:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result.update({f"{k}_peak_mb": v / 2**20 for k, v in peaks.items()})
+    return result
+
+
 def run_child(src: str, num_cpus: int, files_per_chunk: int) -> dict:
     """Ingest ``src`` in a fresh process with its own Ray; returns its timing and peak memory."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "strokeray.benchmarks.ingest", "--child", src, f"{out}/o",
-               str(num_cpus), str(files_per_chunk)]
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-        peaks = {"driver_rss": 0, "worker_rss": 0, "worker_uss": 0}
-        stop = threading.Event()
-
-        def sample():
-            while not stop.is_set():
-                for k, v in _memory_tree(proc.pid).items():
-                    peaks[k] = max(peaks[k], v)
-                time.sleep(0.2)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        stdout, _ = proc.communicate()
-        stop.set()
-        sampler.join()
-        if proc.returncode != 0:
-            raise RuntimeError(f"ingest child failed ({proc.returncode}): {stdout[-2000:]}")
-        result = json.loads(stdout.strip().splitlines()[-1])
-    result.update({f"{k}_peak_mb": v / 2**20 for k, v in peaks.items()})
-    return result
+        return run_measured([sys.executable, "-m", "strokeray.benchmarks.ingest", "--child", src, f"{out}/o",
+                             str(num_cpus), str(files_per_chunk)])
 
 
 def _child_main(src: str, out: str, num_cpus: int, files_per_chunk: int) -> None:

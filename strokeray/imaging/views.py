@@ -44,6 +44,17 @@ class PreprocessConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> PreprocessConfig:
+        """The config ``to_dict`` wrote (as recorded in dataset cards and model bundles)."""
+        return cls(
+            windows=tuple(Window(**w) for w in d["windows"]),
+            brain=BrainMaskConfig(**d["brain"]),
+            classification=ViewConfig(**d["classification"]),
+            segmentation=ViewConfig(**d["segmentation"]),
+            assumed_spacing_mm=float(d["assumed_spacing_mm"]),
+        )
+
 
 @dataclass
 class View:

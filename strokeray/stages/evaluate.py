@@ -29,16 +29,12 @@ class EvaluationResult:
 def run_evaluate(bundle: str, shards: str, split: str = "test", batch_size: int = 32, out: str | None = None,
                  log=print) -> EvaluationResult:
     """Metrics of ``bundle`` on ``split``; written as JSON to ``out`` when given."""
-    import torch
-    import torch.nn.functional as F
+    from strokeray.learn.predict import BundlePredictor
 
-    from strokeray.learn.bundle import load_bundle
-
-    model, doc = load_bundle(bundle)
-    task, size = doc["task"], int(doc["input_size"])
+    predictor = BundlePredictor(bundle)
+    doc, task = predictor.doc, predictor.task
     channels = len(doc["windows"])
     view = doc["preprocess"]["classification" if task == "classify" else "segmentation"]["size"]
-    seg = doc["preprocess"]["segmentation"]["size"]
     image = "cls_image" if task == "classify" else "seg_image"
     columns = [image, "split"] + (["label", "patient"] if task == "classify" else ["seg_mask", "has_mask", "lesion"])
     fs, base = fsspec.core.url_to_fs(shards)
@@ -51,21 +47,14 @@ def run_evaluate(bundle: str, shards: str, split: str = "test", batch_size: int 
         table = split_rows(table, split, task)
         for start in range(0, table.num_rows, batch_size):
             part = table.slice(start, batch_size)
-            x = torch.from_numpy(tensor_array(part[image], (channels, view, view))).float() / 255.0
-            if x.shape[-1] != size:
-                x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-            with torch.no_grad():
-                logits = model(x)
+            views = tensor_array(part[image], (channels, view, view))
             n += part.num_rows
             if task == "classify":
-                probs.append(logits.softmax(1)[:, 1].numpy())
+                probs.append(predictor.stroke_probability(views))
                 labels.append(np.asarray(part["label"]))
                 patients.append(np.asarray(part["patient"]))
-            else:
-                pred = logits.argmax(1)
-                if pred.shape[-1] != seg:  # score at the stored mask's resolution
-                    pred = F.interpolate(pred[:, None].float(), size=(seg, seg), mode="nearest")[:, 0].long()
-                meter.update(pred.numpy(), tensor_array(part["seg_mask"], (seg, seg)))
+            else:  # scored at the stored mask's resolution
+                meter.update(predictor.lesion_classes(views), tensor_array(part["seg_mask"], (view, view)))
     if task == "classify":
         prob, lab, pat = np.concatenate(probs), np.concatenate(labels), np.concatenate(patients)
         metrics = binary_report(lab, prob).as_dict("slice_")

@@ -96,11 +96,13 @@ def _config_digest(manifest: Manifest, cfg: IngestConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _run_chunk(index: int, table: pa.Table, out: str, run: str, cfg: IngestConfig) -> int:
-    """Process one chunk into shards/chunk-<index>-*.parquet; returns its shard count.
+def run_chunk(index: int, table: pa.Table, out: str, run: str, cfg: IngestConfig, dest: str = "shards",
+              extend=None) -> int:
+    """Process one chunk into OUT/<dest>/chunk-<index>-*.parquet; returns its file count.
 
-    Scratch and quarantine parts live under this run's own folder: workers orphaned by a killed
-    run may still finish a write, but only into their own run's folder, which is never promoted.
+    ``extend(ds)`` may add stages after decoding (scoring does). Scratch and quarantine parts live
+    under this run's own folder: workers orphaned by a killed run may still finish a write, but
+    only into their own run's folder, which is never promoted.
     """
     import ray
 
@@ -109,7 +111,7 @@ def _run_chunk(index: int, table: pa.Table, out: str, run: str, cfg: IngestConfi
     tag = f"chunk-{index:05d}"
     run_dir = f"{out.rstrip('/')}/_state/runs/{run}"
     scratch = f"{base}/_state/runs/{run}/scratch/{tag}"
-    for stale in fs.glob(f"{base}/shards/{tag}-*.parquet"):
+    for stale in fs.glob(f"{base}/{dest}/{tag}-*.parquet"):
         fs.rm(stale)  # left by a run that died while promoting this chunk
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     step = max(1, min(cfg.files_per_task, -(-table.num_rows // (2 * cpus))))
@@ -121,19 +123,51 @@ def _run_chunk(index: int, table: pa.Table, out: str, run: str, cfg: IngestConfi
         fn_kwargs={"records_cfg": cfg.records, "quarantine_dir": f"{run_dir}/quarantine/{tag}"},
         num_cpus=1,
     )
+    if extend is not None:
+        ds = extend(ds)
     afs, scratch_path = arrow_filesystem(f"{run_dir}/scratch/{tag}")
     # Map and write fuse into one task per block: decoded slices never cross the object store.
     # (A min_rows_per_file would make Ray bundle that many *input files* per task; an unfused
     # write costs a copy of every slice and, on 2 CPUs, measured 40 % slower.)
     ds.write_parquet(scratch_path, filesystem=afs, compression="zstd")
     written = sorted(fs.glob(f"{scratch}/*.parquet"))
-    fs.makedirs(f"{base}/shards", exist_ok=True)
+    fs.makedirs(f"{base}/{dest}", exist_ok=True)
     for k, path in enumerate(written):
-        fs.mv(path, f"{base}/shards/{tag}-{k:03d}.parquet")
+        fs.mv(path, f"{base}/{dest}/{tag}-{k:03d}.parquet")
     return len(written)
 
 
-def _merge_quarantine(fs, base: str, manifest: Manifest, runs: dict[str, str]) -> pa.Table:
+def run_chunks(table: pa.Table, out: str, files_per_chunk: int, run_one, stage: str, log=print):
+    """Run ``run_one(index, rows, run_id)`` over the chunks of ``table`` not marked done in
+    OUT/_state/done; returns ({chunk tag: the run that completed it}, chunks run, chunks skipped)."""
+    fs, base = fsspec.core.url_to_fs(out)
+    base = base.rstrip("/")
+    run = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    runs: dict[str, str] = {}
+    done = skipped = 0
+    starts = list(range(0, table.num_rows, max(1, files_per_chunk)))
+    for index, start in enumerate(starts):
+        tag = f"chunk-{index:05d}"
+        marker = f"{base}/_state/done/{tag}.json"
+        if fs.exists(marker):
+            with fs.open(marker, "r") as fh:
+                runs[tag] = json.load(fh)["run"]
+            skipped += 1
+            continue
+        t0 = time.perf_counter()
+        rows = table.slice(start, files_per_chunk)
+        files = run_one(index, rows, run)
+        fs.makedirs(f"{base}/_state/done", exist_ok=True)
+        with fs.open(marker, "w") as fh:
+            json.dump({"files": rows.num_rows, "outputs": files, "run": run}, fh)
+        runs[tag] = run
+        done += 1
+        dt = time.perf_counter() - t0
+        log(f"[{stage}] chunk {index + 1}/{len(starts)}: {rows.num_rows} files in {dt:.1f}s ({rows.num_rows / dt:.1f} files/s)")
+    return runs, done, skipped
+
+
+def merge_quarantine(fs, base: str, manifest: Manifest, runs: dict[str, str]) -> pa.Table:
     """Listing problems plus each chunk's quarantine parts, from the run that completed it."""
     parts = [_quarantine_part(manifest.problems)]
     for tag, run in sorted(runs.items()):
@@ -216,28 +250,10 @@ def run_ingest(src: str, out: str, cfg: IngestConfig = IngestConfig(), log=print
     with fs.open(state, "w") as fh:
         json.dump({"digest": digest}, fh)
     summary = IngestSummary(out=out, objects=manifest.rows)
-    run = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    runs: dict[str, str] = {}  # chunk tag -> the run that completed it
-    chunks = list(range(0, manifest.rows, max(1, cfg.files_per_chunk)))
-    for index, start in enumerate(chunks):
-        tag = f"chunk-{index:05d}"
-        marker = f"{base}/_state/done/{tag}.json"
-        if fs.exists(marker):
-            with fs.open(marker, "r") as fh:
-                runs[tag] = json.load(fh)["run"]
-            summary.chunks_skipped += 1
-            continue
-        t0 = time.perf_counter()
-        table = manifest.table.slice(start, cfg.files_per_chunk)
-        shards = _run_chunk(index, table, out, run, cfg)
-        fs.makedirs(f"{base}/_state/done", exist_ok=True)
-        with fs.open(marker, "w") as fh:
-            json.dump({"files": table.num_rows, "shards": shards, "run": run}, fh)
-        runs[tag] = run
-        summary.chunks_done += 1
-        dt = time.perf_counter() - t0
-        log(f"[ingest] chunk {index + 1}/{len(chunks)}: {table.num_rows} files in {dt:.1f}s ({table.num_rows / dt:.1f} files/s)")
-    quarantine = _merge_quarantine(fs, base, manifest, runs)
+    runs, summary.chunks_done, summary.chunks_skipped = run_chunks(
+        manifest.table, out, cfg.files_per_chunk, lambda index, table, run: run_chunk(index, table, out, run, cfg),
+        "ingest", log)
+    quarantine = merge_quarantine(fs, base, manifest, runs)
     card = _card(fs, base, src, manifest, quarantine, cfg, digest)
     with fs.open(f"{base}/card.json", "w") as fh:
         json.dump(card, fh, indent=2)

@@ -101,3 +101,13 @@ def test_configurable_sizes():
     cfg = replace(base, classification=replace(base.classification, size=128), segmentation=replace(base.segmentation, size=96))
     p = preprocess(hu, sp, mask, cfg)
     assert p.classification.image.shape[1:] == (128, 128) and p.segmentation.mask.shape == (96, 96)
+
+
+def test_preprocess_config_round_trips_through_a_dict():
+    import json
+
+    from strokeray.imaging.views import PreprocessConfig, ViewConfig
+
+    cfg = PreprocessConfig(classification=ViewConfig(size=128, fov_mm=180.0, centred=True))
+    back = PreprocessConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and back != PreprocessConfig()

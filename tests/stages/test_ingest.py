@@ -9,7 +9,6 @@ import subprocess
 import sys
 import tarfile
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,31 +22,13 @@ from strokeray.stages.manifest import ManifestConfig, build_manifest
 from strokeray.datasets.layouts import LabelsTable
 from strokeray.datasets.splits import SplitConfig
 
-from ..conftest import shared_data
+from ..conftest import shared_data, zip_folder
 
 pytestmark = pytest.mark.ray
 
 
 def shards(out: Path):
     return pq.read_table(sorted((out / "shards").glob("*.parquet")))
-
-
-def zip_folder(folder: Path, target: Path, extra: dict[str, bytes] | None = None) -> Path:
-    with zipfile.ZipFile(target, "w") as zf:
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                zf.write(p, p.relative_to(folder).as_posix())
-        for name, data in (extra or {}).items():
-            zf.writestr(name, data)
-    return target
-
-
-@pytest.fixture(scope="module")
-def planted_zip(phantom_archive, tmp_path_factory):
-    root, summary = phantom_archive
-    target = tmp_path_factory.mktemp("zips") / "phantoms (planted).zip"
-    zip_folder(root, target, {"../../escape.dcm": b"zip slip"})
-    return target, summary
 
 
 @pytest.fixture(scope="module")

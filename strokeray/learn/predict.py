@@ -1,0 +1,61 @@
+"""Run a model bundle on shard-format views: the classifier's stroke probability, the
+segmenter's lesion classes at the segmentation view's resolution. Used by scoring and evaluation."""
+
+from __future__ import annotations
+
+import hashlib
+
+import fsspec
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from strokeray.learn.bundle import load_bundle
+
+
+def bundle_version(path: str) -> str:
+    """A short content hash of a bundle's weights: the model version written beside predictions."""
+    h = hashlib.sha256()
+    with fsspec.open(f"{str(path).rstrip('/')}/model.safetensors", "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+class BundlePredictor:
+    """One loaded bundle on one device; inputs are uint8 views (N, C, H, W) as the shards hold them."""
+
+    def __init__(self, path: str, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        model, self.doc = load_bundle(path)
+        self.model = model.to(self.device).eval()
+        self.task = self.doc["task"]
+        self.size = int(self.doc["input_size"])
+        self.version = bundle_version(path)
+        self.use_amp = self.device.type == "cuda"
+
+    def _logits(self, views: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(views))
+        if self.device.type == "cuda":
+            x = x.pin_memory()
+        x = x.to(self.device, non_blocking=True).float() / 255.0
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.use_amp):
+            return self.model(x).float()
+
+    def stroke_probability(self, cls_views: np.ndarray) -> np.ndarray:
+        """P(stroke) per slice, float32 (N,)."""
+        if self.task != "classify":
+            raise ValueError(f"this bundle is a {self.task} model, not a classifier")
+        return self._logits(cls_views).softmax(1)[:, 1].cpu().numpy().astype(np.float32)
+
+    def lesion_classes(self, seg_views: np.ndarray) -> np.ndarray:
+        """Class per pixel (0 background, 1 ischemic, 2 hemorrhagic), uint8 (N, H, W) at the views' size."""
+        if self.task != "segment":
+            raise ValueError(f"this bundle is a {self.task} model, not a segmenter")
+        pred = self._logits(seg_views).argmax(1)
+        out = seg_views.shape[-1]
+        if pred.shape[-1] != out:
+            pred = F.interpolate(pred[:, None].float(), size=(out, out), mode="nearest")[:, 0]
+        return pred.to(torch.uint8).cpu().numpy()

@@ -1,0 +1,311 @@
+"""Score whole archives: every slice gets a stroke probability, positive slices a lesion mask,
+every study a decision and lesion volumes.
+
+Ray Data reads and decodes the archive in CPU tasks (the ingest's per-file work, with the
+classifier bundle's preprocessing), then an actor pool runs the cascade: each actor loads the
+classifier and the segmenter once (one actor per GPU on a GPU cluster) and segments only the
+slices its classifier calls positive. Chunks of files are written, promoted and marked done as
+in ingest, so an interrupted run re-run scores only what is missing.
+
+OUT/
+  slices.parquet      one row per slice (no images): probability, decision, lesion class and
+                      areas, the mask run-length encoded (segmentation view), model versions
+  studies.parquet     one row per study/series: slices, max probability, decision, volumes
+  submission.csv      ID (file stem), label: the competition's shape
+  quarantine.parquet  every object that could not be scored, with its reason
+  overlays/<id>.png   positive slices with the predicted lesion painted (--overlays)
+  summary.json        counts, timings, models, settings
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import PurePosixPath
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from strokeray.datasets.slice_records import RecordConfig
+
+# Per-slice columns carried from decoding into the output (identifiers are pseudonyms).
+CARRIED = ("id", "source", "patient", "study", "series", "instance_number", "frame", "z_mm", "thickness_mm",
+           "seg_spacing_mm", "brain_found")
+LESION_NAMES = {1: "ischemic", 2: "hemorrhagic"}
+STUDY_SCHEMA = pa.schema([("study", pa.string()), ("series", pa.string()), ("patient", pa.string()),
+                          ("slices", pa.int64()), ("max_probability", pa.float64()),
+                          ("most_suspicious_id", pa.string()), ("most_suspicious_source", pa.string()),
+                          ("ischemia_ml", pa.float64()), ("hemorrhage_ml", pa.float64()),
+                          ("positive_slices", pa.int64()), ("decision", pa.int64())])
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    threshold: float = 0.5  # stroke probability at or above which a slice is positive
+    batch_size: int = 16  # slices per model call
+    actors: int | None = None  # scoring actors (None: one per GPU with use_gpu, else 1)
+    use_gpu: bool = False
+    cpus_per_actor: float = 1.0  # on CPU also its torch threads
+    overlays: bool = False
+    files_per_chunk: int = 1000  # the work an interruption can lose
+    files_per_task: int = 64
+    num_cpus: int | None = None  # for the local Ray; ignored on a cluster
+    overwrite: bool = False
+    records: RecordConfig = field(default_factory=RecordConfig)
+
+
+@dataclass
+class ScoreSummary:
+    out: str
+    objects: int = 0
+    slices: int = 0
+    positive_slices: int = 0
+    studies: int = 0
+    positive_studies: int = 0
+    quarantined: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    chunks_done: int = 0
+    chunks_skipped: int = 0
+    seconds: float = 0.0
+    reused: bool = False  # the run had already finished: nothing was written
+    models: dict[str, str] = field(default_factory=dict)
+
+
+class CascadeScorer:
+    """Ray Data actor: classifier on every slice, segmenter on the positive ones."""
+
+    def __init__(self, classifier: str, segmenter: str | None, threshold: float, overlays: str | None,
+                 use_gpu: bool, threads: int) -> None:
+        import torch
+
+        from strokeray.learn.predict import BundlePredictor
+
+        if not use_gpu:
+            torch.set_num_threads(max(1, threads))
+        device = "cuda" if use_gpu else "cpu"
+        self.classifier = BundlePredictor(classifier, device)
+        self.segmenter = BundlePredictor(segmenter, device) if segmenter else None
+        self.threshold = threshold
+        self.overlays = overlays
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from strokeray.imaging.rle import encode_rle
+
+        prob = self.classifier.stroke_probability(batch["cls_image"])
+        positive = prob >= self.threshold
+        n, size = len(prob), batch["seg_image"].shape[-1]
+        masks = np.zeros((n, size, size), np.uint8)
+        if self.segmenter is not None and positive.any():
+            masks[positive] = self.segmenter.lesion_classes(batch["seg_image"][positive])
+        px_mm2 = np.asarray(batch["seg_spacing_mm"], dtype=np.float64) ** 2  # NaN when the spacing is unknown
+        out = {k: batch[k] for k in CARRIED}
+        out["stroke_probability"] = prob
+        out["decision"] = positive.astype(np.int8)
+        pixels = {c: (masks == c).reshape(n, -1).sum(1) for c in LESION_NAMES}
+        for c, name in LESION_NAMES.items():
+            out[f"{name}_pixels"] = pixels[c].astype(np.int32)
+            out[f"{name}_area_mm2"] = pixels[c] * px_mm2
+        both = np.stack([pixels[1], pixels[2]], 1)
+        out["lesion_class"] = np.where(both.sum(1) > 0, both.argmax(1) + 1, 0).astype(np.int8)
+        out["segmented"] = positive & (self.segmenter is not None)
+        out["mask_rle"] = np.asarray([encode_rle(m) if p else "" for m, p in zip(masks, positive)], dtype=object)
+        out["classifier_version"] = np.full(n, self.classifier.version, dtype=object)
+        out["segmenter_version"] = np.full(n, self.segmenter.version if self.segmenter else "", dtype=object)
+        if self.overlays:
+            self._write_overlays(batch, masks, positive)
+        return out
+
+    def _write_overlays(self, batch, masks, positive) -> None:
+        from strokeray.imaging.overlay import paint_overlay
+        from strokeray.io.raster import encode_png
+
+        fs, base = fsspec.core.url_to_fs(self.overlays)
+        fs.makedirs(base, exist_ok=True)
+        for i in np.flatnonzero(positive):
+            grey = batch["seg_image"][i, 0]  # the first window (brain)
+            with fs.open(f"{base}/{batch['id'][i]}.png", "wb") as fh:
+                fh.write(encode_png(np.concatenate([np.stack([grey] * 3, -1), paint_overlay(grey, masks[i])], 1)))
+
+
+def resolve_models(classifier: str | None, segmenter: str | None, registry: str | None,
+                   segment: bool = True) -> tuple[str, str | None]:
+    """The bundles to score with: those given, else the registry's current best."""
+    from strokeray.stages import registry as reg
+
+    if classifier is None:
+        if registry is None:
+            raise ValueError("no classifier: pass --classifier BUNDLE or --registry DIR")
+        classifier = reg.best_bundle(registry, "classify")
+    if segment and segmenter is None:
+        if registry is None:
+            raise ValueError("no segmenter: pass --segmenter BUNDLE, --registry DIR or --no-segmenter")
+        segmenter = reg.best_bundle(registry, "segment")
+    return classifier, segmenter if segment else None
+
+
+def _digest(manifest_digest: str, versions: dict, cfg: ScoreConfig) -> str:
+    keep = {k: v for k, v in asdict(cfg).items() if k not in ("overwrite", "num_cpus", "actors", "use_gpu",
+                                                             "cpus_per_actor", "batch_size")}
+    blob = json.dumps({"manifest": manifest_digest, "models": versions, "cfg": keep}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def submission_id(source: str, frame: int) -> str:
+    """The competition's ID: the file's stem (with the frame for multi-frame objects)."""
+    stem = PurePosixPath(source.rsplit("::", 1)[-1]).stem
+    return stem if int(frame) == 0 else f"{stem}_{int(frame)}"
+
+
+def studies_table(slices: pa.Table, threshold: float) -> pa.Table:
+    """One row per study and series (per patient key for exports that carry neither)."""
+    if slices.num_rows == 0:
+        return pa.Table.from_pylist([], schema=STUDY_SCHEMA)
+    cols = slices.select(["id", "source", "patient", "study", "series", "stroke_probability", "decision",
+                          "thickness_mm", "ischemic_area_mm2", "hemorrhagic_area_mm2"]).to_pydict()
+    groups: dict[tuple, dict] = {}
+    for i in range(slices.num_rows):
+        key = (cols["study"][i] or f"patient:{cols['patient'][i]}", cols["series"][i])
+        g = groups.setdefault(key, {"patient": cols["patient"][i], "slices": 0, "max_probability": -1.0,
+                                    "most_suspicious_id": "", "most_suspicious_source": "",
+                                    "ischemia_ml": 0.0, "hemorrhage_ml": 0.0, "positive_slices": 0})
+        g["slices"] += 1
+        g["positive_slices"] += int(cols["decision"][i])
+        p = float(cols["stroke_probability"][i])
+        if p > g["max_probability"]:
+            g.update(max_probability=p, most_suspicious_id=cols["id"][i], most_suspicious_source=cols["source"][i])
+        t = cols["thickness_mm"][i]
+        # area (mm^2) x thickness (mm) = mm^3; / 1000 = mL. Unknown spacing or thickness: NaN.
+        g["ischemia_ml"] += cols["ischemic_area_mm2"][i] * t / 1000.0
+        g["hemorrhage_ml"] += cols["hemorrhagic_area_mm2"][i] * t / 1000.0
+    rows = []
+    for (study, series), g in sorted(groups.items()):
+        rows.append({"study": study, "series": series, **g, "decision": int(g["max_probability"] >= threshold)})
+    return pa.Table.from_pylist(rows, schema=STUDY_SCHEMA)
+
+
+def run_score(src: str, out: str, classifier: str | None = None, segmenter: str | None = None,
+              registry: str | None = "runs/registry", cfg: ScoreConfig = ScoreConfig(), segment: bool = True,
+              log=print) -> ScoreSummary:
+    """Score ``src`` into ``out``; see the module docstring."""
+    import ray
+
+    from strokeray.imaging.views import PreprocessConfig
+    from strokeray.learn.bundle import read_bundle_doc
+    from strokeray.learn.predict import bundle_version
+    from strokeray.stages.ingest import IngestConfig, merge_quarantine, run_chunk, run_chunks
+    from strokeray.stages.manifest import ManifestConfig, build_manifest
+    from strokeray.stages.runtime import ensure_ray
+
+    started = time.perf_counter()
+    classifier, segmenter = resolve_models(classifier, segmenter, registry, segment)
+    cls_doc = read_bundle_doc(classifier)
+    if cls_doc["task"] != "classify":
+        raise ValueError(f"{classifier} is a {cls_doc['task']} bundle, not a classifier")
+    pre = PreprocessConfig.from_dict(cls_doc["preprocess"])
+    if segmenter:
+        seg_doc = read_bundle_doc(segmenter)
+        if seg_doc["task"] != "segment":
+            raise ValueError(f"{segmenter} is a {seg_doc['task']} bundle, not a segmenter")
+        if PreprocessConfig.from_dict(seg_doc["preprocess"]) != pre:
+            raise ValueError("the classifier and the segmenter were trained on differently preprocessed views")
+    cfg = replace(cfg, records=replace(cfg.records, preprocess=pre))
+    versions = {"classifier": bundle_version(classifier), "segmenter": bundle_version(segmenter) if segmenter else ""}
+    fs, base = fsspec.core.url_to_fs(out)
+    base = base.rstrip("/")
+    if cfg.overwrite and fs.exists(base):
+        fs.rm(base, recursive=True)
+    ensure_ray(cfg.num_cpus)
+    manifest = build_manifest(src, out, ManifestConfig(), log)
+    digest = _digest(manifest.digest, versions, cfg)
+    state = f"{base}/_state/config.json"
+    if fs.exists(state):
+        with fs.open(state, "r") as fh:
+            previous = json.load(fh).get("digest")
+        if previous != digest:
+            raise ValueError(f"{out} holds scores made with other inputs, models or settings; "
+                             "use a new output folder or --overwrite")
+        if fs.exists(f"{base}/summary.json"):
+            with fs.open(f"{base}/summary.json", "r") as fh:
+                done = json.load(fh)
+            log(f"[score] {out} is complete ({done['slices']} slices); nothing to do")
+            known = {f.name for f in fields(ScoreSummary)}
+            return ScoreSummary(**{k: v for k, v in done.items() if k in known and k != "reused"}, reused=True)
+    fs.makedirs(f"{base}/_state", exist_ok=True)
+    with fs.open(state, "w") as fh:
+        json.dump({"digest": digest}, fh)
+    if cfg.use_gpu:
+        actors = cfg.actors or max(1, int(ray.cluster_resources().get("GPU", 0)))
+    else:
+        actors = cfg.actors or 1
+    overlays = f"{out.rstrip('/')}/overlays" if cfg.overlays else None
+
+    def extend(ds):
+        return ds.map_batches(
+            CascadeScorer,
+            fn_constructor_kwargs={"classifier": classifier, "segmenter": segmenter, "threshold": cfg.threshold,
+                                   "overlays": overlays, "use_gpu": cfg.use_gpu,
+                                   "threads": int(max(1, cfg.cpus_per_actor))},
+            batch_size=cfg.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=cfg.cpus_per_actor,
+            num_gpus=1 if cfg.use_gpu else 0,
+        )
+
+    ingest_cfg = IngestConfig(records=cfg.records, files_per_chunk=cfg.files_per_chunk,
+                              files_per_task=cfg.files_per_task)
+    summary = ScoreSummary(out=out, objects=manifest.rows, models={"classifier": classifier, "segmenter": segmenter or "",
+                                                                    **{f"{k}_version": v for k, v in versions.items()}})
+    runs, summary.chunks_done, summary.chunks_skipped = run_chunks(
+        manifest.table, out, cfg.files_per_chunk,
+        lambda index, table, run: run_chunk(index, table, out, run, ingest_cfg, dest="_parts/slices", extend=extend),
+        "score", log)
+    quarantine = merge_quarantine(fs, base, manifest, runs)
+    parts = sorted(fs.glob(f"{base}/_parts/slices/*.parquet"))
+    tables = []
+    for path in parts:
+        with fs.open(path, "rb") as fh:
+            tables.append(pq.read_table(fh))
+    slices = pa.concat_tables(tables, promote_options="default").sort_by("id") if tables else pa.table({})
+    if slices.num_rows:
+        ids = slices.column("id")
+        if pc.count_distinct(ids).as_py() != slices.num_rows:
+            raise RuntimeError(f"{out}: duplicate slice ids in the parts; re-run with --overwrite")
+        subm = [submission_id(s, f) for s, f in zip(slices.column("source").to_pylist(), slices.column("frame").to_pylist())]
+        slices = slices.append_column("submission_id", pa.array(subm, pa.string()))
+    with fs.open(f"{base}/slices.parquet", "wb") as fh:
+        pq.write_table(slices, fh)
+    studies = studies_table(slices, cfg.threshold)
+    with fs.open(f"{base}/studies.parquet", "wb") as fh:
+        pq.write_table(studies, fh)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["ID", "label"])
+    if slices.num_rows:
+        for sid, d in sorted(zip(slices.column("submission_id").to_pylist(), slices.column("decision").to_pylist())):
+            writer.writerow([sid, int(d)])
+    with fs.open(f"{base}/submission.csv", "w") as fh:
+        fh.write(buf.getvalue())
+    reasons: dict[str, int] = {}
+    for r in quarantine.column("reason").to_pylist():
+        reasons[r] = reasons.get(r, 0) + 1
+    summary.slices = slices.num_rows
+    summary.positive_slices = int(pc.sum(slices.column("decision")).as_py() or 0) if slices.num_rows else 0
+    summary.studies = studies.num_rows
+    summary.positive_studies = int(pc.sum(studies.column("decision")).as_py() or 0) if studies.num_rows else 0
+    summary.quarantined = quarantine.num_rows
+    summary.reasons = reasons
+    summary.seconds = round(time.perf_counter() - started, 2)
+    with fs.open(f"{base}/summary.json", "w") as fh:  # written last: marks the run complete
+        json.dump({**asdict(summary), "threshold": cfg.threshold}, fh, indent=2)
+    log(f"[score] {summary.slices} slices ({summary.positive_slices} positive) in {summary.studies} studies "
+        f"({summary.positive_studies} positive), {summary.quarantined} quarantined {reasons}, "
+        f"{summary.chunks_skipped} chunks already done -> {out} in {summary.seconds:.1f}s")
+    return summary

@@ -1,0 +1,189 @@
+"""Batch scoring: a phantom zip with planted bad files, a killed actor, a killed driver, real DICOM."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from strokeray.imaging.rle import decode_rle
+from strokeray.imaging.views import PreprocessConfig
+from strokeray.learn.bundle import save_bundle
+from strokeray.learn.models import ModelConfig, build_model
+from strokeray.stages import registry
+from strokeray.stages.score import ScoreConfig, run_score
+
+from ..conftest import shared_data
+
+pytestmark = pytest.mark.ray
+
+
+def _bundle(path: Path, task: str) -> str:
+    """A small untrained model as a bundle: scoring's plumbing does not depend on its skill."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(task=task, backbone="resnet18", num_classes=2 if task == "classify" else 3)
+    save_bundle(str(path), build_model(cfg), cfg, {
+        "task": task, "input_size": 64, "windows": [w.__dict__ for w in PreprocessConfig().windows],
+        "preprocess": PreprocessConfig().to_dict()})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory) -> tuple[str, str]:
+    root = tmp_path_factory.mktemp("bundles")
+    return _bundle(root / "cls", "classify"), _bundle(root / "seg", "segment")
+
+
+@pytest.fixture(scope="module")
+def scored(planted_zip, bundles, ray_local, tmp_path_factory):
+    target, summary = planted_zip
+    out = tmp_path_factory.mktemp("score") / "out"
+    # Threshold 0: every slice is positive, so the segmenter and the volumes are exercised.
+    cfg = ScoreConfig(threshold=0.0, batch_size=8, files_per_chunk=24, overlays=True)
+    s = run_score(str(target), str(out), *bundles, registry=None, cfg=cfg, log=lambda *_: None)
+    return out, s, summary, cfg
+
+
+def test_every_good_slice_scored_once_every_bad_file_quarantined(scored):
+    out, s, summary, _ = scored
+    slices = pq.read_table(out / "slices.parquet")
+    ids = slices.column("id").to_pylist()
+    planted_ok = sum(p["expect"] == "ok" for p in summary.planted)
+    planted_bad = [p for p in summary.planted if p["expect"] != "ok"]
+    assert len(ids) == len(set(ids)) == summary.slices + planted_ok == s.slices
+    q = pq.read_table(out / "quarantine.parquet")
+    assert q.num_rows == len(planted_bad) + 1 == s.quarantined  # + the zip-slip member
+    assert "image" not in " ".join(slices.column_names)  # no pixels in the output
+    row = slices.slice(0, 1).to_pylist()[0]
+    assert row["classifier_version"] and row["segmenter_version"] and row["segmented"]
+    mask = decode_rle(row["mask_rle"])
+    assert mask.shape == (256, 256)
+    assert (mask == 2).sum() == row["hemorrhagic_pixels"] and (mask == 1).sum() == row["ischemic_pixels"]
+    assert row["hemorrhagic_area_mm2"] == pytest.approx(row["hemorrhagic_pixels"] * row["seg_spacing_mm"] ** 2)
+    assert s.chunks_done >= 2 and len(list((out / "overlays").glob("*.png"))) == len(ids)
+
+
+def test_study_volumes_are_area_times_thickness(scored):
+    out, _, _, _ = scored
+    slices = pq.read_table(out / "slices.parquet").to_pylist()
+    studies = pq.read_table(out / "studies.parquet").to_pylist()
+    assert sum(st["slices"] for st in studies) == len(slices)
+    for st in studies:
+        mine = [r for r in slices if (r["study"] or f"patient:{r['patient']}") == st["study"] and r["series"] == st["series"]]
+        assert len(mine) == st["slices"]
+        for kind, col in (("hemorrhage_ml", "hemorrhagic_area_mm2"), ("ischemia_ml", "ischemic_area_mm2")):
+            assert st[kind] == pytest.approx(sum(r[col] * r["thickness_mm"] for r in mine) / 1000.0)
+        top = max(mine, key=lambda r: r["stroke_probability"])
+        assert st["max_probability"] == pytest.approx(top["stroke_probability"])
+        assert st["decision"] == 1 and st["most_suspicious_id"] == top["id"]
+
+
+def test_submission_and_privacy(scored):
+    out, _, _, _ = scored
+    slices = pq.read_table(out / "slices.parquet")
+    with open(out / "submission.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == slices.num_rows and set(rows[0]) == {"ID", "label"}
+    stems = {Path(s.split("::")[-1]).stem for s in slices.column("source").to_pylist()}
+    assert {r["ID"] for r in rows} == stems and {r["label"] for r in rows} == {"1"}
+    for name in ("slices.parquet", "studies.parquet", "quarantine.parquet"):
+        blob = (out / name).read_bytes()
+        assert b"Phantom^Patient" not in blob and b"SYN3-" not in blob  # names, raw PatientIDs
+
+
+def test_finished_run_rewrites_nothing(scored, bundles, planted_zip):
+    out, _, _, cfg = scored
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = run_score(str(planted_zip[0]), str(out), *bundles, registry=None, cfg=cfg, log=lambda *_: None)
+    assert again.reused and again.slices > 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    with pytest.raises(ValueError, match="other inputs, models or settings"):
+        run_score(str(planted_zip[0]), str(out), *bundles, registry=None,
+                  cfg=ScoreConfig(threshold=0.7, files_per_chunk=24), log=lambda *_: None)
+
+
+def test_models_default_to_the_registry(planted_zip, bundles, ray_local, tmp_path):
+    reg = tmp_path / "registry"
+    for task, src in zip(("classify", "segment"), bundles):
+        registry.publish(str(reg), task, lambda url, src=src: _bundle(Path(url), task), {}, [],
+                         {"metric": "m", "value": 1.0, "dataset": "d"})
+    s = run_score(str(planted_zip[0]), str(tmp_path / "out"), registry=str(reg), cfg=ScoreConfig(threshold=0.9),
+                  log=lambda *_: None)
+    assert s.models["classifier"].endswith("classify/v0001") and s.models["segmenter"].endswith("segment/v0001")
+
+
+def test_killed_actor_loses_and_duplicates_nothing(planted_zip, bundles, scored, ray_local, tmp_path):
+    reference = sorted(pq.read_table(scored[0] / "slices.parquet").column("id").to_pylist())
+    killed: list[int] = []
+
+    def killer():
+        deadline = time.time() + 240
+        while time.time() < deadline and not killed:
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                if "CascadeScorer" in " ".join(proc.info["cmdline"] or []):
+                    time.sleep(1.0)  # let it take a batch
+                    proc.kill()
+                    killed.append(proc.info["pid"])
+                    return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    out = tmp_path / "out"
+    run_score(str(planted_zip[0]), str(out), *bundles, registry=None,
+              cfg=ScoreConfig(threshold=0.0, batch_size=4, files_per_chunk=200), log=lambda *_: None)
+    thread.join(timeout=5)
+    assert killed, "no scoring actor was found to kill"
+    assert sorted(pq.read_table(out / "slices.parquet").column("id").to_pylist()) == reference
+
+
+def test_killed_driver_rerun_completes_exactly_once(planted_zip, bundles, scored, tmp_path):
+    reference = sorted(pq.read_table(scored[0] / "slices.parquet").column("id").to_pylist())
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "strokeray.cli", "score", str(planted_zip[0]), "--out", str(out),
+           "--classifier", bundles[0], "--segmenter", bundles[1], "--threshold", "0", "--files-per-chunk", "12",
+           "--num-cpus", "2"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    marker = out / "_state" / "done" / "chunk-00000.json"
+    deadline = time.time() + 240
+    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert marker.exists(), "the first chunk never finished"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "summary.json").exists()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["chunks_skipped"] >= 1
+    assert sorted(pq.read_table(out / "slices.parquet").column("id").to_pylist()) == reference
+
+
+def test_real_dicom_tar_gets_a_row_per_slice(bundles, ray_local, tmp_path):
+    root = shared_data("rsna-ich-dicom-20")
+    tarred = tmp_path / "rsna.tar"
+    with tarfile.open(tarred, "w") as tf:
+        tf.add(root / "Major Project ICH Detection", arcname="Major Project ICH Detection")
+    s = run_score(str(tarred), str(tmp_path / "out"), *bundles, registry=None, cfg=ScoreConfig(),
+                  log=lambda *_: None)
+    slices = pq.read_table(tmp_path / "out" / "slices.parquet")
+    assert s.slices == slices.num_rows == 20 and s.quarantined == 0
+    prob = np.asarray(slices.column("stroke_probability"))
+    assert np.all((prob >= 0) & (prob <= 1))
+    # These anonymised slices carry pixel spacing but no SliceThickness: areas, but no volumes.
+    assert np.isfinite(np.asarray(slices.column("seg_spacing_mm"))).all()
+    assert np.isnan(np.asarray(slices.column("thickness_mm"))).all()

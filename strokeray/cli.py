@@ -215,6 +215,7 @@ def _add_train(sub) -> None:
     p.add_argument("--arch", default="unet", choices=("unet", "unetplusplus", "deeplabv3plus"), help="segmenter architecture")
     p.add_argument("--weights", help="pretrained weights: a torchvision weights name or a local .safetensors file")
     p.add_argument("--freeze-features", action="store_true", help="train the classifier head only")
+    p.add_argument("--dropout", type=float, default=0.5, help="dropout in the classifier head (default 0.5, the study's)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -237,7 +238,7 @@ def _cmd_train(args) -> int:
     cfg = TrainConfig(
         task=args.task,
         model=ModelConfig(task=args.task, backbone=backbone, arch=args.arch, weights=args.weights,
-                          freeze_features=args.freeze_features),
+                          freeze_features=args.freeze_features, dropout=args.dropout),
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         input_size=args.input_size, augment=AugmentConfig(strength=args.augment),
         num_workers=args.workers, use_gpu=args.gpu, score_metric=args.metric,

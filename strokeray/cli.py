@@ -262,8 +262,8 @@ def _add_tune(sub) -> None:
     p.add_argument("--out", default="runs/tune", help="storage path of searches (local or s3://)")
     p.add_argument("--name", help="search name (default TASK-search); reuse it to resume")
     p.add_argument("--registry", default="runs/registry", help="model registry folder or URL (default runs/registry)")
-    p.add_argument("--space", help="JSON file with search-space overrides: backbones, lr [lo, hi], weight_decay, "
-                   "batch_size, augment, input_size, seg_loss [[dice, ce, focal], ...]")
+    p.add_argument("--space", help="search-space overrides as a JSON file or inline JSON: backbones, lr [lo, hi], "
+                   "weight_decay, batch_size, augment, input_size, seg_loss [[dice, ce, focal], ...]")
     p.add_argument("--backbones", help="comma-separated backbones / encoders to compare (overrides --space)")
     p.add_argument("--samples", type=int, default=2, help="trials per backbone (default 2)")
     p.add_argument("--max-epochs", type=int, default=8, help="epochs of a trial that is never stopped (default 8)")
@@ -283,8 +283,11 @@ def _cmd_tune(args) -> int:
 
     space = SearchSpace()
     if args.space:
-        with open(args.space) as fh:
-            space = SearchSpace.from_json(fh.read())
+        if args.space.lstrip().startswith("{"):
+            space = SearchSpace.from_json(args.space)
+        else:
+            with open(args.space) as fh:
+                space = SearchSpace.from_json(fh.read())
     if args.backbones:
         space = dataclasses.replace(space, backbones=tuple(b.strip() for b in args.backbones.split(",") if b.strip()))
     cfg = SearchConfig(task=args.task, space=space, samples=args.samples, max_epochs=args.max_epochs,
@@ -316,7 +319,8 @@ def _add_score(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="slices per model call (default 16)")
     p.add_argument("--actors", type=int, help="scoring actors (default: one per GPU with --gpu, else 1)")
     p.add_argument("--gpu", action="store_true", help="one GPU per scoring actor")
-    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs (and torch threads) per actor")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs each scoring actor reserves (default 1)")
+    p.add_argument("--threads-per-actor", type=int, help="torch threads of a CPU actor (default: the CPUs / actors)")
     p.add_argument("--overlays", action="store_true", help="write PNG overlays of positive slices")
     p.add_argument("--files-per-chunk", type=int, default=1000, help="files per resumable chunk (default 1000)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
@@ -328,7 +332,8 @@ def _cmd_score(args) -> int:
     from strokeray.stages.score import ScoreConfig, run_score
 
     cfg = ScoreConfig(threshold=args.threshold, batch_size=args.batch_size, actors=args.actors, use_gpu=args.gpu,
-                      cpus_per_actor=args.cpus_per_actor, overlays=args.overlays,
+                      cpus_per_actor=args.cpus_per_actor, threads_per_actor=args.threads_per_actor,
+                      overlays=args.overlays,
                       files_per_chunk=args.files_per_chunk, num_cpus=args.num_cpus, overwrite=args.overwrite)
     s = run_score(args.src, args.out, args.classifier, args.segmenter, args.registry, cfg,
                   segment=not args.no_segmenter)

@@ -52,7 +52,10 @@ class ScoreConfig:
     batch_size: int = 16  # slices per model call
     actors: int | None = None  # scoring actors (None: one per GPU with use_gpu, else 1)
     use_gpu: bool = False
-    cpus_per_actor: float = 1.0  # on CPU also its torch threads
+    cpus_per_actor: float = 1.0  # CPUs each scoring actor reserves
+    # Torch threads of a CPU actor (None: the cluster's CPUs shared by the actors). More than it
+    # reserves on purpose: the models are the bottleneck and decoding needs a fraction of a core.
+    threads_per_actor: int | None = None
     overlays: bool = False
     files_per_chunk: int = 1000  # the work an interruption can lose
     files_per_task: int = 64
@@ -245,13 +248,14 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
     else:
         actors = cfg.actors or 1
     overlays = f"{out.rstrip('/')}/overlays" if cfg.overlays else None
+    threads = cfg.threads_per_actor or max(1, int(ray.cluster_resources().get("CPU", 1) // actors))
 
     def extend(ds):
         return ds.map_batches(
             CascadeScorer,
             fn_constructor_kwargs={"classifier": classifier, "segmenter": segmenter, "threshold": cfg.threshold,
                                    "overlays": overlays, "use_gpu": cfg.use_gpu,
-                                   "threads": int(max(1, cfg.cpus_per_actor))},
+                                   "threads": threads},
             batch_size=cfg.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),

@@ -28,3 +28,8 @@ def arrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
     fs, path = fsspec.core.url_to_fs(uri)
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def absolute(uri: str) -> str:
+    """A local path made absolute (URLs unchanged): Ray workers and Tune trials may run elsewhere."""
+    return uri if "://" in uri else os.path.abspath(uri)

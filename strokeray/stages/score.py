@@ -204,10 +204,12 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
     from strokeray.learn.predict import bundle_version
     from strokeray.stages.ingest import IngestConfig, merge_quarantine, run_chunk, run_chunks
     from strokeray.stages.manifest import ManifestConfig, build_manifest
-    from strokeray.stages.runtime import ensure_ray
+    from strokeray.stages.runtime import absolute, ensure_ray
 
     started = time.perf_counter()
     classifier, segmenter = resolve_models(classifier, segmenter, registry, segment)
+    # The actors load the bundles wherever Ray places them: no relative paths.
+    classifier, segmenter = absolute(classifier), absolute(segmenter) if segmenter else None
     cls_doc = read_bundle_doc(classifier)
     if cls_doc["task"] != "classify":
         raise ValueError(f"{classifier} is a {cls_doc['task']} bundle, not a classifier")

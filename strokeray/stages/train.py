@@ -116,8 +116,8 @@ def datasets_for(shards: str, task: str, cache: bool | None = None):
     import ray
 
     spec = TASKS[task]
-    base = ray.data.read_parquet(shards.rstrip("/") + "/shards", columns=list(spec.columns),
-                                 ray_remote_args={"num_cpus": DATA_TASK_CPUS})
+    base = ray.data.read_parquet(shards.rstrip("/") + "/shards", num_cpus=DATA_TASK_CPUS).select_columns(
+        list(spec.columns))
     if cache is None:
         store = ray.cluster_resources().get("object_store_memory", 0)
         cache = split_bytes(shards, list(spec.columns)) < 0.25 * store

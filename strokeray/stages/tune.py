@@ -244,12 +244,14 @@ def run_search(shards: str, out: str, cfg: SearchConfig, name: str | None = None
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from strokeray.stages import registry as reg
-    from strokeray.stages.runtime import ensure_ray
+    from strokeray.stages.runtime import absolute, ensure_ray
     from strokeray.stages.train import export_bundle, read_card, with_model_shape
 
     if cfg.task not in DEFAULT_METRIC:
         raise ValueError(f"task must be classify or segment, got {cfg.task!r}")
     ensure_ray()
+    # Tune runs each trial in its own working directory: a relative local path would not resolve.
+    shards = absolute(shards)
     name = name or f"{cfg.task}-search"
     storage = os.path.abspath(out) if "://" not in out else out
     path = f"{storage.rstrip('/')}/{name}"

@@ -123,13 +123,16 @@ def _trial_states(search: Path) -> dict[str, str]:
 
 def test_interrupted_search_resumes_without_rerunning_finished_trials(shards, tmp_path):
     out, reg = tmp_path / "tune", tmp_path / "registry"
-    cmd = [sys.executable, "-m", "strokeray.cli", "tune", "classify", "--data", shards, "--out", str(out),
+    # --data relative to the working directory: trials run in their own directories, so it must be resolved.
+    cmd = [sys.executable, "-m", "strokeray.cli", "tune", "classify", "--data", Path(shards).name, "--out", str(out),
            "--registry", str(reg), "--name", "s", "--backbones", "resnet18,resnet34", "--samples", "2",
            "--max-epochs", "3", "--grace-period", "3", "--seed", "1"]
     cmd += ["--space", json.dumps({"batch_size": [8], "augment": [0.0], "input_size": [64]})]  # inline JSON
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["TUNE_GLOBAL_CHECKPOINT_S"] = "1"
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cwd = Path(shards).parent
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
         if "TERMINATED" in _trial_states(out / "s").values():
@@ -141,7 +144,7 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(shards, tm
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "s" / "published.json").exists()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["resumed"] is True and summary["version"] == "v0001"

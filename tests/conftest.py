@@ -56,6 +56,42 @@ def planted_zip(phantom_archive, tmp_path_factory):
     return target, summary
 
 
+def kill_after_first_chunk(cmd: list[str], out: Path, **popen) -> dict:
+    """Start ``cmd`` (a chunked stage's CLI) in its own process group, SIGKILL the whole group as
+    soon as OUT/_state/done/chunk-00000.json appears; returns the environment it ran with."""
+    import signal
+    import subprocess
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, **popen)
+    marker = out / "_state" / "done" / "chunk-00000.json"
+    deadline = time.time() + 240
+    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert marker.exists(), "the first chunk never finished"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return env
+
+
+def phantom_shards(root: Path, seed: int, patients: int = 16) -> str:
+    """Ingested phantom shards (128 px, 6 slices a patient, stratified patient split) under ``root``."""
+    from strokeray.datasets.phantom import PhantomConfig
+    from strokeray.datasets.splits import SplitConfig
+    from strokeray.datasets.synth import SynthConfig, write_archive
+    from strokeray.stages.ingest import IngestConfig, run_ingest
+    from strokeray.stages.manifest import ManifestConfig
+
+    write_archive(str(root / "archive"), SynthConfig(patients=patients, seed=seed, png=False,
+                                                     phantom=PhantomConfig(size=128, slices=6)))
+    split = SplitConfig(mode="stratified", use_layout_splits=False)
+    run_ingest(str(root / "archive"), str(root / "shards"), IngestConfig(manifest=ManifestConfig(split=split)),
+               log=lambda *_: None)
+    return str(root / "shards")
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

@@ -150,6 +150,16 @@ def run_measured(cmd: list[str]) -> dict:
     return result
 
 
+def memory_verdicts(small: dict, large: dict, ratios: dict, targets: dict) -> None:
+    """Growth of each peak from N to 4N slices into ``ratios``; bounded (< 25 %) into ``targets``.
+    Worker RSS is reported only: the shared object-store pages a worker touched inflate it."""
+    for key in ("driver_rss_peak_mb", "worker_uss_peak_mb", "worker_rss_peak_mb"):
+        growth = large[key] / small[key] - 1.0
+        ratios[f"{key}_growth_4x"] = growth
+        if key != "worker_rss_peak_mb":
+            targets[f"{key} growth < 25%"] = growth < 0.25
+
+
 def run_child(src: str, num_cpus: int, files_per_chunk: int) -> dict:
     """Ingest ``src`` in a fresh process with its own Ray; returns its timing and peak memory."""
     with tempfile.TemporaryDirectory() as out:
@@ -209,11 +219,7 @@ def run_ingest_benchmark(workdir: str, slices: int = 1024, memory: bool = True, 
         small = run_child(str(root / "archive-quarter"), 2, files_per_chunk=128)
         large = run_child(str(root / "archive"), 2, files_per_chunk=128)
         bench.memory = {"slices": {"small": len(small_paths), "large": n}, "small": small, "large": large}
-        for key in ("driver_rss_peak_mb", "worker_uss_peak_mb", "worker_rss_peak_mb"):
-            growth = large[key] / small[key] - 1.0
-            bench.ratios[f"{key}_growth_4x"] = growth
-            if key != "worker_rss_peak_mb":  # reported, but shared object-store pages inflate it
-                bench.targets_met[f"{key} growth < 25%"] = growth < 0.25
+        memory_verdicts(small, large, bench.ratios, bench.targets_met)
         log(
             f"[bench] peak memory {len(small_paths)} -> {n} slices: driver RSS {small['driver_rss_peak_mb']:.0f} -> "
             f"{large['driver_rss_peak_mb']:.0f} MB, largest worker USS {small['worker_uss_peak_mb']:.0f} -> "

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from strokeray.benchmarks.ingest import machine, make_archive, run_measured
+from strokeray.benchmarks.ingest import machine, make_archive, memory_verdicts, run_measured
 
 
 @dataclass
@@ -191,11 +191,7 @@ def run_score_benchmark(workdir: str, slices: int = 512, batch_size: int = 16, p
         small = score_child(str(root / "archive-quarter"), bundles, threshold, batch_size, files_per_chunk=128)
         large = score_child(str(root / "archive"), bundles, threshold, batch_size, files_per_chunk=128)
         bench.memory.update({"slices": {"small": len(small_paths), "large": len(paths)}, "small": small, "large": large})
-        for key in ("driver_rss_peak_mb", "worker_uss_peak_mb", "worker_rss_peak_mb"):
-            growth = large[key] / small[key] - 1.0
-            bench.ratios[f"{key}_growth_4x"] = growth
-            if key != "worker_rss_peak_mb":  # reported; shared object-store pages inflate it
-                bench.targets_met[f"{key} growth < 25%"] = growth < 0.25
+        memory_verdicts(small, large, bench.ratios, bench.targets_met)
         log(f"[bench] peak memory {len(small_paths)} -> {len(paths)} slices: driver RSS "
             f"{small['driver_rss_peak_mb']:.0f} -> {large['driver_rss_peak_mb']:.0f} MB, largest worker USS "
             f"{small['worker_uss_peak_mb']:.0f} -> {large['worker_uss_peak_mb']:.0f} MB")

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +18,7 @@ from strokeray.stages.manifest import ManifestConfig, build_manifest
 from strokeray.datasets.layouts import LabelsTable
 from strokeray.datasets.splits import SplitConfig
 
-from ..conftest import shared_data, zip_folder
+from ..conftest import kill_after_first_chunk, shared_data, zip_folder
 
 pytestmark = pytest.mark.ray
 
@@ -109,15 +105,7 @@ def test_interrupted_ingest_resumes_to_the_same_rows(planted_zip, ingested, tmp_
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "strokeray.cli", "ingest", str(target), str(out),
            "--files-per-chunk", "16", "--files-per-task", "4", "--num-cpus", "1"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    marker = out / "_state" / "done" / "chunk-00000.json"
-    deadline = time.time() + 240
-    while not marker.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert marker.exists(), "the first chunk never finished"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_first_chunk(cmd, out)
     assert not (out / "card.json").exists()
     done = run_ingest(str(target), str(out), IngestConfig(files_per_chunk=16, files_per_task=4))
     assert done.chunks_skipped >= 1

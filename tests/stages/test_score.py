@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
 import tarfile
@@ -26,7 +24,7 @@ from strokeray.learn.models import ModelConfig, build_model
 from strokeray.stages import registry
 from strokeray.stages.score import ScoreConfig, run_score
 
-from ..conftest import shared_data
+from ..conftest import kill_after_first_chunk, shared_data
 
 pytestmark = pytest.mark.ray
 
@@ -156,15 +154,7 @@ def test_killed_driver_rerun_completes_exactly_once(planted_zip, bundles, scored
     cmd = [sys.executable, "-m", "strokeray.cli", "score", str(planted_zip[0]), "--out", str(out),
            "--classifier", bundles[0], "--segmenter", bundles[1], "--threshold", "0", "--files-per-chunk", "12",
            "--num-cpus", "2"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    marker = out / "_state" / "done" / "chunk-00000.json"
-    deadline = time.time() + 240
-    while not marker.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert marker.exists(), "the first chunk never finished"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    env = kill_after_first_chunk(cmd, out)
     assert not (out / "summary.json").exists()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -14,29 +14,20 @@ import torch
 from safetensors.torch import load_file
 
 from strokeray.benchmarks.train import plain_loop, training_rows
-from strokeray.datasets.phantom import PhantomConfig
-from strokeray.datasets.splits import SplitConfig
-from strokeray.datasets.synth import SynthConfig, write_archive
 from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.bundle import load_bundle
 from strokeray.learn.models import ModelConfig, build_model
 from strokeray.stages.evaluate import run_evaluate
-from strokeray.stages.ingest import IngestConfig, run_ingest
-from strokeray.stages.manifest import ManifestConfig
 from strokeray.stages.train import TrainConfig, run_train
+
+from ..conftest import phantom_shards
 
 pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
 def shards(ray_local, tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("train")
-    write_archive(str(root / "archive"), SynthConfig(patients=16, seed=5, png=False,
-                                                     phantom=PhantomConfig(size=128, slices=6)))
-    split = SplitConfig(mode="stratified", use_layout_splits=False)
-    run_ingest(str(root / "archive"), str(root / "shards"), IngestConfig(manifest=ManifestConfig(split=split)),
-               log=lambda *_: None)
-    return str(root / "shards")
+    return phantom_shards(tmp_path_factory.mktemp("train"), seed=5)
 
 
 def small(task: str, epochs: int) -> TrainConfig:

@@ -17,15 +17,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from strokeray.datasets.phantom import PhantomConfig
-from strokeray.datasets.splits import SplitConfig
-from strokeray.datasets.synth import SynthConfig, write_archive
 from strokeray.io.shard_schema import tensor_array
 from strokeray.learn.bundle import load_bundle
 from strokeray.stages import registry
-from strokeray.stages.ingest import IngestConfig, run_ingest
-from strokeray.stages.manifest import ManifestConfig
 from strokeray.stages.tune import SearchConfig, SearchSpace, concurrency, run_search
+
+from ..conftest import phantom_shards
 
 pytestmark = pytest.mark.ray
 
@@ -37,13 +34,7 @@ SPACE = SearchSpace(backbones=("resnet18", "resnet34"), lr=(1e-4, 3e-3), batch_s
 
 @pytest.fixture(scope="module")
 def shards(ray_local, tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("tune")
-    write_archive(str(root / "archive"), SynthConfig(patients=16, seed=7, png=False,
-                                                     phantom=PhantomConfig(size=128, slices=6)))
-    split = SplitConfig(mode="stratified", use_layout_splits=False)
-    run_ingest(str(root / "archive"), str(root / "shards"), IngestConfig(manifest=ManifestConfig(split=split)),
-               log=lambda *_: None)
-    return str(root / "shards")
+    return phantom_shards(tmp_path_factory.mktemp("tune"), seed=7)
 
 
 def test_concurrency_fits_the_cluster():

@@ -66,6 +66,26 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.r_[0.0, fpr], np.r_[0.0, tpr], np.r_[np.inf, thresholds]
 
 
+def operating_threshold(labels: np.ndarray, scores: np.ndarray, default: float = 0.5) -> float:
+    """The probability threshold with the highest Youden J (sensitivity + specificity - 1).
+
+    Among the thresholds reaching it, the middle of the widest gap between neighbouring scores is
+    taken, so a perfectly separated set gets a cut between its classes rather than on a score.
+    ``default`` when the labels hold one class only.
+    """
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.all() or not y.any():
+        return default
+    fpr, tpr, thr = roc_curve(y, s)
+    j = tpr[1:] - fpr[1:]
+    values = thr[1:]  # descending distinct scores; "positive if >= value"
+    below = np.r_[values[1:], min(0.0, values[-1])]  # the next lower score (or 0)
+    best = np.flatnonzero(j >= j.max() - 1e-12)
+    k = best[np.argmax(values[best] - below[best])]
+    return float((values[k] + below[k]) / 2.0)
+
+
 def binary_report(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> BinaryReport:
     """Slice-level metrics of positive-class probabilities against 0/1 labels."""
     y = np.asarray(labels).astype(bool)

@@ -33,6 +33,8 @@ class BundlePredictor:
         self.size = int(self.doc["input_size"])
         self.version = bundle_version(path)
         self.use_amp = self.device.type == "cuda"
+        # a classifier's operating point, chosen on its validation split (0.5 for older bundles)
+        self.threshold = float(self.doc.get("threshold", 0.5))
 
     def _logits(self, views: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(views))

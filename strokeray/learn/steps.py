@@ -15,9 +15,41 @@ import torch.nn.functional as F
 
 from strokeray.learn.augment import AugmentConfig, augment_batch
 from strokeray.learn.losses import SegLossConfig, segmentation_loss
+from strokeray.learn.metrics import SegmentationMeter
 
 IMAGE_COLUMN = {"classify": "cls_image", "segment": "seg_image"}
 TARGET_COLUMN = {"classify": "label", "segment": "seg_mask"}
+
+
+class FitMeter:
+    """Quality of the training pass, from the logits each step computes anyway: accuracy for the
+    classifier, lesion IoU for the segmenter (on augmented batches, as Keras-style curves show)."""
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        self.correct = 0
+        self.seen = 0
+        self.seg = SegmentationMeter(3)
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        pred = logits.argmax(1)
+        if self.task == "classify":
+            self.correct += int((pred == y).sum())
+            self.seen += len(y)
+        else:
+            self.seg.update(pred.cpu().numpy(), y.cpu().numpy())
+
+    def merge(self, other: "FitMeter") -> None:
+        self.correct += other.correct
+        self.seen += other.seen
+        self.seg.merge(other.seg)
+
+    def report(self) -> dict[str, float]:
+        if self.task == "classify":
+            return {"train_accuracy": self.correct / self.seen if self.seen else float("nan")}
+        rep = self.seg.report()
+        return {"train_mean_lesion_iou": rep["mean_lesion_iou"], "train_competition_iou": rep["competition_iou"]}
 
 
 @dataclass
@@ -59,14 +91,18 @@ class TaskSteps:
             return F.cross_entropy(logits.float(), y, weight=self._weights)
         return segmentation_loss(logits, y, self.seg_loss)
 
-    def train_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict) -> tuple[float, int]:
-        """Augment, forward, backward, step; returns (summed loss, images)."""
+    def train_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict,
+                   meter: FitMeter | None = None) -> tuple[float, int]:
+        """Augment, forward, backward, step; returns (summed loss, images). ``meter`` sees the logits."""
         x, y = self.inputs(batch)
         x, aug_y = augment_batch(x, y if self.task == "segment" else None, self.augment, self.generator)
         if self.task == "segment":
             y = aug_y
         with torch.autocast(self.device.type, enabled=self.use_amp):
-            loss = self.loss(model(x), y)
+            logits = model(x)
+            loss = self.loss(logits, y)
+        if meter is not None:
+            meter.update(logits.detach(), y)
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(optimizer)

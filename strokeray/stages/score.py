@@ -48,7 +48,9 @@ STUDY_SCHEMA = pa.schema([("study", pa.string()), ("series", pa.string()), ("pat
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    threshold: float = 0.5  # stroke probability at or above which a slice is positive
+    # stroke probability at or above which a slice is positive (None: the classifier bundle's own,
+    # chosen on its validation split; 0.5 for bundles without one)
+    threshold: float | None = None
     batch_size: int = 16  # slices per model call
     actors: int | None = None  # scoring actors (None: one per GPU with use_gpu, else 1)
     use_gpu: bool = False
@@ -214,6 +216,8 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
     if cls_doc["task"] != "classify":
         raise ValueError(f"{classifier} is a {cls_doc['task']} bundle, not a classifier")
     pre = PreprocessConfig.from_dict(cls_doc["preprocess"])
+    if cfg.threshold is None:
+        cfg = replace(cfg, threshold=float(cls_doc.get("threshold", 0.5)))
     if segmenter:
         seg_doc = read_bundle_doc(segmenter)
         if seg_doc["task"] != "segment":

@@ -157,9 +157,9 @@ def train_loop(config: dict) -> None:
     import torch.distributed as dist
     from safetensors.torch import load_file, save_file
 
-    from strokeray.learn.metrics import SegmentationMeter, binary_report, patient_level
+    from strokeray.learn.metrics import SegmentationMeter, binary_report, operating_threshold, patient_level
     from strokeray.learn.models import build_model
-    from strokeray.learn.steps import TaskSteps
+    from strokeray.learn.steps import FitMeter, TaskSteps
 
     cfg: TrainConfig = config["cfg"]
     ctx = ray.train.get_context()
@@ -189,11 +189,12 @@ def train_loop(config: dict) -> None:
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         total, seen = 0.0, 0
+        fit = FitMeter(cfg.task)
         began = time.perf_counter()
         # numpy batches: the patient key is a string column, which torch batches cannot carry.
         for batch in train_shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
                                               local_shuffle_buffer_size=256, local_shuffle_seed=cfg.seed + epoch):
-            loss_sum, n = steps.train_step(model, optimizer, batch)
+            loss_sum, n = steps.train_step(model, optimizer, batch, fit)
             total += loss_sum
             seen += n
         train_seconds = time.perf_counter() - began
@@ -209,7 +210,8 @@ def train_loop(config: dict) -> None:
                 outputs.append((prob, y.cpu().numpy(), np.asarray(batch["patient"])))
             else:
                 meter.update(logits.argmax(1).cpu().numpy(), y.cpu().numpy())
-        local = {"train": (total, seen, train_seconds), "val": (val_loss, val_seen), "outputs": outputs, "meter": meter}
+        local = {"train": (total, seen, train_seconds), "val": (val_loss, val_seen), "outputs": outputs, "meter": meter,
+                 "fit": fit}
         gathered = [None] * world
         if world > 1:
             dist.all_gather_object(gathered, local)
@@ -224,6 +226,10 @@ def train_loop(config: dict) -> None:
                    "train_images": train_seen,
                    "train_images_per_s": train_seen / max(1e-9, max(g["train"][2] for g in gathered)),
                    "torch_threads": torch.get_num_threads()}
+        total_fit = FitMeter(cfg.task)
+        for g in gathered:
+            total_fit.merge(g["fit"])
+        metrics.update(total_fit.report())
         if cfg.task == "classify":
             outs = [o for g in gathered for o in g["outputs"]]
             if outs:
@@ -231,6 +237,8 @@ def train_loop(config: dict) -> None:
                 lab = np.concatenate([o[1] for o in outs])
                 pat = np.concatenate([o[2] for o in outs])
                 metrics.update(binary_report(lab, prob).as_dict("val_"))
+                # the operating point the bundle carries (accuracy above stays at 0.5, comparable across epochs)
+                metrics["val_threshold"] = operating_threshold(lab, prob)
                 plab, pprob = patient_level(pat, lab, prob)
                 metrics.update(binary_report(plab, pprob).as_dict("val_patient_"))
         else:
@@ -352,6 +360,8 @@ def export_bundle(checkpoint_dir: str, bundle_dir: str, cfg: TrainConfig, card: 
         "class_names": ["non-stroke", "stroke"] if cfg.task == "classify" else ["background", "ischemic", "hemorrhagic"],
         "preprocess": pre,
         "score_metric": cfg.score_name(),
+        # the classifier's decision threshold, chosen on the validation split (Youden's J)
+        **({"threshold": float(metrics.get("val_threshold", 0.5))} if cfg.task == "classify" else {}),
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         "history": history,
         "train": json.loads(json.dumps(asdict(cfg), default=str)),

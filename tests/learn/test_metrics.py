@@ -58,3 +58,15 @@ def test_competition_iou_is_lenient_at_borders():
     assert m.report()["iou_ischemic"] == pytest.approx(25 / 49)
     with pytest.raises(ValueError):
         m.update(pred, true[:-1])
+
+
+def test_operating_threshold_maximises_youden_j_between_scores():
+    from strokeray.learn.metrics import operating_threshold
+
+    # separable: the cut falls midway between the classes, wherever 0.5 is
+    assert operating_threshold([0, 0, 1, 1], [0.01, 0.02, 0.10, 0.30]) == pytest.approx(0.06)
+    t = operating_threshold([0, 0, 0, 1, 1, 1], [0.1, 0.2, 0.7, 0.6, 0.8, 0.9])
+    y, s = np.array([0, 0, 0, 1, 1, 1]), np.array([0.1, 0.2, 0.7, 0.6, 0.8, 0.9])
+    best_j = max(((s[y == 1] >= c).mean() - (s[y == 0] >= c).mean()) for c in s)
+    assert (s[y == 1] >= t).mean() - (s[y == 0] >= t).mean() == pytest.approx(best_j)
+    assert operating_threshold([1, 1], [0.2, 0.3]) == 0.5  # one class: the default

@@ -56,3 +56,24 @@ def test_train_step_learns_a_fixed_batch_and_eval_step_reports_it():
     logits, y, summed = steps.eval_step(model, batch)
     assert logits.shape == (4, 3, 32, 32) and y.shape == (4, 32, 32)
     assert abs(summed - 4 * float(steps.loss(logits, y))) < 1e-4
+
+
+def test_fit_meter_scores_the_training_pass_from_the_step_logits():
+    from strokeray.learn.steps import FitMeter
+
+    meter = FitMeter("classify")
+    meter.update(torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]]), torch.tensor([0, 1, 1]))
+    other = FitMeter("classify")
+    other.update(torch.tensor([[0.0, 1.0]]), torch.tensor([1]))
+    meter.merge(other)
+    assert meter.report() == {"train_accuracy": 0.75}
+    seg = FitMeter("segment")
+    y = torch.zeros(1, 4, 4, dtype=torch.long)
+    y[0, :2, :2] = 2
+    seg.update(torch.nn.functional.one_hot(y, 3).permute(0, 3, 1, 2).float(), y)  # perfect prediction
+    assert seg.report()["train_mean_lesion_iou"] == 1.0
+    model = build_model(ModelConfig(task="segment", backbone="resnet18", in_channels=2, num_classes=3))
+    steps = TaskSteps("segment", CPU, augment=AugmentConfig(strength=0))
+    fit = FitMeter("segment")
+    steps.train_step(model, torch.optim.AdamW(model.parameters(), lr=1e-3), _seg_batch(), fit)
+    assert fit.seg.true_area.sum() == 4 * 32 * 32  # every pixel of the batch counted

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install browser demo test clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,12 +13,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The embedded default: a local Ray, a demo archive of phantoms, its shards and previews (runs/demo).
+## The embedded default: a demo archive of phantoms through every stage with a local Ray (runs/demo).
 demo: $(STAMP)
 	$(BIN)/strokeray pipeline
 
+## Debian's Chromium and ChromeDriver for the report's browser test (root or sudo; skipped when present).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  ( $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver ) \
+	    || echo "warning: chromium could not be installed; the browser test skips (and fails under CI)"; \
+	fi
+
 ## The whole suite, real-data tests included (they read ../shared/data).
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
 
 clean:

@@ -315,7 +315,8 @@ def _add_score(sub) -> None:
     p.add_argument("--segmenter", help="segmenter bundle (default: the registry's current best)")
     p.add_argument("--no-segmenter", action="store_true", help="classify only")
     p.add_argument("--registry", default="runs/registry", help="model registry (default runs/registry)")
-    p.add_argument("--threshold", type=float, default=0.5, help="stroke probability threshold (default 0.5)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="stroke probability threshold (default: the classifier bundle's, chosen on validation)")
     p.add_argument("--batch-size", type=int, default=16, help="slices per model call (default 16)")
     p.add_argument("--actors", type=int, help="scoring actors (default: one per GPU with --gpu, else 1)")
     p.add_argument("--gpu", action="store_true", help="one GPU per scoring actor")
@@ -352,13 +353,14 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--data", required=True, help="an ingest output folder")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--out", help="also write the metrics to this JSON file")
+    p.add_argument("--predictions", help="also write one row per slice to this Parquet file")
     p.set_defaults(func=_cmd_evaluate)
 
 
 def _cmd_evaluate(args) -> int:
     from strokeray.stages.evaluate import run_evaluate
 
-    r = run_evaluate(args.bundle, args.data, args.split, out=args.out)
+    r = run_evaluate(args.bundle, args.data, args.split, out=args.out, predictions=args.predictions)
     print(json.dumps({"task": r.task, "split": r.split, "slices": r.slices, "metrics": r.metrics}))
     return 0
 
@@ -366,21 +368,87 @@ def _cmd_evaluate(args) -> int:
 def _add_pipeline(sub) -> None:
     p = sub.add_parser(
         "pipeline",
-        help="run every stage on the embedded default (a generated demo archive)",
-        description="Generate a demo archive of phantoms (with planted bad files) and run the "
-        "stages on it. Work already done is reused.",
+        help="ingest, tune both models, evaluate, score and report, in one run folder",
+        description="With no arguments: generate a demo archive of phantoms (with planted bad files) and "
+        "run every stage on it with a local Ray, in minutes on a laptop. Work already done is reused, so a "
+        "re-run or a resumed run pays only for what is missing.",
     )
-    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    p.add_argument("--patients", type=int, default=12, help="phantom patients in the demo archive")
+    p.add_argument("--out", default="runs/demo", help="run folder, local or s3:// (default runs/demo)")
+    p.add_argument("--src", help="ingest this archive instead of generating the demo (folder, zip/tar, s3://...)")
+    p.add_argument("--score-src", help="score this archive (default: the ingested one)")
+    p.add_argument("--patients", type=int, default=24, help="phantom patients in the demo archive (default 24)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the demo archive")
+    p.add_argument("--samples", type=int, help="trials per backbone in each search (default 2)")
+    p.add_argument("--max-epochs", type=int, help="epochs per trial (default 10 classifier, 12 segmenter)")
+    p.add_argument("--backbones", help="classifier backbones to search, comma-separated (default resnet18)")
+    p.add_argument("--encoders", help="segmenter encoders to search, comma-separated (default resnet18)")
+    p.add_argument("--input-size", type=int, help="model input size in pixels (default 128)")
+    p.add_argument("--gpu", action="store_true", help="train and score on GPUs (one per trial worker / actor)")
+    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (default 1)")
+    p.add_argument("--no-preview", action="store_true", help="skip the preview images")
+    p.add_argument("--no-report", action="store_true", help="skip the report")
     p.set_defaults(func=_cmd_pipeline)
 
 
-def _cmd_pipeline(args) -> int:
-    from strokeray.datasets.synth import SynthConfig
-    from strokeray.stages.pipeline import PipelineConfig, run_pipeline
+def _pipeline_search(base, args, backbones: str | None):
+    space = base.space
+    if backbones:
+        space = dataclasses.replace(space, backbones=tuple(b.strip() for b in backbones.split(",") if b.strip()))
+    if args.input_size:
+        space = dataclasses.replace(space, input_size=(args.input_size,))
+    cfg = dataclasses.replace(base, space=space, use_gpu=args.gpu, workers_per_trial=args.workers_per_trial)
+    if args.samples:
+        cfg = dataclasses.replace(cfg, samples=args.samples)
+    if args.max_epochs:
+        cfg = dataclasses.replace(cfg, max_epochs=args.max_epochs, grace_period=min(cfg.grace_period, args.max_epochs))
+    return cfg
 
-    run_pipeline(PipelineConfig(out=args.out, synth=SynthConfig(patients=args.patients, seed=args.seed, bad_files=True)))
+
+def pipeline_config(args):
+    """The PipelineConfig that `strokeray pipeline` arguments describe."""
+    from strokeray.datasets.synth import SynthConfig
+    from strokeray.stages.pipeline import PipelineConfig
+    from strokeray.stages.score import ScoreConfig
+
+    base = PipelineConfig()
+    return PipelineConfig(
+        out=args.out, src=args.src, score_src=args.score_src,
+        synth=SynthConfig(patients=args.patients, seed=args.seed, bad_files=True),
+        preview=None if args.no_preview else base.preview,
+        classify=_pipeline_search(base.classify, args, args.backbones),
+        segment=_pipeline_search(base.segment, args, args.encoders),
+        score=ScoreConfig(overlays=True, use_gpu=args.gpu),
+        report=not args.no_report,
+    )
+
+
+def _cmd_pipeline(args) -> int:
+    from strokeray.stages.pipeline import run_pipeline
+
+    r = run_pipeline(pipeline_config(args))
+    print(json.dumps({"out": r.out, "bundles": r.bundles, "evaluation": r.evaluation, "report": r.report,
+                      "seconds": r.seconds}, default=str))
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="PNG figures and one self-contained HTML page of a pipeline run",
+        description="Training curves, the classifier's confusion matrix and ROC, the segmenter's per-class "
+        "IoU/Dice and example overlays beside the ground truth, the model-search tables and the scoring "
+        "summary, from what the stages left in RUN_DIR. Writes RUN_DIR/report/index.html and figures/*.png.",
+    )
+    p.add_argument("run_dir", help="a pipeline run folder (e.g. runs/demo)")
+    p.add_argument("--out", help="report folder (default RUN_DIR/report)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args) -> int:
+    from strokeray.stages.report import run_report
+
+    r = run_report(args.run_dir, args.out)
+    print(json.dumps(dataclasses.asdict(r)))
     return 0
 
 
@@ -391,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"strokeray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_synth, _add_decode, _add_preview, _add_ingest, _add_train, _add_tune, _add_evaluate, _add_score, _add_pipeline, _add_benchmark):
+    for add in (_add_synth, _add_decode, _add_preview, _add_ingest, _add_train, _add_tune, _add_evaluate, _add_score, _add_pipeline, _add_report,
+                _add_benchmark):
         add(sub)
     return parser
 

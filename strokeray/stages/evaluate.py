@@ -2,6 +2,8 @@
 
 Streams the shards one file at a time, runs the model in this process, and reports the
 classifier's slice- and patient-level metrics or the segmenter's IoU, Dice and competition IoU.
+Optionally keeps the per-slice predictions (no pixels but RLE masks) for the report's ROC curve,
+confusion matrix and overlays.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 
 import fsspec
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from strokeray.io.shard_schema import tensor_array
@@ -27,8 +30,11 @@ class EvaluationResult:
 
 
 def run_evaluate(bundle: str, shards: str, split: str = "test", batch_size: int = 32, out: str | None = None,
-                 log=print) -> EvaluationResult:
-    """Metrics of ``bundle`` on ``split``; written as JSON to ``out`` when given."""
+                 predictions: str | None = None, log=print) -> EvaluationResult:
+    """Metrics of ``bundle`` on ``split``; written as JSON to ``out`` when given, and one row per
+    slice to the Parquet file ``predictions`` (classifier: id, patient, label, probability;
+    segmenter: id, lesion, predicted mask as RLE, truth and predicted lesion pixels)."""
+    from strokeray.imaging.rle import encode_rle
     from strokeray.learn.predict import BundlePredictor
 
     predictor = BundlePredictor(bundle)
@@ -36,10 +42,11 @@ def run_evaluate(bundle: str, shards: str, split: str = "test", batch_size: int 
     channels = len(doc["windows"])
     view = doc["preprocess"]["classification" if task == "classify" else "segmentation"]["size"]
     image = "cls_image" if task == "classify" else "seg_image"
-    columns = [image, "split"] + (["label", "patient"] if task == "classify" else ["seg_mask", "has_mask", "lesion"])
+    columns = [image, "id", "split"] + (["label", "patient"] if task == "classify" else ["seg_mask", "has_mask", "lesion"])
     fs, base = fsspec.core.url_to_fs(shards)
     probs, labels, patients = [], [], []
     meter = SegmentationMeter(3)
+    rows: dict[str, list] = {}
     n = 0
     for path in sorted(fs.glob(f"{base.rstrip('/')}/shards/*.parquet")):
         with fs.open(path, "rb") as fh:
@@ -49,23 +56,37 @@ def run_evaluate(bundle: str, shards: str, split: str = "test", batch_size: int 
             part = table.slice(start, batch_size)
             views = tensor_array(part[image], (channels, view, view))
             n += part.num_rows
+            rows.setdefault("id", []).extend(part["id"].to_pylist())
             if task == "classify":
                 probs.append(predictor.stroke_probability(views))
                 labels.append(np.asarray(part["label"]))
                 patients.append(np.asarray(part["patient"]))
             else:  # scored at the stored mask's resolution
-                meter.update(predictor.lesion_classes(views), tensor_array(part["seg_mask"], (view, view)))
+                pred, truth = predictor.lesion_classes(views), tensor_array(part["seg_mask"], (view, view))
+                meter.update(pred, truth)
+                rows.setdefault("lesion", []).extend(part["lesion"].to_pylist())
+                rows.setdefault("mask_rle", []).extend(encode_rle(m) for m in pred)
+                for c, name in ((1, "ischemic"), (2, "hemorrhagic")):
+                    rows.setdefault(f"true_{name}_pixels", []).extend((truth == c).reshape(len(pred), -1).sum(1).tolist())
+                    rows.setdefault(f"pred_{name}_pixels", []).extend((pred == c).reshape(len(pred), -1).sum(1).tolist())
+    if n == 0:
+        raise ValueError(f"{shards} has no {split} slices with a truth for the {task} task")
     if task == "classify":
         prob, lab, pat = np.concatenate(probs), np.concatenate(labels), np.concatenate(patients)
-        metrics = binary_report(lab, prob).as_dict("slice_")
+        rows.update(patient=pat.tolist(), label=lab.tolist(), probability=prob.tolist())
+        metrics = binary_report(lab, prob, predictor.threshold).as_dict("slice_")
         plab, pprob = patient_level(pat, lab, prob)
-        metrics.update(binary_report(plab, pprob).as_dict("patient_"))
+        metrics.update(binary_report(plab, pprob, predictor.threshold).as_dict("patient_"))
+        metrics["threshold"] = predictor.threshold
     else:
         metrics = meter.report()
     result = EvaluationResult(task=task, split=split, slices=n, metrics=metrics)
+    if predictions:
+        with fsspec.open(predictions, "wb") as fh:
+            pq.write_table(pa.table(rows), fh)
     if out:
         with fsspec.open(out, "w") as fh:
-            json.dump({"bundle": bundle, "shards": shards, **result.__dict__}, fh, indent=2)
+            json.dump({"bundle": bundle, "bundle_version": predictor.version, "shards": shards, **result.__dict__}, fh, indent=2)
     key = ("slice_accuracy", "slice_auc", "patient_accuracy", "patient_auc") if task == "classify" else (
         "mean_lesion_iou", "competition_iou")
     log(f"[evaluate] {task} on {split} ({n} slices): " + ", ".join(f"{k}={metrics[k]:.3f}" for k in key))

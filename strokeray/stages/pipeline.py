@@ -1,38 +1,72 @@
-"""The whole pipeline on the embedded default: a demo archive of phantoms, its Parquet shards,
-and a preview of what the models will see.
+"""The whole pipeline in one command: archive -> shards -> model search for both tasks ->
+test-split evaluation -> archive scoring -> report, in the folders of ``RunLayout``.
 
-Each step skips work already done (the archive is kept when its synth.json matches, ingest skips
-finished chunks), so a re-run is cheap. Train, tune, score and report join here as they land.
+With no arguments it is the embedded default: a demo archive of phantoms it generates, a local
+Ray, budgets that finish in minutes on a 2-core laptop. Every step reads the previous step's
+outputs and skips work already done (the archive while its synth.json matches, finished ingest
+and score chunks, a finished search, an evaluation of the same model), so a re-run or a run
+resumed after a failure only pays for what is missing. The report is always rewritten.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 
 import fsspec
 
 from strokeray.datasets.synth import SynthConfig, write_archive
 from strokeray.stages.ingest import IngestConfig, IngestSummary, run_ingest
-from strokeray.stages.preview import PreviewConfig, PreviewSummary, run_preview
+from strokeray.stages.preview import PreviewConfig, run_preview
+from strokeray.stages.run_layout import TASKS, RunLayout
+from strokeray.stages.score import ScoreConfig, ScoreSummary
+from strokeray.stages.tune import SearchConfig, SearchSpace
+
+# Small searches that learn the phantoms: one backbone, two sampled settings each, at 128 px.
+DEMO_CLASSIFY = SearchConfig(
+    task="classify",
+    space=SearchSpace(backbones=("resnet18",), lr=(3e-4, 1.5e-3), weight_decay=(1e-4,), batch_size=(8,),
+                      augment=(0.5,), input_size=(128,)),
+    samples=2, max_epochs=10, grace_period=5,
+)
+DEMO_SEGMENT = SearchConfig(
+    task="segment",
+    space=SearchSpace(backbones=("resnet18",), lr=(7e-4, 2e-3), weight_decay=(1e-4,), batch_size=(8,),
+                      augment=(0.5,), input_size=(128,), seg_loss=((1.0, 1.0, 0.0), (1.0, 0.5, 0.5))),
+    samples=2, max_epochs=12, grace_period=6,
+)
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Where the run lives and what the demo data is."""
+    """Where the run lives, what it reads, and each stage's settings."""
 
     out: str = "runs/demo"
-    synth: SynthConfig = field(default_factory=lambda: SynthConfig(patients=12, bad_files=True))
+    # An archive to ingest (anything `strokeray ingest` reads); None: generate the demo archive.
+    src: str | None = None
+    # What to score (None: the ingested archive, as a hospital would score its own archive).
+    score_src: str | None = None
+    synth: SynthConfig = field(default_factory=lambda: SynthConfig(patients=24, bad_files=True))
     ingest: IngestConfig = field(default_factory=IngestConfig)
-    preview: PreviewConfig = field(default_factory=lambda: PreviewConfig(limit=40))
+    preview: PreviewConfig | None = field(default_factory=lambda: PreviewConfig(limit=24))
+    classify: SearchConfig = DEMO_CLASSIFY
+    segment: SearchConfig = DEMO_SEGMENT
+    score: ScoreConfig = field(default_factory=lambda: ScoreConfig(overlays=True))
+    report: bool = True
 
 
 @dataclass
 class PipelineResult:
+    out: str
     archive: str
     archive_reused: bool
     ingest: IngestSummary
-    preview: PreviewSummary
+    bundles: dict[str, str]  # task -> bundle the search published
+    evaluation: dict[str, dict]  # task -> test-split metrics
+    score: ScoreSummary
+    report: str | None
+    seconds: dict[str, float]  # per step
 
 
 def _archive_matches(fs, path: str, cfg: SynthConfig) -> bool:
@@ -43,23 +77,82 @@ def _archive_matches(fs, path: str, cfg: SynthConfig) -> bool:
     return meta.get("config") == json.loads(json.dumps(asdict(cfg)))
 
 
+def demo_archive(layout: RunLayout, cfg: SynthConfig, log=print) -> bool:
+    """Generate the demo archive unless the one there was made with ``cfg``; True when reused."""
+    fs, base = fsspec.core.url_to_fs(layout.archive)
+    if _archive_matches(fs, base, cfg):
+        log(f"[synth] reusing {layout.archive}")
+        return True
+    if fs.exists(base):
+        fs.rm(base, recursive=True)
+    s = write_archive(layout.archive, cfg)
+    log(f"[synth] {s.slices} slices of {s.patients} patients -> {layout.archive} ({len(s.planted)} planted bad files)")
+    return False
+
+
+def evaluate_once(bundle: str, layout: RunLayout, task: str, log=print) -> dict:
+    """Test-split metrics of ``bundle``, computed unless the stored ones are of the same weights."""
+    from strokeray.learn.predict import bundle_version
+    from strokeray.stages.evaluate import run_evaluate
+
+    fs, path = fsspec.core.url_to_fs(layout.evaluation(task))
+    version = bundle_version(bundle)
+    if fs.exists(path) and fs.exists(fsspec.core.url_to_fs(layout.predictions(task))[1]):
+        with fs.open(path, "r") as fh:
+            done = json.load(fh)
+        if done.get("bundle_version") == version:
+            log(f"[evaluate] {task}: reusing {layout.evaluation(task)}")
+            return done["metrics"]
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    result = run_evaluate(bundle, layout.shards, "test", out=layout.evaluation(task),
+                          predictions=layout.predictions(task), log=log)
+    return result.metrics
+
+
 def run_pipeline(cfg: PipelineConfig = PipelineConfig(), log=print) -> PipelineResult:
-    """Demo archive (``out/archive``) -> shards (``out/shards``) -> preview (``out/preview``)."""
-    fs, base = fsspec.core.url_to_fs(cfg.out)
-    archive = f"{cfg.out.rstrip('/')}/archive"
-    reused = _archive_matches(fs, f"{base.rstrip('/')}/archive", cfg.synth)
-    if reused:
-        log(f"[synth] reusing {archive}")
-    else:
-        if fs.exists(f"{base.rstrip('/')}/archive"):
-            fs.rm(f"{base.rstrip('/')}/archive", recursive=True)
-        s = write_archive(archive, cfg.synth)
-        log(f"[synth] {s.slices} slices of {s.patients} patients -> {archive} ({len(s.planted)} planted bad files)")
-    ingested = run_ingest(archive, f"{cfg.out.rstrip('/')}/shards", cfg.ingest, log)
-    summary = run_preview(archive, f"{cfg.out.rstrip('/')}/preview", cfg.preview)
-    log(
-        f"[preview] {summary.slices} slices from {summary.files} files, {summary.quarantined} quarantined"
-        f" {summary.reasons}, brain found in {summary.brain_found}, {summary.seconds:.1f}s"
-        f" -> {cfg.out.rstrip('/')}/preview"
-    )
-    return PipelineResult(archive=archive, archive_reused=reused, ingest=ingested, preview=summary)
+    """Run every stage into ``cfg.out``; see the module docstring."""
+    from strokeray.stages.report import run_report
+    from strokeray.stages.runtime import ensure_ray
+    from strokeray.stages.score import run_score
+    from strokeray.stages.tune import run_search
+
+    layout = RunLayout(cfg.out)
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        seconds[step] = round(now - t, 1)
+        t = now
+
+    ensure_ray(cfg.ingest.num_cpus)
+    reused, archive = False, cfg.src or layout.archive
+    if cfg.src is None:
+        reused = demo_archive(layout, cfg.synth, log)
+    lap("synth")
+    ingested = run_ingest(archive, layout.shards, cfg.ingest, log)
+    lap("ingest")
+    if cfg.preview is not None:
+        p = run_preview(archive, layout.preview, cfg.preview)
+        log(f"[preview] {p.slices} slices from {p.files} files, {p.quarantined} quarantined -> {layout.preview}")
+    lap("preview")
+    bundles, evaluation = {}, {}
+    for task, search in zip(TASKS, (cfg.classify, cfg.segment)):
+        found = run_search(layout.shards, layout.tune, search, name=f"{task}-search", registry=layout.registry, log=log)
+        bundles[task] = found.bundle
+        lap(f"tune_{task}")
+        evaluation[task] = evaluate_once(found.bundle, layout, task, log)
+        lap(f"evaluate_{task}")
+    scored = run_score(cfg.score_src or archive, layout.score, bundles["classify"], bundles["segment"],
+                       registry=None, cfg=cfg.score, log=log)
+    lap("score")
+    report = None
+    if cfg.report:
+        report = run_report(cfg.out, log=log).html
+        lap("report")
+    total = sum(seconds.values())
+    log(f"[pipeline] done in {total:.0f}s: " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items())
+        + (f"; report: {report}" if report else ""))
+    return PipelineResult(out=cfg.out, archive=archive, archive_reused=reused, ingest=ingested, bundles=bundles,
+                          evaluation=evaluation, score=scored, report=report, seconds=seconds)

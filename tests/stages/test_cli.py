@@ -1,13 +1,11 @@
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from strokeray.cli import build_parser, main
 
-SUBCOMMANDS = ["synth", "decode", "preview", "ingest", "train", "evaluate", "pipeline", "benchmark"]
+SUBCOMMANDS = ["synth", "decode", "preview", "ingest", "train", "tune", "evaluate", "score", "pipeline", "report",
+               "benchmark"]
 
 
 @pytest.mark.parametrize("cmd", [[], *[[c] for c in SUBCOMMANDS]])
@@ -35,11 +33,19 @@ def test_synth_decode_and_pipeline(tmp_path, capsys):
     assert all("Phantom" not in json.dumps(x) for x in lines)  # no patient names, ever
 
 
-def test_pipeline_job_runs_and_reuses(tmp_path):
-    cmd = [sys.executable, str(Path(__file__).parents[2] / "jobs" / "pipeline.py"), "--out", str(tmp_path / "run"), "--patients", "3"]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr
-    assert "[synth] 18 slices of 3 patients" in first.stdout
-    assert (tmp_path / "run" / "preview" / "summary.json").is_file()
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0 and "[synth] reusing" in second.stdout
+def test_pipeline_arguments_shape_every_stage():
+    from strokeray.cli import pipeline_config
+
+    cfg = pipeline_config(build_parser().parse_args(
+        ["pipeline", "--out", "s3://b/run", "--src", "s3://b/archive", "--backbones", "vgg16, resnet50",
+         "--input-size", "224", "--max-epochs", "3", "--samples", "4", "--gpu", "--workers-per-trial", "2",
+         "--no-preview"]))
+    assert cfg.out == "s3://b/run" and cfg.src == "s3://b/archive" and cfg.preview is None and cfg.report
+    assert cfg.classify.space.backbones == ("vgg16", "resnet50") and cfg.segment.space.backbones == ("resnet18",)
+    for search in (cfg.classify, cfg.segment):
+        assert search.space.input_size == (224,) and search.max_epochs == 3 and search.grace_period == 3
+        assert search.samples == 4 and search.use_gpu and search.workers_per_trial == 2
+    assert cfg.score.use_gpu and cfg.score.overlays
+    default = pipeline_config(build_parser().parse_args(["pipeline"]))
+    assert default.out == "runs/demo" and default.src is None and default.synth.patients == 24
+    assert default.classify.max_epochs == 10 and default.segment.max_epochs == 12 and not default.classify.use_gpu

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from strokeray.benchmarks.train import plain_loop, training_rows
+from strokeray.imaging.rle import decode_rle
 from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.bundle import load_bundle
 from strokeray.learn.models import ModelConfig, build_model
@@ -57,12 +59,22 @@ def test_ddp_training_learns_and_bundles(shards, tmp_path, task):
     assert doc["task"] == task and doc["input_size"] == 64 and len(doc["windows"]) == 3
     assert doc["dataset_card"]["slices"] > 0 and doc["history"][-1]["epoch"] == 4
     # Evaluating the bundle on val, in one process, agrees with what the DDP workers reported.
-    ev = run_evaluate(r.bundle, shards, "val", log=lambda *_: None)
+    ev = run_evaluate(r.bundle, shards, "val", predictions=str(tmp_path / "pred.parquet"), log=lambda *_: None)
+    pred = pq.read_table(tmp_path / "pred.parquet")
+    assert pred.num_rows == ev.slices and len(set(pred["id"].to_pylist())) == ev.slices
     if task == "classify":
-        assert ev.metrics["slice_accuracy"] == pytest.approx(r.best_metrics["val_accuracy"])
+        # The bundle carries the operating point chosen on val; AUC does not depend on it.
+        assert doc["threshold"] == pytest.approx(r.best_metrics["val_threshold"]) == ev.metrics["threshold"]
+        assert ev.metrics["slice_auc"] == pytest.approx(r.best_metrics["val_auc"])
         assert ev.metrics["slice_n"] == r.best_metrics["val_n"]
+        at = np.asarray(pred["probability"]) >= doc["threshold"]
+        assert ev.metrics["slice_accuracy"] == pytest.approx((at == np.asarray(pred["label"])).mean())
+        assert 0.0 <= r.history[-1]["train_accuracy"] <= 1.0
     else:
         assert 0.0 <= ev.metrics["competition_iou"] <= 1.0 and "iou_hemorrhagic" in ev.metrics
+        assert "threshold" not in doc and "train_mean_lesion_iou" in r.history[-1]
+        masks = [decode_rle(t) for t in pred["mask_rle"].to_pylist()]
+        assert [int((m == 2).sum()) for m in masks] == pred["pred_hemorrhagic_pixels"].to_pylist()
     # The benchmark's plain loop iterates the same training rows the workers shared (Ray's equal
     # split may drop fewer rows than there are workers) and runs the same steps.
     rows = training_rows(shards, task)

@@ -1,0 +1,314 @@
+"""`strokeray report RUN_DIR`: PNG figures and one self-contained HTML page of a pipeline run.
+
+Reads what the stages left in ``RunLayout(RUN_DIR)``: the dataset card, each task's search
+(published.json, the trials' checkpoints) and its bundle (training history), the test-split
+evaluation and predictions, the scoring outputs. A stage that has not run gives a section that
+says so. Only pseudonymous ids appear; source paths (which can carry names) are left out.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from strokeray.imaging.rle import decode_rle
+from strokeray.io.shard_schema import tensor_array
+from strokeray.learn.metrics import binary_report, operating_threshold, patient_level, roc_auc, roc_curve
+from strokeray.report import figures
+from strokeray.report.page import Figure, Section, Table, render_page
+from strokeray.stages.run_layout import RunLayout
+
+METRIC_LABELS = {"classify": ("accuracy", "accuracy"), "segment": ("mean_lesion_iou", "mean lesion IoU")}
+LESIONS = {1: "ischemic", 2: "hemorrhagic"}
+
+
+@dataclass
+class ReportResult:
+    html: str
+    figures: list[str] = field(default_factory=list)  # PNG files written
+    missing: list[str] = field(default_factory=list)  # sections without data
+
+
+def _exists(url: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(path)
+
+
+def _json(url: str):
+    with fsspec.open(url, "r") as fh:
+        return json.load(fh)
+
+
+def _parquet(url: str, columns=None):
+    with fsspec.open(url, "rb") as fh:
+        return pq.read_table(fh, columns=columns)
+
+
+def data_section(layout: RunLayout) -> Section:
+    s = Section("Data")
+    if not _exists(f"{layout.shards}/card.json"):
+        s.missing = f"No ingest found ({layout.shards}/card.json): run `strokeray ingest` or the pipeline."
+        return s
+    card = _json(f"{layout.shards}/card.json")
+    s.paragraphs.append(
+        f"{card['objects']} objects ingested ({card.get('layout', '?')} layout): {card['slices']} slices of "
+        f"{card['patients']} patients, {card.get('with_mask', 0)} with lesion masks; {card['quarantined']} files "
+        f"quarantined. Splits are by patient. Dataset digest {card['config_digest']}.")
+    rows = []
+    for split in ("train", "val", "test"):
+        d = card["per_split"].get(split, {})
+        rows.append([split, d.get("patients", 0), d.get("slices", 0), d.get("label", {}).get("1", 0),
+                     d.get("lesion", {}).get("1", 0), d.get("lesion", {}).get("2", 0)])
+    s.tables.append(Table(["split", "patients", "slices", "stroke slices", "ischemic", "hemorrhagic"], rows))
+    if card.get("quarantine_reasons"):
+        s.tables.append(Table(["quarantine reason", "files"], sorted(card["quarantine_reasons"].items())))
+    return s
+
+
+def published(layout: RunLayout, task: str) -> tuple[dict, str] | None:
+    """(the search's published.json, its bundle in this run's registry), or None."""
+    path = f"{layout.search(task)}/published.json"
+    if not _exists(path):
+        return None
+    doc = _json(path)
+    return doc, f"{layout.registry}/{task}/{doc['version']}"
+
+
+def training_section(layout: RunLayout, task: str, name: str) -> tuple[Section, dict | None]:
+    from strokeray.learn.bundle import read_bundle_doc
+
+    s = Section(f"{name}: training")
+    found = published(layout, task)
+    if found is None or not _exists(f"{found[1]}/model.json"):
+        s.missing = f"No {task} model: run `strokeray tune {task}` or the pipeline."
+        return s, None
+    doc = read_bundle_doc(found[1])
+    metric, label = METRIC_LABELS[task]
+    best = doc["metrics"]
+    model = doc["model"]
+    s.paragraphs.append(
+        f"Best trial of the search: {(model.get('arch', '') + ' ') if task == 'segment' else ''}{model['backbone']} "
+        f"at {doc['input_size']} px, registry "
+        f"version {found[0]['version']}; checkpoint chosen by {doc['score_metric']} = "
+        f"{figures_value(best.get(doc['score_metric']))} at epoch {best.get('epoch')}."
+        + (f" Decision threshold {doc['threshold']:.3f} (Youden's J on the validation split)." if "threshold" in doc else ""))
+    s.figures.append(Figure(f"{task}-training", figures.training_curves(doc["history"], metric, label, f"{name}: loss and {label} per epoch"),
+                            f"{name}: training and validation loss and {label} per epoch (training values on augmented batches)."))
+    return s, doc
+
+
+def figures_value(v) -> str:
+    return "n/a" if v is None or v != v else f"{float(v):.3f}"
+
+
+def classifier_test_section(layout: RunLayout, doc: dict | None) -> Section:
+    s = Section("Classifier: test split")
+    if doc is None or not _exists(layout.predictions("classify")):
+        s.missing = "No test-split evaluation of the classifier: run the pipeline (or `strokeray evaluate --predictions`)."
+        return s
+    t = _parquet(layout.predictions("classify"))
+    lab, prob, pat = (np.asarray(t[c]) for c in ("label", "probability", "patient"))
+    threshold = float(doc.get("threshold", 0.5))
+    sl = binary_report(lab, prob, threshold)
+    plab, pprob = patient_level(pat, lab, prob)
+    pr = binary_report(plab, pprob, threshold)
+    s.paragraphs.append(f"{sl.n} slices of {pr.n} patients; a slice is called stroke when its probability is at "
+                        f"least {threshold:.3f}; a patient by its most suspicious slice.")
+    s.tables.append(Table(["level", "n", "accuracy", "sensitivity", "specificity", "precision", "F1", "ROC AUC"],
+                          [[name, r.n, r.accuracy, r.sensitivity, r.specificity, r.precision, r.f1, r.auc]
+                           for name, r in (("slice", sl), ("patient", pr))]))
+    s.figures.append(Figure("classify-confusion", figures.confusion_matrix(sl.tp, sl.fp, sl.tn, sl.fn,
+                                                                            f"slices, threshold {threshold:.2f}"),
+                            "Confusion matrix of the test slices (counts and share of each true class)."))
+    curves = {}
+    for name, y, p in (("slices", lab, prob), ("patients", plab, pprob)):
+        if 0 < y.sum() < len(y):
+            fpr, tpr, _ = roc_curve(y, p)
+            curves[name] = (fpr, tpr, roc_auc(y, p))
+    if curves:
+        point = (1 - sl.specificity, sl.sensitivity) if sl.specificity == sl.specificity else None
+        s.figures.append(Figure("classify-roc", figures.roc_curves(curves, "ROC, test split", point),
+                                "ROC curves of the test split, slice and patient level; the star is the operating point."))
+        best = operating_threshold(lab, prob)
+        s.paragraphs.append(f"For reference, the threshold the test split itself would choose is {best:.3f} "
+                            "(not used: thresholds come from validation).")
+    return s
+
+
+def _examples(layout: RunLayout, predictions, per_class: int = 2) -> list[tuple]:
+    """Test slices with lesions (the largest per class) with their views and masks from the shards."""
+    chosen = []
+    for c, name in LESIONS.items():
+        area = np.asarray(predictions[f"true_{name}_pixels"])
+        for i in np.argsort(-area, kind="stable")[:per_class]:
+            if area[i] > 0:
+                chosen.append(int(i))
+    if not chosen:
+        return []
+    ids = [predictions["id"][i].as_py() for i in chosen]
+    fs, base = fsspec.core.url_to_fs(layout.shards)
+    found = {}
+    for path in sorted(fs.glob(f"{base.rstrip('/')}/shards/*.parquet")):
+        with fs.open(path, "rb") as fh:
+            t = pq.read_table(fh, columns=["id", "seg_image", "seg_mask"])
+        t = t.filter(pc.is_in(t["id"], value_set=pa.array(ids, pa.string())))
+        for j in range(t.num_rows):
+            found[t["id"][j].as_py()] = t.slice(j, 1)
+    out = []
+    for i, sid in zip(chosen, ids):
+        if sid not in found:
+            continue
+        row = found[sid]
+        pred = decode_rle(predictions["mask_rle"][i].as_py())
+        size = pred.shape[0]
+        image = np.asarray(row["seg_image"].to_numpy(zero_copy_only=False)[0]).reshape(-1, size, size)[0]  # brain window
+        truth = tensor_array(row["seg_mask"], (size, size))[0]
+        lesion = truth > 0
+        iou = ((pred > 0) & lesion & (pred == truth)).sum() / max(1, ((pred > 0) | lesion).sum())
+        kind = LESIONS[int(np.bincount(truth[lesion]).argmax())]
+        out.append((image, truth, pred, f"{kind}, slice IoU {iou:.2f}\n{sid[:10]}"))
+    return out
+
+
+def segmenter_test_section(layout: RunLayout, doc: dict | None) -> Section:
+    s = Section("Segmenter: test split")
+    if doc is None or not _exists(layout.evaluation("segment")):
+        s.missing = "No test-split evaluation of the segmenter: run the pipeline (or `strokeray evaluate --predictions`)."
+        return s
+    ev = _json(layout.evaluation("segment"))
+    m = ev["metrics"]
+    names = ("background", "ischemic", "hemorrhagic")
+    s.paragraphs.append(f"{ev['slices']} test slices (annotated, or known to hold no lesion). Mean lesion IoU "
+                        f"{figures_value(m['mean_lesion_iou'])}, competition IoU {figures_value(m['competition_iou'])} "
+                        "(the study's 71.04 % IoU is of this kind).")
+    s.tables.append(Table(["class", "IoU", "Dice"], [[n, m[f"iou_{n}"], m[f"dice_{n}"]] for n in names]))
+    s.figures.append(Figure("segment-classes", figures.class_scores({n: m[f"iou_{n}"] for n in names},
+                                                                     {n: m[f"dice_{n}"] for n in names},
+                                                                     "per-class IoU and Dice, test split"),
+                            "Per-class IoU and Dice over all test pixels."))
+    if _exists(layout.predictions("segment")):
+        examples = _examples(layout, _parquet(layout.predictions("segment")))
+        if examples:
+            s.figures.append(Figure("segment-examples", figures.lesion_examples(examples, "test slices: truth and prediction"),
+                                    "Test slices with the largest lesions of each class: the CT in the brain window, the "
+                                    "annotated lesion and the predicted one (hemorrhagic red, ischemic blue)."))
+    return s
+
+
+def search_section(layout: RunLayout, task: str, name: str) -> Section:
+    from strokeray.stages.tune import DEFAULT_METRIC, trial_checkpoints
+
+    s = Section(f"{name}: model search")
+    found = published(layout, task)
+    if found is None:
+        s.missing = f"No finished {task} search under {layout.search(task)}."
+        return s
+    doc, _ = found
+    settings = _json(f"{layout.search(task)}/strokeray-search.json") if _exists(
+        f"{layout.search(task)}/strokeray-search.json") else {}
+    metric = (settings.get("config") or {}).get("metric") or DEFAULT_METRIC[task]
+    rows = doc["rows"]
+    params = sorted({k for r in rows for k in r if k.startswith("param_")})
+    s.paragraphs.append(f"{len(rows)} trials, ASHA on {metric}; best: trial {doc['best']['trial_id']} "
+                        f"({metric} {figures_value(doc['best']['best_score'])}), published as registry version "
+                        f"{doc['version']}" + (" (the registry's current best)." if doc.get("current") else "."))
+    table_rows = []
+    for r in sorted(rows, key=lambda r: r["trial_id"]):
+        table_rows.append([r["trial_id"], *[_param(r.get(p)) for p in params], r["status"], r["epochs_run"],
+                           r["best_score"], r["best_epoch"], round(float(r.get("time_s") or 0.0))])
+    if "param_seg_loss" in params:
+        s.paragraphs.append("seg_loss: the weights of the dice, cross-entropy and focal terms.")
+    s.tables.append(Table(["trial", *[p[len("param_"):] for p in params], "status", "epochs", f"best {metric}",
+                           "at epoch", "seconds"], table_rows, text_columns=1 + len(params) + 1))
+    trials = {}
+    for r in rows:
+        ckpts = trial_checkpoints(f"{layout.search(task)}/train", r["trial_id"])
+        if ckpts:
+            trials[r["trial_id"]] = ckpts[-1]["history"]
+    if trials:
+        label = metric.replace("val_", "validation ").replace("_", " ")
+        s.figures.append(Figure(f"{task}-search", figures.trial_curves(trials, metric, label, f"{name}: every trial"),
+                                f"Validation {metric} per epoch of each trial; lines that end early were stopped by ASHA."))
+    return s
+
+
+def _param(v):
+    if isinstance(v, float):
+        return f"{v:.1e}" if abs(v) < 0.01 else f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return "/".join(f"{x:g}" for x in v)
+    return v
+
+
+def scoring_section(layout: RunLayout) -> Section:
+    s = Section("Scoring the archive")
+    if not _exists(f"{layout.score}/summary.json"):
+        s.missing = f"No finished scoring run under {layout.score}."
+        return s
+    summary = _json(f"{layout.score}/summary.json")
+    s.paragraphs.append(
+        f"{summary['objects']} objects: {summary['slices']} slices scored ({summary['positive_slices']} positive) in "
+        f"{summary['studies']} studies ({summary['positive_studies']} positive); {summary['quarantined']} objects "
+        f"quarantined; {summary['seconds']:.0f} s. Models: classifier {summary['models'].get('classifier_version')}, "
+        f"segmenter {summary['models'].get('segmenter_version') or 'none'}; threshold {summary['threshold']:.3f}.")
+    if summary.get("reasons"):
+        s.tables.append(Table(["quarantine reason", "objects"], sorted(summary["reasons"].items())))
+    if _exists(f"{layout.score}/slices.parquet"):
+        slices = _parquet(f"{layout.score}/slices.parquet", columns=["stroke_probability"])
+        if slices.num_rows:
+            s.figures.append(Figure("score-probabilities",
+                                    figures.probability_histogram(np.asarray(slices["stroke_probability"]),
+                                                                  summary["threshold"], "scored slices"),
+                                    "Stroke probability of every scored slice, with the decision threshold."))
+    if _exists(f"{layout.score}/studies.parquet"):
+        studies = _parquet(f"{layout.score}/studies.parquet").to_pylist()
+        studies.sort(key=lambda r: -r["max_probability"])
+        s.tables.append(Table(
+            ["study (pseudonym)", "slices", "positive slices", "max probability", "decision", "ischemia mL", "hemorrhage mL"],
+            [[r["study"][:16], r["slices"], r["positive_slices"], r["max_probability"], r["decision"],
+              r["ischemia_ml"], r["hemorrhage_ml"]] for r in studies[:15]]))
+        if len(studies) > 15:
+            s.paragraphs.append(f"The 15 most suspicious of {len(studies)} studies are listed; all are in studies.parquet.")
+    return s
+
+
+def run_report(run_dir: str, out: str | None = None, log=print) -> ReportResult:
+    """Write ``out`` (default RUN_DIR/report): index.html and figures/*.png."""
+    started = time.perf_counter()
+    layout = RunLayout(run_dir)
+    out = out or layout.report
+    sections = [data_section(layout)]
+    cls_train, cls_doc = training_section(layout, "classify", "Classifier")
+    seg_train, seg_doc = training_section(layout, "segment", "Segmenter")
+    sections += [cls_train, classifier_test_section(layout, cls_doc), search_section(layout, "classify", "Classifier"),
+                 seg_train, segmenter_test_section(layout, seg_doc), search_section(layout, "segment", "Segmenter"),
+                 scoring_section(layout)]
+    from strokeray import __version__
+
+    intro = [f"Run {run_dir}, reported {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by strokeray {__version__}.",
+             "Stage one classifies slices stroke / non-stroke; stage two segments the lesion (background, ischemic, "
+             "hemorrhagic). Identifiers are keyed pseudonyms; no names, raw patient IDs or source paths appear here."]
+    html = render_page("strokeray report", intro, sections)
+    fs, base = fsspec.core.url_to_fs(out)
+    base = base.rstrip("/")
+    fs.makedirs(f"{base}/figures", exist_ok=True)
+    written = []
+    for s in sections:
+        for f in s.figures:
+            with fs.open(f"{base}/figures/{f.name}.png", "wb") as fh:
+                fh.write(f.png)
+            written.append(f"{out.rstrip('/')}/figures/{f.name}.png")
+    page = f"{out.rstrip('/')}/index.html"
+    with fs.open(f"{base}/index.html", "w") as fh:
+        fh.write(html)
+    missing = [s.title for s in sections if s.missing]
+    log(f"[report] {len(written)} figures, {len(sections) - len(missing)} of {len(sections)} sections"
+        + (f" (no data: {', '.join(missing)})" if missing else "") + f" -> {page} in {time.perf_counter() - started:.1f}s")
+    return ReportResult(html=page, figures=written, missing=missing)

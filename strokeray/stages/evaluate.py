@@ -21,6 +21,10 @@ from strokeray.learn.metrics import SegmentationMeter, binary_report, patient_le
 from strokeray.stages.train import split_rows
 
 
+class EmptySplitError(ValueError):
+    """The split holds no slice with a truth for the task (e.g. no masks in the test split)."""
+
+
 @dataclass
 class EvaluationResult:
     task: str
@@ -70,7 +74,7 @@ def run_evaluate(bundle: str, shards: str, split: str = "test", batch_size: int 
                     rows.setdefault(f"true_{name}_pixels", []).extend((truth == c).reshape(len(pred), -1).sum(1).tolist())
                     rows.setdefault(f"pred_{name}_pixels", []).extend((pred == c).reshape(len(pred), -1).sum(1).tolist())
     if n == 0:
-        raise ValueError(f"{shards} has no {split} slices with a truth for the {task} task")
+        raise EmptySplitError(f"{shards} has no {split} slices with a truth for the {task} task")
     if task == "classify":
         prob, lab, pat = np.concatenate(probs), np.concatenate(labels), np.concatenate(patients)
         rows.update(patient=pat.tolist(), label=lab.tolist(), probability=prob.tolist())

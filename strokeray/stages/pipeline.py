@@ -91,9 +91,10 @@ def demo_archive(layout: RunLayout, cfg: SynthConfig, log=print) -> bool:
 
 
 def evaluate_once(bundle: str, layout: RunLayout, task: str, log=print) -> dict:
-    """Test-split metrics of ``bundle``, computed unless the stored ones are of the same weights."""
+    """Test-split metrics of ``bundle``, computed unless the stored ones are of the same weights
+    ({} when the test split holds nothing to score the task on)."""
     from strokeray.learn.predict import bundle_version
-    from strokeray.stages.evaluate import run_evaluate
+    from strokeray.stages.evaluate import EmptySplitError, run_evaluate
 
     fs, path = fsspec.core.url_to_fs(layout.evaluation(task))
     version = bundle_version(bundle)
@@ -104,9 +105,27 @@ def evaluate_once(bundle: str, layout: RunLayout, task: str, log=print) -> dict:
             log(f"[evaluate] {task}: reusing {layout.evaluation(task)}")
             return done["metrics"]
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    result = run_evaluate(bundle, layout.shards, "test", out=layout.evaluation(task),
-                          predictions=layout.predictions(task), log=log)
+    try:
+        result = run_evaluate(bundle, layout.shards, "test", out=layout.evaluation(task),
+                              predictions=layout.predictions(task), log=log)
+    except EmptySplitError as err:
+        log(f"[evaluate] {task}: skipped, {err}")
+        return {}
     return result.metrics
+
+
+def trainable_tasks(shards: str) -> list[str]:
+    """The tasks the shards can train: the classifier needs labelled training slices, the
+    segmenter annotated ones (masks); a classification-only archive gets a classifier only."""
+    from strokeray.stages.train import read_card
+
+    card = read_card(shards)
+    train = card["per_split"].get("train", {})
+    labelled = sum(n for k, n in train.get("label", {}).items() if int(k) >= 0)
+    if not labelled:
+        raise ValueError(f"{shards}: no labelled training slices, nothing to train (label the archive with "
+                         "`strokeray ingest --labels`, or score it with a registry: `strokeray score`)")
+    return ["classify", "segment"] if card.get("with_mask", 0) else ["classify"]
 
 
 def run_pipeline(cfg: PipelineConfig = PipelineConfig(), log=print) -> PipelineResult:
@@ -138,14 +157,19 @@ def run_pipeline(cfg: PipelineConfig = PipelineConfig(), log=print) -> PipelineR
         log(f"[preview] {p.slices} slices from {p.files} files, {p.quarantined} quarantined -> {layout.preview}")
     lap("preview")
     bundles, evaluation = {}, {}
+    tasks = trainable_tasks(layout.shards)
+    if "segment" not in tasks:
+        log("[tune] segment: skipped, the archive has no lesion masks; scoring will classify only")
     for task, search in zip(TASKS, (cfg.classify, cfg.segment)):
+        if task not in tasks:
+            continue
         found = run_search(layout.shards, layout.tune, search, name=f"{task}-search", registry=layout.registry, log=log)
         bundles[task] = found.bundle
         lap(f"tune_{task}")
         evaluation[task] = evaluate_once(found.bundle, layout, task, log)
         lap(f"evaluate_{task}")
-    scored = run_score(cfg.score_src or archive, layout.score, bundles["classify"], bundles["segment"],
-                       registry=None, cfg=cfg.score, log=log)
+    scored = run_score(cfg.score_src or archive, layout.score, bundles["classify"], bundles.get("segment"),
+                       registry=None, cfg=cfg.score, segment="segment" in bundles, log=log)
     lap("score")
     report = None
     if cfg.report:

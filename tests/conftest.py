@@ -120,6 +120,7 @@ def s3_endpoint() -> str:
     endpoint = f"http://127.0.0.1:{port}"
     env = {
         "FSSPEC_S3_ENDPOINT_URL": endpoint,
+        "AWS_ENDPOINT_URL": endpoint,  # for pyarrow's S3 (Ray Train and Tune storage) and boto
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",

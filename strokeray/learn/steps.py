@@ -110,6 +110,40 @@ class TaskSteps:
         return float(loss.detach()) * len(x), len(x)
 
     @torch.no_grad()
+    def recalibrate_bn(self, model: torch.nn.Module, batches) -> int:
+        """Re-estimate every BatchNorm's running statistics with the current weights ("precise BN").
+
+        The running averages lag behind weights that move fast, which on small sets (a few steps
+        per epoch) makes eval-mode outputs collapse to one class while training mode is right.
+        A forward pass over un-augmented training batches, averaged cumulatively, fixes them.
+        Returns the images seen; with none, the old statistics are kept.
+        """
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return 0
+        saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+                 for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+        was_training = model.training
+        model.train()
+        seen = 0
+        for batch in batches:
+            x, _ = self.inputs(batch)
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                model(x)
+            seen += len(x)
+        for m, (momentum, mean, var, count) in zip(norms, saved):
+            m.momentum = momentum
+            if not seen:
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+        model.train(was_training)
+        return seen
+
+    @torch.no_grad()
     def eval_step(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(logits, targets, summed loss) of a batch, without augmentation."""
         x, y = self.inputs(batch)

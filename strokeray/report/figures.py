@@ -96,7 +96,7 @@ def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: s
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
     for name, (fpr, tpr, auc) in curves.items():
-        ax.step(fpr, tpr, where="post", label=f"{name} (AUC {auc:.3f})")
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")  # straight segments: ties count one half, as in the AUC
     if operating_point is not None:
         ax.plot(*operating_point, "k*", markersize=11, label="operating point")
     ax.set_xlabel("false positive rate (1 - specificity)")

@@ -48,6 +48,9 @@ class TrainConfig:
     # The validation metric that picks the best checkpoint (None: the task's, see TASKS). Losses
     # (names ending in "loss") are minimised: ``val_score`` is then the negated loss.
     score_metric: str | None = None
+    # Batches of un-augmented training data that re-estimate BatchNorm statistics before each
+    # validation (learn.steps.TaskSteps.recalibrate_bn; 0: keep the running averages).
+    bn_recalibration_batches: int = 50
     # Read the shards once into Ray's object store rather than every epoch (None: when they fit
     # in a quarter of it; see datasets_for).
     cache_data: bool | None = None
@@ -149,6 +152,7 @@ def _unwrap(model):
 
 def train_loop(config: dict) -> None:
     """The per-worker loop run by Ray Train."""
+    import itertools
     import time
 
     import ray.train
@@ -198,6 +202,16 @@ def train_loop(config: dict) -> None:
             total += loss_sum
             seen += n
         train_seconds = time.perf_counter() - began
+        if cfg.bn_recalibration_batches:
+            bare = _unwrap(model)  # not through DDP, which would broadcast rank 0's buffers every forward
+            steps.recalibrate_bn(bare, itertools.islice(
+                train_shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"), cfg.bn_recalibration_batches))
+            if world > 1:  # every rank estimated on its own shard: average, so all validate one model
+                for m in bare.modules():
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                        for buf in (m.running_mean, m.running_var):
+                            dist.all_reduce(buf)
+                            buf /= world
         model.eval()
         val_loss, val_seen, outputs = 0.0, 0, []
         meter = SegmentationMeter(3)

@@ -38,6 +38,8 @@ class SearchSpace:
     batch_size: tuple[int, ...] = (8, 16)
     augment: tuple[float, ...] = (0.0, 0.5, 1.0)  # augmentation strength
     input_size: tuple[int, ...] = (128,)
+    # the classifier head's dropout (the study's 0.5 slows learning on small sets); the segmenter ignores it
+    dropout: tuple[float, ...] = (0.5,)
     # segmenter loss weights (dice, cross-entropy, focal); the classifier ignores them
     seg_loss: tuple[tuple[float, float, float], ...] = ((1.0, 1.0, 0.0), (1.0, 0.0, 1.0), (1.0, 0.5, 0.5))
 
@@ -99,6 +101,8 @@ def param_space(cfg: SearchConfig) -> dict:
     }
     if cfg.task == "segment":
         space["seg_loss"] = tune.choice([list(w) for w in s.seg_loss])
+    else:
+        space["dropout"] = tune.choice(list(s.dropout))
     return space
 
 
@@ -107,7 +111,7 @@ def trial_train_config(cfg: SearchConfig, params: dict, cpus_per_worker: float) 
     seg = params.get("seg_loss") or (1.0, 1.0, 0.0)
     return TrainConfig(
         task=cfg.task,
-        model=ModelConfig(task=cfg.task, backbone=params["backbone"]),
+        model=ModelConfig(task=cfg.task, backbone=params["backbone"], dropout=float(params.get("dropout", 0.5))),
         epochs=cfg.max_epochs,
         batch_size=int(params["batch_size"]),
         lr=float(params["lr"]),

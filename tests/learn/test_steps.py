@@ -77,3 +77,27 @@ def test_fit_meter_scores_the_training_pass_from_the_step_logits():
     fit = FitMeter("segment")
     steps.train_step(model, torch.optim.AdamW(model.parameters(), lr=1e-3), _seg_batch(), fit)
     assert fit.seg.true_area.sum() == 4 * 32 * 32  # every pixel of the batch counted
+
+
+def test_recalibrate_bn_makes_eval_mode_match_the_current_weights():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    bn = model[1]
+    bn.running_mean.fill_(5.0)  # stale statistics, as after weights moved fast
+    bn.running_var.fill_(0.01)
+    steps = TaskSteps("classify", CPU)
+    rng = np.random.default_rng(0)
+    batch = {"cls_image": rng.integers(0, 255, (16, 3, 24, 24), dtype=np.uint8), "label": np.zeros(16, np.int64)}
+    x, _ = steps.inputs(batch)
+    model.eval()
+    stale = model(x)
+    assert steps.recalibrate_bn(model, []) == 0  # nothing seen: the statistics stay
+    assert float(bn.running_mean[0]) == 5.0
+    assert steps.recalibrate_bn(model, [{k: v[:8] for k, v in batch.items()}, {k: v[8:] for k, v in batch.items()}]) == 16
+    assert not model.training and bn.momentum == 0.1  # mode and momentum restored
+    with torch.no_grad():
+        fresh = model(x)
+        model.train()
+        batch_stats = model(x)
+    assert torch.allclose(fresh, batch_stats, atol=2e-2) and not torch.allclose(stale, batch_stats, atol=2e-2)

@@ -152,3 +152,18 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(shards, tm
     assert len(finished_dirs) == len(finished)
     assert all(attempts[d] == 1 for d in finished_dirs), attempts
     assert np.isfinite([r["best_score"] for r in rows]).all()
+
+
+def test_classifier_dropout_is_searched_and_reaches_the_model():
+    from ray import tune
+
+    from strokeray.stages.tune import param_space, trial_train_config
+
+    cfg = SearchConfig(task="classify", space=SearchSpace(dropout=(0.0, 0.3)))
+    space = param_space(cfg)
+    assert isinstance(space["dropout"], tune.search.sample.Categorical) and space["dropout"].categories == [0.0, 0.3]
+    params = {"backbone": "resnet18", "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 8, "augment": 0.5,
+              "input_size": 64, "dropout": 0.3}
+    assert trial_train_config(cfg, params, 0.5).model.dropout == 0.3
+    assert "dropout" not in param_space(SearchConfig(task="segment"))
+    assert SearchSpace.from_json('{"dropout": [0.1]}').dropout == (0.1,)

@@ -76,7 +76,7 @@ def _ray(head: dict, *args: str, env: dict | None = None, timeout: int = 60) -> 
 
 
 # tiny phantoms and budgets: the point is the plumbing, not the models
-JOB_ARGS = ["--patients", "6", "--samples", "1", "--max-epochs", "2", "--input-size", "64", "--no-preview"]
+JOB_ARGS = ["--patients", "6", "--samples", "1", "--max-epochs", "1", "--input-size", "64", "--no-preview"]
 
 
 @pytest.fixture(scope="module")

@@ -14,16 +14,15 @@ from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from strokeray.imaging.rle import decode_rle
 from strokeray.io.shard_schema import tensor_array
 from strokeray.learn.metrics import binary_report, operating_threshold, patient_level, roc_auc, roc_curve
 from strokeray.report import figures
-from strokeray.report.page import Figure, Section, Table, render_page
+from strokeray.report.page import Figure, Section, Table, cell, render_page
 from strokeray.stages.run_layout import RunLayout
+from strokeray.stages.train import read_card
 
 METRIC_LABELS = {"classify": ("accuracy", "accuracy"), "segment": ("mean_lesion_iou", "mean lesion IoU")}
 LESIONS = {1: "ischemic", 2: "hemorrhagic"}
@@ -56,7 +55,7 @@ def data_section(layout: RunLayout) -> Section:
     if not _exists(f"{layout.shards}/card.json"):
         s.missing = f"No ingest found ({layout.shards}/card.json): run `strokeray ingest` or the pipeline."
         return s
-    card = _json(f"{layout.shards}/card.json")
+    card = read_card(layout.shards)
     s.paragraphs.append(
         f"{card['objects']} objects ingested ({card.get('layout', '?')} layout): {card['slices']} slices of "
         f"{card['patients']} patients, {card.get('with_mask', 0)} with lesion masks; {card['quarantined']} files "
@@ -97,15 +96,11 @@ def training_section(layout: RunLayout, task: str, name: str) -> tuple[Section, 
         f"Best trial of the search: {(model.get('arch', '') + ' ') if task == 'segment' else ''}{model['backbone']} "
         f"at {doc['input_size']} px, registry "
         f"version {found[0]['version']}; checkpoint chosen by {doc['score_metric']} = "
-        f"{figures_value(best.get(doc['score_metric']))} at epoch {best.get('epoch')}."
+        f"{cell(best.get(doc['score_metric']))} at epoch {best.get('epoch')}."
         + (f" Decision threshold {doc['threshold']:.3f} (Youden's J on the validation split)." if "threshold" in doc else ""))
     s.figures.append(Figure(f"{task}-training", figures.training_curves(doc["history"], metric, label, f"{name}: loss and {label} per epoch"),
                             f"{name}: training and validation loss and {label} per epoch (training values on augmented batches)."))
     return s, doc
-
-
-def figures_value(v) -> str:
-    return "n/a" if v is None or v != v else f"{float(v):.3f}"
 
 
 def classifier_test_section(layout: RunLayout, doc: dict | None) -> Section:
@@ -157,8 +152,7 @@ def _examples(layout: RunLayout, predictions, per_class: int = 2) -> list[tuple]
     found = {}
     for path in sorted(fs.glob(f"{base.rstrip('/')}/shards/*.parquet")):
         with fs.open(path, "rb") as fh:
-            t = pq.read_table(fh, columns=["id", "seg_image", "seg_mask"])
-        t = t.filter(pc.is_in(t["id"], value_set=pa.array(ids, pa.string())))
+            t = pq.read_table(fh, columns=["id", "seg_image", "seg_mask"], filters=[("id", "in", ids)])
         for j in range(t.num_rows):
             found[t["id"][j].as_py()] = t.slice(j, 1)
     out = []
@@ -186,7 +180,7 @@ def segmenter_test_section(layout: RunLayout, doc: dict | None) -> Section:
     m = ev["metrics"]
     names = ("background", "ischemic", "hemorrhagic")
     s.paragraphs.append(f"{ev['slices']} test slices (annotated, or known to hold no lesion). Mean lesion IoU "
-                        f"{figures_value(m['mean_lesion_iou'])}, competition IoU {figures_value(m['competition_iou'])} "
+                        f"{cell(m['mean_lesion_iou'])}, competition IoU {cell(m['competition_iou'])} "
                         "(the study's 71.04 % IoU is of this kind).")
     s.tables.append(Table(["class", "IoU", "Dice"], [[n, m[f"iou_{n}"], m[f"dice_{n}"]] for n in names]))
     s.figures.append(Figure("segment-classes", figures.class_scores({n: m[f"iou_{n}"] for n in names},
@@ -217,7 +211,7 @@ def search_section(layout: RunLayout, task: str, name: str) -> Section:
     rows = doc["rows"]
     params = sorted({k for r in rows for k in r if k.startswith("param_")})
     s.paragraphs.append(f"{len(rows)} trials, ASHA on {metric}; best: trial {doc['best']['trial_id']} "
-                        f"({metric} {figures_value(doc['best']['best_score'])}), published as registry version "
+                        f"({metric} {cell(doc['best']['best_score'])}), published as registry version "
                         f"{doc['version']}" + (" (the registry's current best)." if doc.get("current") else "."))
     table_rows = []
     for r in sorted(rows, key=lambda r: r["trial_id"]):

@@ -25,12 +25,15 @@ def _add_synth(sub) -> None:
     p.add_argument("--test-fraction", type=float, default=0.25, help="share of patients in Test")
     p.add_argument("--bad-files", action="store_true", help="also plant odd and corrupt files")
     p.add_argument("--no-png", action="store_true", help="skip the PNG exports")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a phantom archive made with other settings (only strokeray's own files)")
     p.set_defaults(func=_cmd_synth)
 
 
 def _cmd_synth(args) -> int:
     from strokeray.datasets.phantom import PhantomConfig
-    from strokeray.datasets.synth import SynthConfig, write_archive
+    from strokeray.datasets.synth import SynthConfig
+    from strokeray.stages.synth import run_synth
 
     cfg = SynthConfig(
         patients=args.patients,
@@ -40,7 +43,10 @@ def _cmd_synth(args) -> int:
         png=not args.no_png,
         bad_files=args.bad_files,
     )
-    s = write_archive(args.out, cfg)
+    s = run_synth(args.out, cfg, overwrite=args.overwrite)
+    if s is None:
+        print(json.dumps({"out": args.out, "reused": True}))
+        return 0
     print(json.dumps({"out": args.out, "slices": s.slices, "patients": s.patients, "per_class": s.per_class,
                       "per_split": s.per_split, "planted": len(s.planted)}))
     return 0
@@ -466,8 +472,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; a bad argument, input or output folder prints one line and exits 2
+    (set STROKERAY_DEBUG=1 for the traceback)."""
+    import os
+
+    from strokeray.stages.stage_dir import OutputError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (OutputError, ValueError, FileNotFoundError) as err:
+        if os.environ.get("STROKERAY_DEBUG"):
+            raise
+        print(f"strokeray {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ Layouts, recognised from folder names alone:
 - ``unlabelled``: anything else; every object gets label -1.
 
 Patient group keys (for splitting), first rule that applies: the labels CSV's patient column;
-DICOM PatientID (read from the header later, see stages.manifest); the CT-ICH file name rule
-``<patient> (<slice>).jpg``; the phantom/TEKNOFEST rule ``<patient>_<slice>.ext``; else the file
-itself. Keys are pseudonymised like DICOM PatientIDs.
+DICOM PatientID (read from the header later, see stages.manifest, and overriding the file-name
+rules set here); the CT-ICH file name rule ``<patient> (<slice>).jpg``; the phantom/TEKNOFEST rule
+``<patient>_<slice>.ext``; else the file itself. Keys are pseudonymised like DICOM PatientIDs.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ class ManifestRow:
     group_rule: str = ""
     layout_split: str = ""  # train/val/test from the layout's own folders
     split: str = ""
+    stamp: str = ""  # the source's change stamp, with its mask's: a changed one is processed again
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class Labelled:
     layout: str
     rows: list[ManifestRow]
     dropped_duplicates: list[str] = field(default_factory=list)  # PNGs shadowed by their DICOM
+    labels_matched: int = 0  # rows the labels CSV applied to
 
 
 def _parts(name: str) -> list[str]:
@@ -130,7 +132,8 @@ def file_group(name: str) -> tuple[str, str]:
     return "", ""
 
 
-def label_listing(entries: list[SourceEntry], labels_csv: bytes | None = None, table: LabelsTable = LabelsTable()) -> Labelled:
+def label_listing(entries: list[SourceEntry], labels_csv: bytes | None = None, table: LabelsTable = LabelsTable(),
+                  labels_source: str = "labels CSV") -> Labelled:
     """Manifest rows for a listing: layout labels, masks, file-name patient keys, CSV overrides."""
     names = [e.name for e in entries]
     layout = detect_layout(names)
@@ -140,7 +143,7 @@ def label_listing(entries: list[SourceEntry], labels_csv: bytes | None = None, t
     for e in entries:
         parts = _parts(e.name)
         upper = [p.upper() for p in parts]
-        row = ManifestRow(uri=e.uri, name=e.name, size=e.size, layout_split=_layout_split(parts))
+        row = ManifestRow(uri=e.uri, name=e.name, size=e.size, layout_split=_layout_split(parts), stamp=e.stamp)
         if layout == "teknofest":
             if any(d in upper for d in ANNOTATION_DIRS):
                 continue  # annotations are attached to their images below
@@ -156,6 +159,7 @@ def label_listing(entries: list[SourceEntry], labels_csv: bytes | None = None, t
                     candidate = _sibling(p, kind, by_name)
                     if candidate is not None:
                         row.mask_uri, row.mask_kind = candidate.uri, kind
+                        row.stamp = f"{e.stamp}|{candidate.stamp}"
                         break
         elif layout == "class_folders":
             cls = _class_of(parts, FOLDER_CLASSES)
@@ -165,9 +169,14 @@ def label_listing(entries: list[SourceEntry], labels_csv: bytes | None = None, t
         if raw:
             row.group, row.group_rule = pseudonym(raw, "patient"), rule
         rows.append(row)
+    matched = 0
     if labels_csv is not None:
-        apply_labels_csv(rows, labels_csv, table)
-    return Labelled(layout, rows, dropped)
+        matched = apply_labels_csv(rows, labels_csv, table, labels_source)
+        if rows and not matched:
+            raise ValueError(
+                f"labels CSV {labels_source} matched none of the {len(rows)} files (CSV paths are relative"
+                f" to the source, e.g. {rows[0].name!r}); check its {table.path_col!r} column")
+    return Labelled(layout, rows, dropped, matched)
 
 
 _SUFFIXES = {"DICOM": (".dcm", ".DCM", ".dicom", ""), "MASK": (".png", ".PNG", ".bmp"), "OVERLAY": (".png", ".PNG", ".jpg")}
@@ -191,17 +200,60 @@ def parse_label(value: str) -> int:
     return LABEL_WORDS[key]
 
 
-def apply_labels_csv(rows: list[ManifestRow], data: bytes, table: LabelsTable = LabelsTable()) -> int:
+def _decode_csv(data: bytes, source: str) -> str:
+    """CSV text from bytes: UTF-8 (with or without BOM) or UTF-16 with its BOM, as spreadsheets save."""
+    try:
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            return data.decode("utf-16")
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"labels CSV {source}: not UTF-8 or UTF-16 text ({exc}); save it as UTF-8 CSV") from None
+
+
+def read_labels_csv(data: bytes, table: LabelsTable = LabelsTable(), source: str = "labels CSV") -> dict[str, dict]:
+    """The CSV's rows by normalised path, each value checked; raises ValueError naming the line.
+
+    A label of 0 with a lesion (or 1 with lesion 0), a lesion outside 0/1/2 and a path given twice
+    with different values are errors: silently keeping one of them would train on a wrong label.
+    """
+    reader = csv.DictReader(io.StringIO(_decode_csv(data, source)))
+    if reader.fieldnames is None or table.path_col not in reader.fieldnames:
+        raise ValueError(f"labels CSV {source} has no {table.path_col!r} column (columns: {reader.fieldnames});"
+                         " name it with --labels-path-col")
+    entries: dict[str, dict] = {}
+    for line, rec in enumerate(reader, start=2):
+        where = f"labels CSV {source}, line {line}"
+        path = (rec.get(table.path_col) or "").strip().lstrip("./")
+        if not path:
+            raise ValueError(f"{where}: empty {table.path_col!r}")
+        label = rec.get(table.label_col) or ""
+        lesion = (rec.get(table.lesion_col) or "").strip()
+        try:
+            value = {"label": parse_label(label) if label.strip() else None}
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        if lesion:
+            if lesion not in ("0", "1", "2"):
+                raise ValueError(f"{where}: lesion {lesion!r} is not 0 (none), 1 (ischemic) or 2 (hemorrhagic)")
+            value["lesion"] = int(lesion)
+            if value["label"] is not None and (value["label"] == 0) != (value["lesion"] == BACKGROUND):
+                raise ValueError(f"{where}: label {label.strip()!r} contradicts lesion {lesion}")
+        patient = (rec.get(table.patient_col) or "").strip()
+        if patient:
+            value["patient"] = patient
+        if path in entries and entries[path] != value:
+            raise ValueError(f"{where}: {path!r} is listed twice with different values")
+        entries[path] = value
+    return entries
+
+
+def apply_labels_csv(rows: list[ManifestRow], data: bytes, table: LabelsTable = LabelsTable(),
+                     source: str = "labels CSV") -> int:
     """Override labels/lesions/patients from a CSV keyed by path (relative, or a suffix of the name).
 
-    Returns how many rows it matched. Unknown columns are ignored; a missing path column raises.
+    Returns how many rows it matched. Unknown columns are ignored; bad values raise ValueError.
     """
-    reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
-    if reader.fieldnames is None or table.path_col not in reader.fieldnames:
-        raise ValueError(f"labels CSV has no {table.path_col!r} column (columns: {reader.fieldnames})")
-    entries = {}
-    for rec in reader:
-        entries[rec[table.path_col].strip().lstrip("./")] = rec
+    entries = read_labels_csv(data, table, source)
     matched = 0
     for row in rows:
         rec = entries.get(row.name)
@@ -215,14 +267,14 @@ def apply_labels_csv(rows: list[ManifestRow], data: bytes, table: LabelsTable = 
         if rec is None:
             continue
         matched += 1
-        if rec.get(table.label_col, "") not in ("", None):
-            row.label = parse_label(rec[table.label_col])
+        if rec["label"] is not None:
+            row.label = rec["label"]
             if row.label == 0:
                 row.lesion = BACKGROUND
             elif row.lesion == BACKGROUND:
                 row.lesion = UNKNOWN
-        if rec.get(table.lesion_col, "") not in ("", None):
-            row.lesion = int(rec[table.lesion_col])
-        if rec.get(table.patient_col, "") not in ("", None):
-            row.group, row.group_rule = pseudonym(rec[table.patient_col], "patient"), "labels_csv"
+        if "lesion" in rec:
+            row.lesion = rec["lesion"]
+        if "patient" in rec:
+            row.group, row.group_rule = pseudonym(rec["patient"], "patient"), "labels_csv"
     return matched

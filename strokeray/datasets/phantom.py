@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from strokeray.checks import check_positive, check_range
 from strokeray.imaging.overlay import BACKGROUND, HEMORRHAGIC
 
 HU_AIR = -1000.0
@@ -38,6 +39,10 @@ class PhantomConfig:
     head_height_mm: float = 130.0  # skull base to vertex, for the z profile
     hemorrhage_hu: tuple[float, float] = (55.0, 88.0)
     ischemic_hu: tuple[float, float] = (12.0, 24.0)
+
+    def __post_init__(self) -> None:
+        check_positive(slices=self.slices, thickness_mm=self.thickness_mm)
+        check_range("size", self.size, 64, 4096)
 
 
 @dataclass(frozen=True)

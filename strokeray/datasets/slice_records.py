@@ -12,11 +12,12 @@ import numpy as np
 
 from strokeray.imaging.overlay import BACKGROUND, lesion_mask_from_overlay
 from strokeray.imaging.views import PreprocessConfig, preprocess
+from strokeray.imaging.windows import BRAIN, apply_window
 from strokeray.io.decode import decode_slices
 from strokeray.io.dicom_decode import DecodeConfig
 from strokeray.io.errors import DecodeError
 from strokeray.io.raster import decode_image, decode_mask_image
-from strokeray.io.sources import read_bytes
+from strokeray.io.sources import SourceError, read_bytes
 
 
 @dataclass(frozen=True)
@@ -46,20 +47,34 @@ def _mask(row: dict, shape: tuple[int, int]) -> tuple[np.ndarray | None, dict | 
             mask = decode_mask_image(data, lesion, row["mask_uri"])
     except DecodeError as err:
         return None, _quarantine(row["name"], "mask", err.reason.value, err.detail)
-    except OSError as err:
-        return None, _quarantine(row["name"], "mask", "unreadable", str(err))
+    except SourceError as err:
+        return None, _quarantine(row["name"], "mask", err.reason, err.detail)
     if mask.shape != shape:
         return None, _quarantine(row["name"], "mask", "mask_mismatch", f"mask {mask.shape} vs image {shape}")
     return mask, None
 
 
-def records_for(row: dict, cfg: RecordConfig = RecordConfig()) -> tuple[list[dict], list[dict]]:
-    """Shard records and quarantine records for one manifest row."""
+def records_for(row: dict, cfg: RecordConfig = RecordConfig(), with_source: bool = False) -> tuple[list[dict], list[dict]]:
+    """Shard records and quarantine records for one manifest row; never raises.
+
+    Failures nobody foresaw become ``unexpected_error`` rows naming the exception (and a memory
+    error ``out_of_memory``): one odd file must not stop the other files of its task.
+    ``with_source`` adds ``source_image``, the whole source slice in the brain window (previews).
+    """
+    try:
+        return _records(row, cfg, with_source)
+    except MemoryError as err:
+        return [], [_quarantine(row["name"], "decode", "out_of_memory", f"MemoryError: {err}")]
+    except Exception as err:  # noqa: BLE001 - the per-file safety net
+        return [], [_quarantine(row["name"], "decode", "unexpected_error", f"{type(err).__name__}: {err}")]
+
+
+def _records(row: dict, cfg: RecordConfig, with_source: bool) -> tuple[list[dict], list[dict]]:
     name = row["name"]
     try:
         data = read_bytes(row["uri"])
-    except OSError as err:
-        return [], [_quarantine(name, "read", "unreadable", str(err))]
+    except SourceError as err:
+        return [], [_quarantine(name, "read", err.reason, err.detail)]
     try:
         slices = decode_slices(data, name, cfg.decode)
     except DecodeError as err:
@@ -108,6 +123,8 @@ def records_for(row: dict, cfg: RecordConfig = RecordConfig()) -> tuple[list[dic
                 "seg_mask": seg.mask if seg.mask is not None else np.zeros(seg.image.shape[1:], np.uint8),
             }
         )
+        if with_source:
+            records[-1]["source_image"] = apply_window(ct.hu, BRAIN)
     return records, problems
 
 

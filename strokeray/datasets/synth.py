@@ -21,6 +21,7 @@ import fsspec
 import numpy as np
 
 from strokeray import __version__
+from strokeray.checks import check_positive, check_range
 from strokeray.datasets.phantom import PhantomConfig, draw_patient, render_slice, slice_z
 from strokeray.imaging.overlay import BACKGROUND, HEMORRHAGIC, ISCHEMIC, paint_overlay
 from strokeray.imaging.windows import BRAIN, apply_window
@@ -45,6 +46,10 @@ class SynthConfig:
     overlays: bool = True  # colour overlays for lesion slices, as TEKNOFEST shipped them
     masks: bool = True  # exact class masks (PNG of 0/1/2)
     bad_files: bool = False  # plant odd and corrupt files for robustness runs
+
+    def __post_init__(self) -> None:
+        check_positive(patients=self.patients)
+        check_range("test_fraction", self.test_fraction, 0.0, 1.0)
 
 
 @dataclass

@@ -91,6 +91,9 @@ class DecodeConfig:
     # than 45 degrees from the patient's z axis are rejected as not_axial.
     axial_only: bool = True
     max_frames: int = 4096
+    # Pixels of one object, all frames: 512 Mpx is 2,000 frames of 512x512 (2 GiB as float32 HU).
+    # A header claiming more is refused before anything is allocated.
+    max_pixels: int = 512 * 1024 * 1024
 
 
 def _is_part10(data: bytes) -> bool:
@@ -207,6 +210,30 @@ def _check_axial(ds: Dataset, source: str) -> None:
             )
 
 
+# RLE Lossless packs at most 128 equal bytes into 2: a stream can expand 64-fold, no more.
+RLE_MAX_EXPANSION = 64
+
+
+def check_claimed_size(ds: Dataset, ts: str, n_frames: int, max_pixels: int, source: str) -> None:
+    """Refuse a header whose geometry is impossible for its stream, before decoding allocates it:
+    more pixels than ``max_pixels`` (oversized_image), more than an uncompressed stream holds or
+    than RLE can expand to (corrupt_pixel_data)."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    pixels = rows * cols * n_frames
+    if pixels > max_pixels:
+        raise DecodeError(Reason.OVERSIZED_IMAGE,
+                          f"{n_frames} frame(s) of {rows}x{cols} = {pixels} pixels, over the limit of {max_pixels}",
+                          source)
+    need = pixels * ((int(ds.BitsAllocated) + 7) // 8)
+    stream = len(ds.PixelData or b"")
+    if ts in NATIVE_SYNTAXES and int(ds.BitsAllocated) >= 8 and stream < need:
+        raise DecodeError(Reason.CORRUPT_PIXEL_DATA, f"pixel data holds {stream} bytes, the header needs {need}",
+                          source)
+    if ts == "1.2.840.10008.1.2.5" and need > RLE_MAX_EXPANSION * stream + 64 * n_frames:
+        raise DecodeError(Reason.CORRUPT_PIXEL_DATA,
+                          f"RLE stream of {stream} bytes cannot hold the {need} bytes the header claims", source)
+
+
 def _stored_pixels(ds: Dataset, ts: str, n_frames: int, source: str) -> np.ndarray:
     """Decoded stored values as (frames, rows, cols)."""
     try:
@@ -216,14 +243,12 @@ def _stored_pixels(ds: Dataset, ts: str, n_frames: int, source: str) -> np.ndarr
             arr = dicom_pixels.decode_jpeg_with_gdcm(ds, n_frames)
         else:
             arr = _pydicom_pixels(ds, ts)
-    except MemoryError:
-        raise
+    except MemoryError as exc:
+        raise DecodeError(Reason.OVERSIZED_IMAGE, f"decoding ran out of memory: {exc}", source) from exc
     except Exception as exc:  # decoder plugins raise many types; all mean the stream is unusable
-        detail = str(exc).strip().splitlines()
         raise DecodeError(
             Reason.CORRUPT_PIXEL_DATA,
-            f"{SUPPORTED_SYNTAXES.get(ts, ts)} pixel data failed to decode: "
-            + (" ".join(detail[:3])[:300] or type(exc).__name__),
+            f"{SUPPORTED_SYNTAXES.get(ts, ts)} pixel data failed to decode: {_first_line(exc)}",
             source,
         ) from exc
     if arr.ndim == 2:
@@ -243,13 +268,22 @@ def _pydicom_pixels(ds: Dataset, ts: str) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         preferred = PREFERRED_PLUGIN.get(ts)
-        if preferred:
+        if not preferred:
+            return ds.pixel_array
+        try:
+            ds.pixel_array_options(decoding_plugin=preferred)
+            return ds.pixel_array
+        except Exception as first:  # noqa: BLE001 - the preferred plugin refused this stream; let pydicom try all
+            ds.pixel_array_options(decoding_plugin="")
             try:
-                ds.pixel_array_options(decoding_plugin=preferred)
                 return ds.pixel_array
-            except Exception:  # the preferred plugin refused this stream; let pydicom try all
-                ds.pixel_array_options(decoding_plugin="")
-        return ds.pixel_array
+            except Exception as rest:  # noqa: BLE001 - keep both reasons, as pydicom does for its plugins
+                raise ValueError(f"{preferred}: {_first_line(first)}; other plugins: {_first_line(rest)}") from rest
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return " ".join(lines[:3])[:300] if lines else type(exc).__name__
 
 
 def _padding_mask(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
@@ -339,6 +373,7 @@ def decode_dicom(data: bytes, source: str = "", cfg: DecodeConfig = DecodeConfig
     n_frames = int(_float(ds.get("NumberOfFrames"), 1) or 1)
     if not 1 <= n_frames <= cfg.max_frames:
         raise DecodeError(Reason.UNSUPPORTED_IMAGE, f"{n_frames} frames", source)
+    check_claimed_size(ds, ts, n_frames, cfg.max_pixels, source)
 
     stored = _stored_pixels(ds, ts, n_frames, source)
     padding = _padding_mask(ds, stored)
@@ -449,6 +484,10 @@ def decode_dicom_mask(data: bytes, source: str = "") -> np.ndarray:
         if tag not in ds:
             ds.add_new(tag, "US" if tag == "SamplesPerPixel" else "CS", default)
     n_frames = int(_float(ds.get("NumberOfFrames"), 1) or 1)
+    for tag in ("Rows", "Columns", "BitsAllocated"):
+        if not ds.get(tag):
+            raise DecodeError(Reason.CORRUPT_PIXEL_DATA, f"mask: missing or zero {tag}", source)
+    check_claimed_size(ds, ts, n_frames, DecodeConfig.max_pixels, source)
     stored = _stored_pixels(ds, ts, n_frames, source)[0]
     return stored > stored.min() if stored.max() > stored.min() else np.zeros(stored.shape, dtype=bool)
 

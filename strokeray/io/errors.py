@@ -17,6 +17,7 @@ class Reason(str, Enum):
     UNSUPPORTED_IMAGE = "unsupported_image"  # colour CT, odd geometry, non-2-D frames
     UNCALIBRATED_PIXELS = "uncalibrated_pixels"  # no rescale and the values are not HU
     NOT_IMAGE = "not_image"  # a PNG/JPG export that does not open as an image
+    OVERSIZED_IMAGE = "oversized_image"  # claims more pixels than any CT object has (checked before allocating)
 
 
 class DecodeError(Exception):

@@ -19,12 +19,37 @@ from strokeray.io.errors import DecodeError, Reason
 from strokeray.io.pseudonym import pseudonym
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# A CT export is at most a few thousand pixels wide; a header claiming more is refused before decoding.
+MAX_RASTER_PIXELS = 64 * 1024 * 1024
+# A windowed CT slice has hundreds of grey levels; fewer than this is a drawing or a binary image.
+MIN_GREY_LEVELS = 16
+
+
+def claimed_pixels(data: bytes) -> int | None:
+    """Pixels an image's header claims (read without decoding), or None when no header parses."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: we check the size ourselves
+            with Image.open(io.BytesIO(data)) as im:
+                return int(im.size[0]) * int(im.size[1])
+    except Image.DecompressionBombError:
+        return MAX_RASTER_PIXELS + 1
+    except Exception:  # noqa: BLE001 - no header Pillow knows: OpenCV's decode says why
+        return None
 
 
 def decode_image(data: bytes, source: str = "") -> np.ndarray:
     """Decode image bytes to an array: (H, W) greyscale or (H, W, 3) RGB; raises not_image."""
     if not data:
         raise DecodeError(Reason.NOT_IMAGE, "empty file", source)
+    pixels = claimed_pixels(data)
+    if pixels is not None and pixels > MAX_RASTER_PIXELS:
+        raise DecodeError(Reason.OVERSIZED_IMAGE, f"{pixels} pixels, over the limit of {MAX_RASTER_PIXELS}", source)
     arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise DecodeError(Reason.NOT_IMAGE, "not a readable PNG/JPG/BMP/TIFF image", source)
@@ -65,6 +90,9 @@ def decode_raster(data: bytes, source: str = "", window: Window = BRAIN) -> CTSl
                 Reason.UNSUPPORTED_IMAGE, f"colour image (mean chroma {chroma:.1f}): not a CT export", source
             )
     grey = to_grey(arr)
+    levels = np.unique(grey[:: max(1, grey.shape[0] // 256), :: max(1, grey.shape[1] // 256)]).size
+    if levels < MIN_GREY_LEVELS:
+        raise DecodeError(Reason.NOT_CT, f"only {levels} grey levels: a binary image or drawing, not a CT export", source)
     digest = hashlib.sha256(data).hexdigest()
     return CTSlice(
         hu=grey_to_pseudo_hu(grey, window),

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from strokeray.checks import check_range
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -34,6 +36,9 @@ class AugmentConfig:
     brightness: float = 0.1
     contrast: float = 0.15
     window_jitter: float = 0.05  # per-channel shift and gain: the HU windows moved a little
+
+    def __post_init__(self) -> None:
+        check_range("augment strength", self.strength, 0.0, 5.0)
 
 
 def _identity_grid(n: int, h: int, w: int, device, dtype) -> torch.Tensor:

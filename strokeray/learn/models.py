@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from strokeray.checks import check_positive, check_range
+
 CLASSIFIER_BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "efficientnet_b0", "densenet121")
 SEGMENTER_ARCHS = ("unet", "unetplusplus", "deeplabv3plus")
 SEGMENTER_ENCODERS = ("resnet34", "vgg16", "densenet201", "efficientnet-b0", "resnet18")
@@ -29,6 +31,10 @@ class ModelConfig:
     dropout: float = 0.5
     freeze_features: bool = False  # train the classifier head only
     weights: str | None = None
+
+    def __post_init__(self) -> None:
+        check_range("dropout", self.dropout, 0.0, 0.99)
+        check_positive(in_channels=self.in_channels, num_classes=self.num_classes)
 
 
 class StudyHead(nn.Module):

@@ -2,16 +2,18 @@
 
 The manifest is cut into chunks of files. Each chunk is one streaming Ray Data run (decode and
 preprocess in parallel tasks, shards written as they fill) into a scratch folder, moved into
-``shards/`` when complete, and marked done. A re-run skips done chunks and redoes an interrupted
-one from scratch, so the same inputs always give the same rows exactly once. Memory stays bounded
-by the tasks in flight, not the archive size.
+``shards/`` when complete, and marked done with the digest of its rows. A re-run skips done
+chunks, redoes an interrupted one from scratch, and processes only what was added to or changed
+in the source, so the same inputs always give the same rows exactly once. Memory stays bounded by
+the tasks in flight, not the archive size.
 
 OUT/
   manifest.parquet, manifest.json   the listing, labelled and split (reused)
   shards/chunk-00000-000.parquet    slices (schema: strokeray.io.shard_schema)
   quarantine.parquet                every object that could not be used, with its reason
   card.json                         counts, config, versions
-  _state/                           chunk markers; per-run scratch and quarantine parts
+  _state/                           chunk markers and quarantine parts; per-run scratch (removed at the end)
+  .strokeray.json                   the marker: this folder is an ingest output (see stages.stage_dir)
 """
 
 from __future__ import annotations
@@ -28,10 +30,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from strokeray import __version__
+from strokeray.checks import check_positive
 from strokeray.datasets.slice_records import RecordConfig, records_for, stack_records
 from strokeray.io.shard_schema import QUARANTINE_COLUMNS, SCHEMA_VERSION
-from strokeray.stages.manifest import Manifest, ManifestConfig, build_manifest
+from strokeray.io.sources import read_bytes
+from strokeray.stages.manifest import Manifest, ManifestConfig, build_manifest, check_source, options_digest
 from strokeray.stages.runtime import arrow_filesystem, ensure_ray
+from strokeray.stages.stage_dir import StageDir
+
+# Everything ingest writes in OUT (what --overwrite may remove); anything else there is left alone.
+INGEST_OUTPUTS = ("manifest.parquet", "manifest.json", "shards", "quarantine.parquet", "card.json", "_state")
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,10 @@ class IngestConfig:
     files_per_task: int = 128
     num_cpus: int | None = None  # for the local Ray; ignored on a cluster
     overwrite: bool = False  # discard an OUT made with other settings
+
+    def __post_init__(self) -> None:
+        check_positive(files_per_chunk=self.files_per_chunk, files_per_task=self.files_per_task,
+                       num_cpus=self.num_cpus)
 
 
 @dataclass
@@ -87,32 +99,36 @@ def process_batch(batch: pa.Table, records_cfg: RecordConfig, quarantine_dir: st
         yield stack_records(records)
 
 
-def _config_digest(manifest: Manifest, cfg: IngestConfig) -> str:
+def _config_digest(options: str, cfg: IngestConfig) -> str:
     blob = json.dumps(
-        {"manifest": manifest.digest, "records": asdict(cfg.records), "chunk": cfg.files_per_chunk,
+        {"manifest": options, "records": asdict(cfg.records), "chunk": cfg.files_per_chunk,
          "task": cfg.files_per_task, "schema": SCHEMA_VERSION},
         sort_keys=True, default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _tag(number: int) -> str:
+    return f"chunk-{number:05d}"
+
+
 def run_chunk(index: int, table: pa.Table, out: str, run: str, cfg: IngestConfig, dest: str = "shards",
               extend=None) -> int:
-    """Process one chunk into OUT/<dest>/chunk-<index>-*.parquet; returns its file count.
+    """Process one chunk into OUT/<dest>/chunk-<index>-*.parquet (its quarantine parts into
+    OUT/_state/quarantine/chunk-<index>/); returns its file count.
 
-    ``extend(ds)`` may add stages after decoding (scoring does). Scratch and quarantine parts live
-    under this run's own folder: workers orphaned by a killed run may still finish a write, but
-    only into their own run's folder, which is never promoted.
+    ``extend(ds)`` may add stages after decoding (scoring does). Scratch and quarantine parts are
+    written under this run's own folder: workers orphaned by a killed run may still finish a
+    write, but only into their own run's folder, which is never promoted.
     """
     import ray
 
     fs, base = fsspec.core.url_to_fs(out)
     base = base.rstrip("/")
-    tag = f"chunk-{index:05d}"
+    tag = _tag(index)
     run_dir = f"{out.rstrip('/')}/_state/runs/{run}"
     scratch = f"{base}/_state/runs/{run}/scratch/{tag}"
-    for stale in fs.glob(f"{base}/{dest}/{tag}-*.parquet"):
-        fs.rm(stale)  # left by a run that died while promoting this chunk
+    _remove_chunk_outputs(fs, base, dest, tag)  # left by a run that died while promoting this chunk
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     step = max(1, min(cfg.files_per_task, -(-table.num_rows // (2 * cpus))))
     blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)]
@@ -134,44 +150,65 @@ def run_chunk(index: int, table: pa.Table, out: str, run: str, cfg: IngestConfig
     fs.makedirs(f"{base}/{dest}", exist_ok=True)
     for k, path in enumerate(written):
         fs.mv(path, f"{base}/{dest}/{tag}-{k:03d}.parquet")
+    parts = sorted(fs.glob(f"{base}/_state/runs/{run}/quarantine/{tag}/*.parquet"))
+    if parts:
+        fs.makedirs(f"{base}/_state/quarantine/{tag}", exist_ok=True)
+    for path in parts:
+        fs.mv(path, f"{base}/_state/quarantine/{tag}/{path.rsplit('/', 1)[-1]}")
     return len(written)
 
 
-def run_chunks(table: pa.Table, out: str, files_per_chunk: int, run_one, stage: str, log=print):
-    """Run ``run_one(index, rows, run_id)`` over the chunks of ``table`` not marked done in
-    OUT/_state/done; returns ({chunk tag: the run that completed it}, chunks run, chunks skipped)."""
+def _remove_chunk_outputs(fs, base: str, dest: str, tag: str) -> None:
+    for stale in fs.glob(f"{base}/{dest}/{tag}-*.parquet"):
+        fs.rm(stale)
+    if fs.exists(f"{base}/_state/quarantine/{tag}"):
+        fs.rm(f"{base}/_state/quarantine/{tag}", recursive=True)
+
+
+def run_chunks(manifest: Manifest, out: str, run_one, stage: str, dest: str, log=print) -> tuple[int, int]:
+    """Run ``run_one(number, rows, run_id)`` over the manifest's chunks not marked done (with the
+    same content) in OUT/_state/done; outputs of chunks the manifest no longer has are removed
+    first, and every run's scratch last. Returns (chunks run, chunks skipped)."""
     fs, base = fsspec.core.url_to_fs(out)
     base = base.rstrip("/")
     run = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    runs: dict[str, str] = {}
+    chunks = manifest.chunks()
+    current = {_tag(number) for number, _, _ in chunks}
+    for marker in fs.glob(f"{base}/_state/done/chunk-*.json"):
+        tag = marker.rsplit("/", 1)[-1][: -len(".json")]
+        if tag not in current:  # its files left or changed the source: its rows are processed anew
+            _remove_chunk_outputs(fs, base, dest, tag)
+            fs.rm(marker)
     done = skipped = 0
-    starts = list(range(0, table.num_rows, max(1, files_per_chunk)))
-    for index, start in enumerate(starts):
-        tag = f"chunk-{index:05d}"
+    for position, (number, rows, digest) in enumerate(chunks):
+        tag = _tag(number)
         marker = f"{base}/_state/done/{tag}.json"
         if fs.exists(marker):
             with fs.open(marker, "r") as fh:
-                runs[tag] = json.load(fh)["run"]
-            skipped += 1
-            continue
+                if json.load(fh).get("digest") == digest:
+                    skipped += 1
+                    continue
+            fs.rm(marker)
         t0 = time.perf_counter()
-        rows = table.slice(start, files_per_chunk)
-        files = run_one(index, rows, run)
+        files = run_one(number, rows, run)
         fs.makedirs(f"{base}/_state/done", exist_ok=True)
         with fs.open(marker, "w") as fh:
-            json.dump({"files": rows.num_rows, "outputs": files, "run": run}, fh)
-        runs[tag] = run
+            json.dump({"files": rows.num_rows, "outputs": files, "digest": digest}, fh)
         done += 1
         dt = time.perf_counter() - t0
-        log(f"[{stage}] chunk {index + 1}/{len(starts)}: {rows.num_rows} files in {dt:.1f}s ({rows.num_rows / dt:.1f} files/s)")
-    return runs, done, skipped
+        log(f"[{stage}] chunk {position + 1}/{len(chunks)}: {rows.num_rows} files in {dt:.1f}s"
+            f" ({rows.num_rows / dt:.1f} files/s)")
+    if fs.exists(f"{base}/_state/runs"):
+        # Scratch of this run and of killed ones: everything worth keeping has been promoted.
+        fs.rm(f"{base}/_state/runs", recursive=True)
+    return done, skipped
 
 
-def merge_quarantine(fs, base: str, manifest: Manifest, runs: dict[str, str]) -> pa.Table:
-    """Listing problems plus each chunk's quarantine parts, from the run that completed it."""
+def merge_quarantine(fs, base: str, manifest: Manifest) -> pa.Table:
+    """Listing problems plus the quarantine parts of the manifest's chunks."""
     parts = [_quarantine_part(manifest.problems)]
-    for tag, run in sorted(runs.items()):
-        for path in sorted(fs.glob(f"{base}/_state/runs/{run}/quarantine/{tag}/*.parquet")):
+    for number, _, _ in manifest.chunks():
+        for path in sorted(fs.glob(f"{base}/_state/quarantine/{_tag(number)}/*.parquet")):
             with fs.open(path, "rb") as fh:
                 parts.append(pq.read_table(fh))
     table = pa.concat_tables(parts).sort_by([("source", "ascending"), ("stage", "ascending")])
@@ -220,6 +257,7 @@ def _card(fs, base: str, src: str, manifest: Manifest, quarantine: pa.Table, cfg
         "quarantined": quarantine.num_rows,
         "quarantine_reasons": reasons,
         "skipped_sidecar_files": len(manifest.skipped),
+        "source_changes": manifest.changes,
         "shadowed_by_dicom": len(manifest.shadowed),
         "config": json.loads(json.dumps(asdict(cfg), default=str)),
         "config_digest": digest,
@@ -228,32 +266,24 @@ def _card(fs, base: str, src: str, manifest: Manifest, quarantine: pa.Table, cfg
 
 
 def run_ingest(src: str, out: str, cfg: IngestConfig = IngestConfig(), log=print) -> IngestSummary:
-    """Ingest ``src`` into ``out`` (both local paths or fsspec URLs); see the module docstring."""
+    """Ingest ``src`` into ``out`` (both local paths or fsspec URLs); see the module docstring.
+
+    Everything that can be checked without Ray is checked first: the source exists and holds
+    files, the output folder is ours to write (see StageDir), the labels CSV is valid.
+    """
     started = time.perf_counter()
-    fs, base = fsspec.core.url_to_fs(out)
-    base = base.rstrip("/")
-    state = f"{base}/_state/config.json"
-    if cfg.overwrite and fs.exists(base):
-        fs.rm(base, recursive=True)
+    check_source(src)
+    labels = read_bytes(cfg.manifest.labels) if cfg.manifest.labels else None
+    digest = _config_digest(options_digest(src, cfg.manifest, labels), cfg)
+    stage = StageDir(out, "ingest", INGEST_OUTPUTS)
+    stage.claim([src, *([cfg.manifest.labels] if cfg.manifest.labels else [])], digest, cfg.overwrite)
+    fs, base = stage.fs, stage.base
+    manifest = build_manifest(src, out, cfg.manifest, log, cfg.files_per_chunk, cfg.num_cpus)
     ensure_ray(cfg.num_cpus)
-    manifest = build_manifest(src, out, cfg.manifest, log)
-    digest = _config_digest(manifest, cfg)
-    if fs.exists(state):
-        with fs.open(state, "r") as fh:
-            previous = json.load(fh).get("digest")
-        if previous != digest:
-            raise ValueError(
-                f"{out} holds an ingest made with other inputs or settings ({previous} != {digest});"
-                " use a new output folder or --overwrite"
-            )
-    fs.makedirs(f"{base}/_state", exist_ok=True)
-    with fs.open(state, "w") as fh:
-        json.dump({"digest": digest}, fh)
     summary = IngestSummary(out=out, objects=manifest.rows)
-    runs, summary.chunks_done, summary.chunks_skipped = run_chunks(
-        manifest.table, out, cfg.files_per_chunk, lambda index, table, run: run_chunk(index, table, out, run, cfg),
-        "ingest", log)
-    quarantine = merge_quarantine(fs, base, manifest, runs)
+    summary.chunks_done, summary.chunks_skipped = run_chunks(
+        manifest, out, lambda index, table, run: run_chunk(index, table, out, run, cfg), "ingest", "shards", log)
+    quarantine = merge_quarantine(fs, base, manifest)
     card = _card(fs, base, src, manifest, quarantine, cfg, digest)
     with fs.open(f"{base}/card.json", "w") as fh:
         json.dump(card, fh, indent=2)

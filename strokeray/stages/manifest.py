@@ -1,8 +1,12 @@
-"""The manifest: one row per input object (uri, size, label, lesion, mask, patient group, split).
+"""The manifest: one row per input object (uri, size, label, lesion, mask, patient group, split,
+and the resumable chunk it is processed in).
 
-Listing a big bucket and reading every DICOM header is slow, so the manifest is written once
-(``OUT/manifest.parquet``) and reused while the source and options are unchanged. DICOM patient
-keys come from the first 64 KiB of each file, read in parallel with Ray Data.
+The source is listed on every run (names, sizes and change stamps: mtime, ETag or member CRC), but
+the expensive part, reading DICOM headers for patient keys, is done only for objects that are new
+or changed since the manifest in ``OUT/manifest.parquet``. Chunks are keyed by their rows'
+content: a chunk whose rows are all unchanged keeps its number (and its finished output); new and
+changed rows, and the rows of chunks that lost or changed a member, go into new chunks. So adding
+files to a source processes only them, and nothing finished is redone.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from strokeray.datasets.layouts import LabelsTable, ManifestRow, label_listing
@@ -24,6 +29,7 @@ from strokeray.io.sources import SourceLimits, list_inputs, read_bytes, read_hea
 
 HEADER_BYTES = 64 * 1024
 MANIFEST_COLUMNS = [f for f in ManifestRow.__dataclass_fields__]
+KEY_COLUMN, CHUNK_COLUMN = "row_key", "chunk"
 
 
 @dataclass(frozen=True)
@@ -41,16 +47,32 @@ class Manifest:
     problems: list[dict]  # listing problems: source, stage, reason, detail
     skipped: list[str]
     shadowed: list[str]  # PNG exports dropped for their DICOM twin
-    digest: str
+    digest: str  # of the options (source, labels, split): a different one is another dataset
+    listing: str = ""  # of the rows' content: changes when files are added, removed or changed
+    changes: dict = field(default_factory=dict)  # new / changed / removed objects against the last manifest
 
     @property
     def rows(self) -> int:
         return self.table.num_rows
 
+    def chunks(self) -> list[tuple[int, pa.Table, str]]:
+        """(chunk number, its rows, digest of their content) in chunk order."""
+        if not self.rows:
+            return []
+        out = []
+        numbers = self.table.column(CHUNK_COLUMN)
+        for number in sorted(set(numbers.to_pylist())):
+            rows = self.table.filter(pc.equal(numbers, number))
+            out.append((number, rows, _digest_of(sorted(rows.column(KEY_COLUMN).to_pylist()))))
+        return out
 
-def _options_digest(src: str, cfg: ManifestConfig, labels: bytes | None) -> str:
-    blob = json.dumps({"src": src, "cfg": asdict(cfg), "labels": hashlib.sha256(labels or b"").hexdigest()}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+def _digest_of(items) -> str:
+    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def options_digest(src: str, cfg: ManifestConfig, labels: bytes | None) -> str:
+    return _digest_of({"src": src, "cfg": asdict(cfg), "labels": hashlib.sha256(labels or b"").hexdigest()})
 
 
 def _header_groups(batch: dict) -> dict:
@@ -66,21 +88,32 @@ def _header_groups(batch: dict) -> dict:
             key = "" if is_raster(head, uri) else dicom_patient_key(head)
             if not key and len(head) == HEADER_BYTES:
                 key = dicom_patient_key(read_bytes(uri))  # a header longer than 64 KiB
-        except OSError:
+        except Exception:  # noqa: BLE001 - any unreadable object: decoding will quarantine it with its reason
             key = ""
         keys.append(key)
     return {"uri": batch["uri"], "group": np.array(keys, dtype=object)}
 
 
-def _fill_dicom_groups(rows: list[ManifestRow]) -> None:
-    need = [r for r in rows if not r.group and not r.name.lower().endswith(RASTER_SUFFIXES)]
+def _fill_dicom_groups(rows: list[ManifestRow], known: dict[tuple[str, str], tuple[str, str]],
+                       num_cpus: int | None = None) -> None:
+    """DICOM PatientID wins over the file-name rules (only a labels CSV's patient column beats it);
+    headers already read for the same object and stamp are reused."""
+    need = []
+    for r in rows:
+        if r.group_rule == "labels_csv" or r.name.lower().endswith(RASTER_SUFFIXES):
+            continue
+        hit = known.get((r.uri, r.stamp))
+        if hit is None:
+            need.append(r)
+        elif hit[1] == "dicom_patient_id":
+            r.group, r.group_rule = hit
     if not need:
         return
     import ray
 
     from strokeray.stages.runtime import ensure_ray
 
-    ensure_ray()
+    ensure_ray(num_cpus)
     ds = ray.data.from_items([{"uri": r.uri} for r in need]).map_batches(_header_groups, batch_size=64, batch_format="numpy")
     found = {rec["uri"]: rec["group"] for rec in ds.iter_rows()}
     for r in need:
@@ -88,25 +121,79 @@ def _fill_dicom_groups(rows: list[ManifestRow]) -> None:
             r.group, r.group_rule = found[r.uri], "dicom_patient_id"
 
 
-def build_manifest(src: str, out: str, cfg: ManifestConfig = ManifestConfig(), log=print) -> Manifest:
-    """List, label, group and split ``src``; reuse ``out/manifest.parquet`` when it matches."""
+def _row_key(row: dict) -> str:
+    return _digest_of({k: row[k] for k in MANIFEST_COLUMNS})
+
+
+def assign_chunks(keys: list[str], previous: pa.Table | None, files_per_chunk: int) -> tuple[list[int], int]:
+    """Chunk number of each row (rows in name order, by content key): previous chunks whose rows
+    are all still present and unchanged keep their number; every other row goes, in order, into
+    new chunks after the highest number used so far. Returns (numbers, chunks kept)."""
+    step = max(1, files_per_chunk)
+    kept: dict[str, int] = {}
+    start = 0
+    if previous is not None and previous.num_rows:
+        current = set(keys)
+        members: dict[int, list[str]] = {}
+        for key, number in zip(previous.column(KEY_COLUMN).to_pylist(), previous.column(CHUNK_COLUMN).to_pylist()):
+            members.setdefault(number, []).append(key)
+        start = max(members) + 1
+        for number, chunk_keys in members.items():
+            if all(k in current for k in chunk_keys):
+                kept.update((k, number) for k in chunk_keys)
+    numbers, pending = [], 0
+    for key in keys:
+        if key in kept:
+            numbers.append(kept[key])
+        else:
+            numbers.append(start + pending // step)
+            pending += 1
+    return numbers, len(set(kept.values()))
+
+
+def _read_previous(fs, base: str, digest: str) -> tuple[dict | None, pa.Table | None]:
+    meta_path, table_path = f"{base}/manifest.json", f"{base}/manifest.parquet"
+    if not (fs.exists(meta_path) and fs.exists(table_path)):
+        return None, None
+    with fs.open(meta_path, "r") as fh:
+        meta = json.load(fh)
+    if meta.get("digest") != digest:
+        return None, None
+    with fs.open(table_path, "rb") as fh:
+        table = pq.read_table(fh)
+    return (meta, table) if KEY_COLUMN in table.column_names else (None, None)
+
+
+def check_source(src: str) -> None:
+    """Raise FileNotFoundError for a source that does not exist (before any work starts)."""
+    fs, path = fsspec.core.url_to_fs(src)
+    if not fs.exists(path.rstrip("/") or path):
+        raise FileNotFoundError(f"no such input: {src}")
+
+
+def build_manifest(src: str, out: str, cfg: ManifestConfig = ManifestConfig(), log=print,
+                   files_per_chunk: int = 1000, num_cpus: int | None = None) -> Manifest:
+    """List, label, group, split and chunk ``src``; the last manifest in ``out`` supplies the
+    patient keys and chunks of unchanged objects. Raises ValueError for a source with no inputs
+    and for a labels CSV that is unreadable, invalid or matches nothing (all before Ray starts)."""
     fs, base = fsspec.core.url_to_fs(out)
     base = base.rstrip("/")
     labels = read_bytes(cfg.labels) if cfg.labels else None
-    digest = _options_digest(src, cfg, labels)
-    meta_path = f"{base}/manifest.json"
-    if fs.exists(meta_path) and fs.exists(f"{base}/manifest.parquet"):
-        with fs.open(meta_path, "r") as fh:
-            meta = json.load(fh)
-        if meta.get("digest") == digest:
-            with fs.open(f"{base}/manifest.parquet", "rb") as fh:
-                table = pq.read_table(fh)
-            log(f"[manifest] reusing {out}/manifest.parquet ({table.num_rows} objects)")
-            return Manifest(table, meta["layout"], meta["problems"], meta["skipped"], meta["shadowed"], digest)
+    digest = options_digest(src, cfg, labels)
+    meta, previous = _read_previous(fs, base, digest)
     listing = list_inputs(src, cfg.limits)
-    labelled = label_listing(listing.entries, labels, cfg.labels_table)
+    if not listing.entries and not listing.problems:
+        raise ValueError(f"{src} holds no input files"
+                         + (f" ({len(listing.skipped)} tables or notes skipped)" if listing.skipped else ""))
+    labelled = label_listing(listing.entries, labels, cfg.labels_table, cfg.labels or "")
+    if labels is not None and labelled.labels_matched < len(labelled.rows):
+        log(f"[manifest] labels CSV matched {labelled.labels_matched} of {len(labelled.rows)} objects")
     rows = labelled.rows
-    _fill_dicom_groups(rows)
+    known: dict[tuple[str, str], tuple[str, str]] = {}
+    if previous is not None:
+        prev = previous.select(["uri", "stamp", "group", "group_rule"]).to_pydict()
+        known = {(u, s): (g, r) for u, s, g, r in zip(prev["uri"], prev["stamp"], prev["group"], prev["group_rule"])}
+    _fill_dicom_groups(rows, known, num_cpus)
     for r in rows:
         if not r.group:  # no patient known: the file is its own group (it cannot leak anyway)
             r.group, r.group_rule = pseudonym(r.name, "file"), "file"
@@ -119,22 +206,46 @@ def build_manifest(src: str, out: str, cfg: ManifestConfig = ManifestConfig(), l
     splits = assign_splits(strata, cfg.split, layout_splits)
     for r in rows:
         r.split = splits[r.group]
-    table = pa.Table.from_pylist([asdict(r) for r in rows], schema=_schema())
+    records = [asdict(r) for r in rows]
+    keys = [_row_key(rec) for rec in records]
+    listing_digest = _digest_of(keys)
     problems = [{"source": p.source, "stage": "list", "reason": p.reason, "detail": p.detail} for p in listing.problems]
+    if meta is not None and meta.get("listing") == listing_digest and meta.get("problems") == problems:
+        log(f"[manifest] reusing {out}/manifest.parquet ({previous.num_rows} objects, unchanged)")
+        return Manifest(previous, meta["layout"], meta["problems"], meta["skipped"], meta["shadowed"], digest,
+                        listing_digest)
+    numbers, kept = assign_chunks(keys, previous, files_per_chunk)
+    table = pa.Table.from_pylist(
+        [{**rec, KEY_COLUMN: k, CHUNK_COLUMN: n} for rec, k, n in zip(records, keys, numbers)], schema=_schema())
+    changes = _changes(previous, table) if previous is not None else {}
     fs.makedirs(base, exist_ok=True)
     with fs.open(f"{base}/manifest.parquet", "wb") as fh:
         pq.write_table(table, fh)
-    meta = {"digest": digest, "source": src, "layout": labelled.layout, "problems": problems,
-            "skipped": listing.skipped, "shadowed": labelled.dropped_duplicates, "rows": table.num_rows}
-    with fs.open(meta_path, "w") as fh:
+    meta = {"digest": digest, "listing": listing_digest, "source": src, "layout": labelled.layout,
+            "problems": problems, "skipped": listing.skipped, "shadowed": labelled.dropped_duplicates,
+            "rows": table.num_rows, "changes": changes}
+    with fs.open(f"{base}/manifest.json", "w") as fh:  # written last: a manifest.json names a whole table
         json.dump(meta, fh, indent=1)
+    if changes:
+        log(f"[manifest] the source changed since the last run: {changes['new']} new, {changes['changed']} changed,"
+            f" {changes['removed']} removed objects; {kept} finished chunks kept"
+            + (f" (new: {', '.join(changes['new_names'])}{' ...' if changes['new'] > 5 else ''})" if changes["new"] else ""))
     log(
         f"[manifest] {table.num_rows} objects, layout {labelled.layout}, {len(problems)} listing problems,"
         f" {len(listing.skipped)} sidecar files skipped, {len(labelled.dropped_duplicates)} PNGs shadowed by DICOM"
     )
-    return Manifest(table, labelled.layout, problems, listing.skipped, labelled.dropped_duplicates, digest)
+    return Manifest(table, labelled.layout, problems, listing.skipped, labelled.dropped_duplicates, digest,
+                    listing_digest, changes)
+
+
+def _changes(previous: pa.Table, table: pa.Table) -> dict:
+    before = dict(zip(previous.column("name").to_pylist(), previous.column(KEY_COLUMN).to_pylist()))
+    after = dict(zip(table.column("name").to_pylist(), table.column(KEY_COLUMN).to_pylist()))
+    new = sorted(n for n in after if n not in before)
+    return {"new": len(new), "changed": sum(1 for n, k in after.items() if n in before and before[n] != k),
+            "removed": sum(1 for n in before if n not in after), "new_names": new[:5]}
 
 
 def _schema() -> pa.Schema:
-    types = {"size": pa.int64(), "label": pa.int8(), "lesion": pa.int8()}
-    return pa.schema([(name, types.get(name, pa.string())) for name in MANIFEST_COLUMNS])
+    types = {"size": pa.int64(), "label": pa.int8(), "lesion": pa.int8(), CHUNK_COLUMN: pa.int32()}
+    return pa.schema([(name, types.get(name, pa.string())) for name in [*MANIFEST_COLUMNS, KEY_COLUMN, CHUNK_COLUMN]])

@@ -16,11 +16,13 @@ from dataclasses import asdict, dataclass, field
 
 import fsspec
 
-from strokeray.datasets.synth import SynthConfig, write_archive
+from strokeray.datasets.synth import SynthConfig
 from strokeray.stages.ingest import IngestConfig, IngestSummary, run_ingest
 from strokeray.stages.preview import PreviewConfig, run_preview
 from strokeray.stages.run_layout import TASKS, RunLayout
 from strokeray.stages.score import ScoreConfig, ScoreSummary
+from strokeray.stages.stage_dir import StageDir
+from strokeray.stages.synth import run_synth
 from strokeray.stages.tune import SearchConfig, SearchSpace
 
 # Small searches that learn the phantoms: one backbone, two sampled settings each, at 128 px.
@@ -36,6 +38,10 @@ DEMO_SEGMENT = SearchConfig(
                       augment=(0.5,), input_size=(128,), seg_loss=((1.0, 1.0, 0.0), (1.0, 0.5, 0.5))),
     samples=2, max_epochs=12, grace_period=6,
 )
+
+
+# The folders of a run (RunLayout's), all the pipeline ever writes in its OUT.
+PIPELINE_OUTPUTS = ("archive", "shards", "preview", "tune", "registry", "evaluation", "score", "report")
 
 
 @dataclass(frozen=True)
@@ -69,23 +75,12 @@ class PipelineResult:
     seconds: dict[str, float]  # per step
 
 
-def _archive_matches(fs, path: str, cfg: SynthConfig) -> bool:
-    if not fs.exists(f"{path}/synth.json"):
-        return False
-    with fs.open(f"{path}/synth.json", "r") as fh:
-        meta = json.load(fh)
-    return meta.get("config") == json.loads(json.dumps(asdict(cfg)))
-
-
 def demo_archive(layout: RunLayout, cfg: SynthConfig, log=print) -> bool:
     """Generate the demo archive unless the one there was made with ``cfg``; True when reused."""
-    fs, base = fsspec.core.url_to_fs(layout.archive)
-    if _archive_matches(fs, base, cfg):
+    s = run_synth(layout.archive, cfg, overwrite=True)
+    if s is None:
         log(f"[synth] reusing {layout.archive}")
         return True
-    if fs.exists(base):
-        fs.rm(base, recursive=True)
-    s = write_archive(layout.archive, cfg)
     log(f"[synth] {s.slices} slices of {s.patients} patients -> {layout.archive} ({len(s.planted)} planted bad files)")
     return False
 
@@ -136,6 +131,7 @@ def run_pipeline(cfg: PipelineConfig = PipelineConfig(), log=print) -> PipelineR
     from strokeray.stages.tune import run_search
 
     layout = RunLayout(cfg.out)
+    StageDir(cfg.out, "pipeline", PIPELINE_OUTPUTS).claim([s for s in (cfg.src, cfg.score_src) if s])
     seconds: dict[str, float] = {}
     t = time.perf_counter()
 

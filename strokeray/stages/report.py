@@ -21,6 +21,7 @@ from strokeray.io.shard_schema import tensor_array
 from strokeray.learn.metrics import binary_report, operating_threshold, patient_level, roc_auc, roc_curve
 from strokeray.report import figures
 from strokeray.report.page import Figure, Section, Table, cell, render_page
+from strokeray.stages.stage_dir import StageDir
 from strokeray.stages.run_layout import RunLayout
 from strokeray.stages.train import read_card
 
@@ -290,8 +291,9 @@ def run_report(run_dir: str, out: str | None = None, log=print) -> ReportResult:
              "Stage one classifies slices stroke / non-stroke; stage two segments the lesion (background, ischemic, "
              "hemorrhagic). Identifiers are keyed pseudonyms; no names, raw patient IDs or source paths appear here."]
     html = render_page("strokeray report", intro, sections)
-    fs, base = fsspec.core.url_to_fs(out)
-    base = base.rstrip("/")
+    stage = StageDir(out, "report", ("index.html", "figures"))
+    stage.claim()
+    fs, base = stage.fs, stage.base
     fs.makedirs(f"{base}/figures", exist_ok=True)
     written = []
     for s in sections:

@@ -8,10 +8,11 @@ slices its classifier calls positive. Chunks of files are written, promoted and 
 in ingest, so an interrupted run re-run scores only what is missing.
 
 OUT/
-  slices.parquet      one row per slice (no images): probability, decision, lesion class and
-                      areas, the mask run-length encoded (segmentation view), model versions
+  slices.parquet      one row per source slice (no images): probability, decision, lesion class
+                      and areas, the mask run-length encoded (segmentation view), model versions;
+                      ``duplicate_of`` names the first source of a slice that the archive holds twice
   studies.parquet     one row per study/series: slices, max probability, decision, volumes
-  submission.csv      ID (file stem), label: the competition's shape
+  submission.csv      ID (file stem; the path where stems repeat), label: the competition's shape
   quarantine.parquet  every object that could not be scored, with its reason
   overlays/<id>.png   positive slices with the predicted lesion painted (--overlays)
   summary.json        counts, timings, models, settings
@@ -33,12 +34,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from strokeray.checks import check_positive, check_range
 from strokeray.datasets.slice_records import RecordConfig
+from strokeray.io.csv_cells import safe_cell
 
 # Per-slice columns carried from decoding into the output (identifiers are pseudonyms).
 CARRIED = ("id", "source", "patient", "study", "series", "instance_number", "frame", "z_mm", "thickness_mm",
            "seg_spacing_mm", "brain_found")
 LESION_NAMES = {1: "ischemic", 2: "hemorrhagic"}
+# Everything score writes in OUT (what --overwrite may remove); anything else there is left alone.
+SCORE_OUTPUTS = ("manifest.parquet", "manifest.json", "_parts", "_state", "slices.parquet", "studies.parquet",
+                 "submission.csv", "quarantine.parquet", "overlays", "summary.json")
 STUDY_SCHEMA = pa.schema([("study", pa.string()), ("series", pa.string()), ("patient", pa.string()),
                           ("slices", pa.int64()), ("max_probability", pa.float64()),
                           ("most_suspicious_id", pa.string()), ("most_suspicious_source", pa.string()),
@@ -64,6 +70,12 @@ class ScoreConfig:
     num_cpus: int | None = None  # for the local Ray; ignored on a cluster
     overwrite: bool = False
     records: RecordConfig = field(default_factory=RecordConfig)
+
+    def __post_init__(self) -> None:
+        check_range("threshold", self.threshold, 0.0, 1.0)
+        check_positive(batch_size=self.batch_size, actors=self.actors, cpus_per_actor=self.cpus_per_actor,
+                       threads_per_actor=self.threads_per_actor, files_per_chunk=self.files_per_chunk,
+                       files_per_task=self.files_per_task, num_cpus=self.num_cpus)
 
 
 @dataclass
@@ -162,10 +174,34 @@ def _digest(manifest_digest: str, versions: dict, cfg: ScoreConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def submission_id(source: str, frame: int) -> str:
-    """The competition's ID: the file's stem (with the frame for multi-frame objects)."""
-    stem = PurePosixPath(source.rsplit("::", 1)[-1]).stem
-    return stem if int(frame) == 0 else f"{stem}_{int(frame)}"
+def submission_ids(sources: list[str], frames: list[int]) -> list[str]:
+    """The competition's IDs: the file's stem (with the frame for multi-frame objects); where two
+    sources share a stem, their paths without suffix, so that every row keeps its own ID."""
+    def stem(source: str, path: bool) -> str:
+        p = PurePosixPath(source.rsplit("::", 1)[-1])
+        return str(p.with_suffix("")) if path else p.stem
+
+    stems = [stem(s, False) for s in sources]
+    sources_of: dict[str, set[str]] = {}
+    for st, src in zip(stems, sources):
+        sources_of.setdefault(st, set()).add(src)
+    ids = []
+    for st, src, frame in zip(stems, sources, frames):
+        base = st if len(sources_of[st]) == 1 else stem(src, True)
+        ids.append(base if int(frame) == 0 else f"{base}_{int(frame)}")
+    return ids
+
+
+def duplicate_of(ids: list[str], sources: list[str]) -> list[str]:
+    """For each row, the first source (in name order) holding the same slice, or "" for that first
+    one: archives hold copies, and a copy must not count twice in a study's volumes."""
+    first: dict[str, str] = {}
+    out = []
+    for i, src in sorted(zip(ids, sources), key=lambda t: t[1]):
+        first.setdefault(i, src)
+    for i, src in zip(ids, sources):
+        out.append("" if first[i] == src else first[i])
+    return out
 
 
 def studies_table(slices: pa.Table, threshold: float) -> pa.Table:
@@ -173,9 +209,11 @@ def studies_table(slices: pa.Table, threshold: float) -> pa.Table:
     if slices.num_rows == 0:
         return pa.Table.from_pylist([], schema=STUDY_SCHEMA)
     cols = slices.select(["id", "source", "patient", "study", "series", "stroke_probability", "decision",
-                          "thickness_mm", "ischemic_area_mm2", "hemorrhagic_area_mm2"]).to_pydict()
+                          "thickness_mm", "ischemic_area_mm2", "hemorrhagic_area_mm2", "duplicate_of"]).to_pydict()
     groups: dict[tuple, dict] = {}
     for i in range(slices.num_rows):
+        if cols["duplicate_of"][i]:
+            continue  # a copy of a slice already counted
         key = (cols["study"][i] or f"patient:{cols['patient'][i]}", cols["series"][i])
         g = groups.setdefault(key, {"patient": cols["patient"][i], "slices": 0, "max_probability": -1.0,
                                     "most_suspicious_id": "", "most_suspicious_source": "",
@@ -205,10 +243,12 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
     from strokeray.learn.bundle import read_bundle_doc
     from strokeray.learn.predict import bundle_version
     from strokeray.stages.ingest import IngestConfig, merge_quarantine, run_chunk, run_chunks
-    from strokeray.stages.manifest import ManifestConfig, build_manifest
+    from strokeray.stages.manifest import ManifestConfig, build_manifest, check_source, options_digest
     from strokeray.stages.runtime import absolute, ensure_ray
+    from strokeray.stages.stage_dir import StageDir
 
     started = time.perf_counter()
+    check_source(src)
     classifier, segmenter = resolve_models(classifier, segmenter, registry, segment)
     # The actors load the bundles wherever Ray places them: no relative paths.
     classifier, segmenter = absolute(classifier), absolute(segmenter) if segmenter else None
@@ -226,29 +266,21 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
             raise ValueError("the classifier and the segmenter were trained on differently preprocessed views")
     cfg = replace(cfg, records=replace(cfg.records, preprocess=pre))
     versions = {"classifier": bundle_version(classifier), "segmenter": bundle_version(segmenter) if segmenter else ""}
-    fs, base = fsspec.core.url_to_fs(out)
-    base = base.rstrip("/")
-    if cfg.overwrite and fs.exists(base):
-        fs.rm(base, recursive=True)
-    ensure_ray(cfg.num_cpus)
-    manifest = build_manifest(src, out, ManifestConfig(), log)
-    digest = _digest(manifest.digest, versions, cfg)
-    state = f"{base}/_state/config.json"
-    if fs.exists(state):
-        with fs.open(state, "r") as fh:
-            previous = json.load(fh).get("digest")
-        if previous != digest:
-            raise ValueError(f"{out} holds scores made with other inputs, models or settings; "
-                             "use a new output folder or --overwrite")
-        if fs.exists(f"{base}/summary.json"):
-            with fs.open(f"{base}/summary.json", "r") as fh:
-                done = json.load(fh)
+    labels = ManifestConfig()
+    digest = _digest(options_digest(src, labels, None), versions, cfg)
+    stage = StageDir(out, "score", SCORE_OUTPUTS)
+    same = stage.claim([src, classifier, *([segmenter] if segmenter else [])], digest, cfg.overwrite)
+    fs, base = stage.fs, stage.base
+    manifest = build_manifest(src, out, labels, log, cfg.files_per_chunk, cfg.num_cpus)
+    if same and fs.exists(f"{base}/summary.json"):
+        with fs.open(f"{base}/summary.json", "r") as fh:
+            done = json.load(fh)
+        if done.get("listing") == manifest.listing:
             log(f"[score] {out} is complete ({done['slices']} slices); nothing to do")
             known = {f.name for f in fields(ScoreSummary)}
             return ScoreSummary(**{k: v for k, v in done.items() if k in known and k != "reused"}, reused=True)
-    fs.makedirs(f"{base}/_state", exist_ok=True)
-    with fs.open(state, "w") as fh:
-        json.dump({"digest": digest}, fh)
+        fs.rm(f"{base}/summary.json")  # the source changed: the run is incomplete until rewritten
+    ensure_ray(cfg.num_cpus)
     if cfg.use_gpu:
         actors = cfg.actors or max(1, int(ray.cluster_resources().get("GPU", 0)))
     else:
@@ -273,23 +305,25 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
                               files_per_task=cfg.files_per_task)
     summary = ScoreSummary(out=out, objects=manifest.rows, models={"classifier": classifier, "segmenter": segmenter or "",
                                                                     **{f"{k}_version": v for k, v in versions.items()}})
-    runs, summary.chunks_done, summary.chunks_skipped = run_chunks(
-        manifest.table, out, cfg.files_per_chunk,
+    summary.chunks_done, summary.chunks_skipped = run_chunks(
+        manifest, out,
         lambda index, table, run: run_chunk(index, table, out, run, ingest_cfg, dest="_parts/slices", extend=extend),
-        "score", log)
-    quarantine = merge_quarantine(fs, base, manifest, runs)
+        "score", "_parts/slices", log)
+    quarantine = merge_quarantine(fs, base, manifest)
     parts = sorted(fs.glob(f"{base}/_parts/slices/*.parquet"))
     tables = []
     for path in parts:
         with fs.open(path, "rb") as fh:
             tables.append(pq.read_table(fh))
-    slices = pa.concat_tables(tables, promote_options="default").sort_by("id") if tables else pa.table({})
+    slices = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
     if slices.num_rows:
-        ids = slices.column("id")
-        if pc.count_distinct(ids).as_py() != slices.num_rows:
-            raise RuntimeError(f"{out}: duplicate slice ids in the parts; re-run with --overwrite")
-        subm = [submission_id(s, f) for s, f in zip(slices.column("source").to_pylist(), slices.column("frame").to_pylist())]
-        slices = slices.append_column("submission_id", pa.array(subm, pa.string()))
+        slices = slices.sort_by([("source", "ascending"), ("frame", "ascending")])
+        sources, frames = slices.column("source").to_pylist(), slices.column("frame").to_pylist()
+        if len(set(zip(sources, frames))) != slices.num_rows:  # each chunk's parts are promoted once
+            raise RuntimeError(f"{out}: a slice was scored twice in the parts; re-run with --overwrite")
+        slices = slices.append_column("duplicate_of", pa.array(duplicate_of(slices.column("id").to_pylist(), sources),
+                                                               pa.string()))
+        slices = slices.append_column("submission_id", pa.array(submission_ids(sources, frames), pa.string()))
     with fs.open(f"{base}/slices.parquet", "wb") as fh:
         pq.write_table(slices, fh)
     studies = studies_table(slices, cfg.threshold)
@@ -300,7 +334,7 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
     writer.writerow(["ID", "label"])
     if slices.num_rows:
         for sid, d in sorted(zip(slices.column("submission_id").to_pylist(), slices.column("decision").to_pylist())):
-            writer.writerow([sid, int(d)])
+            writer.writerow([safe_cell(sid), int(d)])
     with fs.open(f"{base}/submission.csv", "w") as fh:
         fh.write(buf.getvalue())
     reasons: dict[str, int] = {}
@@ -314,7 +348,7 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
     summary.reasons = reasons
     summary.seconds = round(time.perf_counter() - started, 2)
     with fs.open(f"{base}/summary.json", "w") as fh:  # written last: marks the run complete
-        json.dump({**asdict(summary), "threshold": cfg.threshold}, fh, indent=2)
+        json.dump({**asdict(summary), "threshold": cfg.threshold, "listing": manifest.listing}, fh, indent=2)
     log(f"[score] {summary.slices} slices ({summary.positive_slices} positive) in {summary.studies} studies "
         f"({summary.positive_studies} positive), {summary.quarantined} quarantined {reasons}, "
         f"{summary.chunks_skipped} chunks already done -> {out} in {summary.seconds:.1f}s")

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from strokeray.checks import check_positive, check_range
 from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.losses import SegLossConfig
 from strokeray.learn.models import ModelConfig
@@ -54,6 +55,16 @@ class TrainConfig:
     # Read the shards once into Ray's object store rather than every epoch (None: when they fit
     # in a quarter of it; see datasets_for).
     cache_data: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {sorted(TASKS)}, got {self.task!r}")
+        check_positive(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, num_workers=self.num_workers,
+                       cpus_per_worker=self.cpus_per_worker)
+        check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        check_range("input_size", self.input_size, 32, 4096)
+        check_range("max_failures", self.max_failures, 0, 100)
+        check_range("bn_recalibration_batches", self.bn_recalibration_batches, 0, 1e9)
 
     def score_name(self) -> str:
         return self.score_metric or TASKS[self.task].score_name

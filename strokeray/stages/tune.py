@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import fsspec
 
+from strokeray.checks import check_positive, check_range
 from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.losses import SegLossConfig
 from strokeray.learn.models import ModelConfig
@@ -67,6 +68,15 @@ class SearchConfig:
     use_gpu: bool = False
     cpus_per_worker: float | None = None  # None: 1, or 0.5 when the cluster has under 3 CPUs
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.task not in DEFAULT_METRIC:
+            raise ValueError(f"task must be one of {sorted(DEFAULT_METRIC)}, got {self.task!r}")
+        check_positive(samples=self.samples, max_epochs=self.max_epochs, grace_period=self.grace_period,
+                       workers_per_trial=self.workers_per_trial, cpus_per_worker=self.cpus_per_worker)
+        check_range("reduction_factor", self.reduction_factor, 2, 100)
+        if self.grace_period > self.max_epochs:
+            raise ValueError(f"grace_period ({self.grace_period}) must not exceed max_epochs ({self.max_epochs})")
 
     def metric_name(self) -> str:
         return self.metric or DEFAULT_METRIC[self.task]

@@ -55,7 +55,7 @@ def test_mask_images():
 
 
 def test_dispatch_by_content_not_name():
-    png = encode_png(np.full((16, 16), 7, np.uint8))
+    png = encode_png(np.arange(256, dtype=np.uint8).reshape(16, 16))
     dcm = ct_bytes()
     assert is_raster(png, "x.dcm") and not is_raster(dcm, "x.png")
     assert decode_slices(png, "misnamed.dcm")[0].transfer_syntax == "raster"

@@ -11,14 +11,15 @@ def test_preview_of_phantom_archive(phantom_archive, tmp_path):
     s = run_preview(str(root), str(tmp_path / "pv"))
     planted_bad = [p for p in summary.planted if p["expect"] != "ok"]
     planted_ok = len(summary.planted) - len(planted_bad)
-    # Every DICOM and PNG slice, plus the valid oddities; each bad file exactly once in quarantine.
-    assert s.slices == 2 * summary.slices + planted_ok
+    # What ingest sees: every DICOM slice (PNG twins are shadowed by their DICOM) plus the valid
+    # oddities; each bad file exactly once in quarantine.
+    assert s.slices == summary.slices + planted_ok
     assert s.quarantined == len(planted_bad)
     rows = list(csv.DictReader((tmp_path / "pv" / "quarantine.csv").open()))
     assert sorted(r["reason"] for r in rows) == sorted(p["expect"] for p in planted_bad)
     assert s.brain_found == s.slices
     lesion_slices = sum(v for k, v in summary.per_class.items() if k != "Non-Stroke")
-    assert s.with_mask == 2 * lesion_slices  # DICOM and PNG of each lesion slice get the mask
+    assert s.with_mask == lesion_slices
     pngs = list((tmp_path / "pv" / "slices").glob("*.png"))
     assert len(pngs) == s.slices
     assert cv2.imread(str(pngs[0])).shape == (256, 768, 3)

@@ -108,7 +108,7 @@ def test_finished_run_rewrites_nothing(scored, bundles, planted_zip):
     again = run_score(str(planted_zip[0]), str(out), *bundles, registry=None, cfg=cfg, log=lambda *_: None)
     assert again.reused and again.slices > 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
-    with pytest.raises(ValueError, match="other inputs, models or settings"):
+    with pytest.raises(ValueError, match="other inputs or settings"):
         run_score(str(planted_zip[0]), str(out), *bundles, registry=None,
                   cfg=ScoreConfig(threshold=0.7, files_per_chunk=24), log=lambda *_: None)
 

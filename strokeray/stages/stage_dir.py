@@ -1,0 +1,131 @@
+"""The one owner of a stage's output folder: claim it, refuse what is not ours, clear only our files.
+
+Before a stage writes anything it claims OUT: refused when OUT is, lies inside or holds one of the
+stage's inputs, when it is a file, or when it is a non-empty folder that strokeray did not make
+(no marker). The marker (``.strokeray.json``) is written first and names the stage and the digest
+of its settings; a later run with other settings is refused unless it asks to overwrite, and
+overwriting removes only the entries the stage names as its own outputs, never the folder itself
+nor anything a user put beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import fsspec
+
+from strokeray import __version__
+
+MARKER = ".strokeray.json"
+
+
+class OutputError(ValueError):
+    """An output location that must not be written to, with what to do instead."""
+
+
+def _location(url: str) -> tuple[str, str]:
+    """(protocol, normalised absolute path) of a URL or local path, symlinks resolved locally."""
+    fs, path = fsspec.core.url_to_fs(url)
+    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if proto in ("file", "local"):
+        return "file", os.path.realpath(path)
+    return proto, "/" + path.strip("/")
+
+
+def overlap(a: str, b: str) -> str | None:
+    """How locations ``a`` and ``b`` overlap ("is", "is inside", "contains"), or None."""
+    (pa, xa), (pb, xb) = _location(a), _location(b)
+    if pa != pb:
+        return None
+    if xa == xb:
+        return "is"
+    if xa.startswith(xb.rstrip("/") + "/"):
+        return "is inside"
+    if xb.startswith(xa.rstrip("/") + "/"):
+        return "contains"
+    return None
+
+
+@dataclass(frozen=True)
+class StageDir:
+    """A stage's output folder (local path or fsspec URL) and the entries the stage writes in it."""
+
+    url: str
+    stage: str
+    outputs: tuple[str, ...]
+
+    @property
+    def fs(self):
+        return fsspec.core.url_to_fs(self.url)[0]
+
+    @property
+    def base(self) -> str:
+        """The folder's path on its filesystem."""
+        return fsspec.core.url_to_fs(self.url)[1].rstrip("/")
+
+    def path(self, *parts: str) -> str:
+        """A path under the folder, on its filesystem."""
+        return "/".join([self.base, *parts])
+
+    def url_of(self, *parts: str) -> str:
+        return "/".join([self.url.rstrip("/"), *parts])
+
+    def marker(self) -> dict | None:
+        fs, path = self.fs, self.path(MARKER)
+        if not fs.exists(path):
+            return None
+        try:
+            with fs.open(path, "r") as fh:
+                doc = json.load(fh)
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) and "stage" in doc else None
+
+    def claim(self, inputs: tuple[str, ...] | list[str] = (), digest: str | None = None,
+              overwrite: bool = False) -> bool:
+        """Make the folder this stage's, or raise OutputError saying why not; True when it already
+        held this stage's work with the same digest (a run to resume or reuse)."""
+        for src in inputs:
+            how = overlap(self.url, src)
+            if how:
+                raise OutputError(f"output {self.url} {how} the input {src}: choose an output folder outside"
+                                  " the input, so that nothing of it can be overwritten or deleted")
+        fs, base = self.fs, self.base
+        if fs.exists(base) and not fs.isdir(base):
+            raise OutputError(f"output {self.url} is a file, not a folder")
+        marker = self.marker()
+        same = False
+        if marker is None:
+            if fs.exists(base) and fs.ls(base, detail=False):
+                raise OutputError(f"output {self.url} is not empty and was not made by strokeray: it is never written"
+                                  " into or cleared; choose a new or empty folder")
+        elif marker["stage"] != self.stage:
+            raise OutputError(f"output {self.url} holds a strokeray {marker['stage']} output, not a {self.stage}"
+                              " one; choose another folder")
+        else:
+            same = digest is None or marker.get("digest") == digest
+            if not same and not overwrite:
+                raise OutputError(f"{self.url} holds a {self.stage} made with other inputs or settings; use a new"
+                                  " output folder or --overwrite (which removes only strokeray's own files there)")
+            if overwrite:
+                self.clear()
+                same = False
+        fs.makedirs(base, exist_ok=True)
+        if marker is None or marker.get("digest") != digest or overwrite:
+            with fs.open(self.path(MARKER), "w") as fh:
+                json.dump({"stage": self.stage, "digest": digest, "strokeray_version": __version__,
+                           "claimed": datetime.now(timezone.utc).isoformat(timespec="seconds")}, fh, indent=1)
+        return same
+
+    def clear(self) -> list[str]:
+        """Remove this stage's own outputs (never the folder, never other entries); returns what went."""
+        fs, removed = self.fs, []
+        for name in self.outputs:
+            path = self.path(name)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+                removed.append(name)
+        return removed

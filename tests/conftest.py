@@ -92,6 +92,22 @@ def phantom_shards(root: Path, seed: int, patients: int = 16) -> str:
     return str(root / "shards")
 
 
+def tiny_bundle(path: Path, task: str) -> str:
+    """A small untrained model as a bundle: plumbing that scores does not depend on its skill."""
+    import torch
+
+    from strokeray.imaging.views import PreprocessConfig
+    from strokeray.learn.bundle import save_bundle
+    from strokeray.learn.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(task=task, backbone="resnet18", num_classes=2 if task == "classify" else 3)
+    save_bundle(str(path), build_model(cfg), cfg, {
+        "task": task, "input_size": 64, "windows": [w.__dict__ for w in PreprocessConfig().windows],
+        "preprocess": PreprocessConfig().to_dict()})
+    return str(path)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

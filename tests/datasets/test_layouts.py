@@ -63,3 +63,23 @@ def test_labels_csv_overrides_by_path_suffix():
         apply_labels_csv(lab.rows, b"file,label\nx,1\n")
     with pytest.raises(ValueError):
         parse_label("maybe")
+
+
+def test_labels_csv_in_utf16_reads_like_utf8():
+    text = "path,label,patient\nDataset/Normal/49 (1).jpg,ICH,49\n"
+    for data in (text.encode("utf-8"), text.encode("utf-16"), b"\xef\xbb\xbf" + text.encode("utf-8")):
+        lab = label_listing(entries("root/Dataset/Normal/49 (1).jpg"), data)
+        assert (lab.rows[0].label, lab.labels_matched) == (1, 1)
+
+
+@pytest.mark.parametrize("csv,message", [
+    (b"path,label\n\xff\xfe\xfa,1\n", "labels.csv: not UTF-8 or UTF-16"),
+    (b"path,label,lesion\na.jpg,1,7\n", "line 2: lesion '7' is not 0"),
+    (b"path,label,lesion\na.jpg,1,1\nb.jpg,0,2\n", "line 3: label '0' contradicts lesion 2"),
+    (b"path,label,lesion\na.jpg,1,0\n", "line 2: label '1' contradicts lesion 0"),
+    (b"path,label\na.jpg,1\na.jpg,0\n", "line 3: 'a.jpg' is listed twice"),
+    (b"path,label\nelsewhere/z.jpg,1\n", "matched none of the 1 files"),
+])
+def test_bad_labels_csv_is_an_error_naming_file_and_line(csv, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        label_listing(entries("a.jpg"), csv, labels_source="labels.csv")

@@ -181,3 +181,25 @@ def test_dicom_mask_reader():
     ds.save_as(buf)
     mask = decode_dicom_mask(buf.getvalue())
     assert mask.dtype == bool and mask.sum() == 200 and mask[15, 15]
+
+
+def test_claimed_geometry_is_checked_before_anything_is_allocated():
+    """A 5 KB RLE object claiming 4096 frames of 65535 x 65535 would ask for 35 TB."""
+    bomb = edit(ct_bytes(syntax="rle"), Rows=65535, Columns=65535, NumberOfFrames=4096)
+    assert len(bomb) < 10_000 and reason_of(bomb) == "oversized_image"
+    # Within the pixel limit but more than an RLE stream of this length can expand to.
+    assert reason_of(edit(ct_bytes(syntax="rle"), Rows=4096, Columns=4096)) == "corrupt_pixel_data"
+    # An uncompressed stream shorter than its geometry.
+    assert reason_of(edit(ct_bytes(), Rows=128, Columns=128)) == "corrupt_pixel_data"
+    assert reason_of(ct_bytes(), DecodeConfig(max_pixels=64 * 64 - 1)) == "oversized_image"
+
+
+def test_every_plugins_reason_is_kept():
+    """The preferred JPEG-LS decoder's failure is reported beside the fallbacks', not dropped."""
+    good = ct_bytes(syntax="jpegls")
+    at = good.find(b"\xff\xd8\xff\xf7") + 40
+    bad = good[:at] + bytes(b ^ 0xA5 for b in good[at:-20]) + good[-20:]
+    with pytest.raises(DecodeError) as err:
+        decode_dicom(bad, "x.dcm")
+    assert err.value.reason == Reason.CORRUPT_PIXEL_DATA
+    assert "pyjpegls:" in err.value.detail and "other plugins:" in err.value.detail

@@ -63,3 +63,33 @@ def test_dispatch_by_content_not_name():
     # A Part-10 file whose preamble is a TIFF header is still DICOM.
     tiff_preamble = b"II*\x00" + dcm[4:]
     assert not is_raster(tiff_preamble)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_a_huge_claimed_size_is_refused_before_decoding():
+    with pytest.raises(DecodeError) as err:
+        decode_raster(_png_header_only(60000, 60000), "bomb.png")
+    assert err.value.reason.value == "oversized_image"
+
+
+def test_a_one_bit_image_is_not_a_ct_export():
+    import io
+
+    from PIL import Image
+
+    noise = np.random.default_rng(0).random((128, 128)) > 0.5
+    buf = io.BytesIO()
+    Image.fromarray(noise).convert("1").save(buf, format="PNG")
+    with pytest.raises(DecodeError) as err:
+        decode_raster(buf.getvalue(), "noise.png")
+    assert err.value.reason.value == "not_ct" and "2 grey levels" in err.value.detail

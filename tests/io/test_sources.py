@@ -4,7 +4,9 @@ import zipfile
 
 import pytest
 
-from strokeray.io.sources import SourceLimits, list_inputs, read_bytes, unsafe_member_name
+import os
+
+from strokeray.io.sources import SourceError, SourceLimits, list_inputs, read_bytes, unsafe_member_name
 
 
 def _zip(path, members: dict[str, bytes]):
@@ -72,3 +74,84 @@ def test_missing_input_raises(tmp_path):
 def test_unsafe_names():
     assert unsafe_member_name("a/b.dcm") is None
     assert unsafe_member_name("a/../../b") and unsafe_member_name("C:\\x") and unsafe_member_name("/x")
+
+
+def test_only_regular_files_are_listed(tmp_path):
+    """A FIFO would hang a reader forever and /dev/zero never ends: both are problems, never read."""
+    (tmp_path / "ok.dcm").write_bytes(b"x")
+    os.mkfifo(tmp_path / "pipe.dcm")
+    (tmp_path / "zero.dcm").symlink_to("/dev/zero")
+    (tmp_path / "dangling.dcm").symlink_to(tmp_path / "gone")
+    listing = list_inputs(str(tmp_path))
+    assert [e.name for e in listing.entries] == ["ok.dcm"]
+    assert sorted((p.source.rsplit("/", 1)[-1], p.reason) for p in listing.problems) == [
+        ("dangling.dcm", "not_regular_file"), ("pipe.dcm", "not_regular_file"), ("zero.dcm", "not_regular_file")]
+
+
+def test_names_that_are_not_utf8_are_problems_shown_escaped(tmp_path):
+    with open(os.path.join(os.fsencode(tmp_path), b"bad\xff.dcm"), "wb") as fh:
+        fh.write(b"x")
+    with tarfile.open(tmp_path / "t.tar", "w") as tf:
+        info = tarfile.TarInfo(b"in\xfe.dcm".decode("utf-8", "surrogateescape"))
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"y"))
+    listing = list_inputs(str(tmp_path))
+    assert listing.entries == []
+    reasons = {p.reason: p.source for p in listing.problems}
+    assert reasons["unsafe_name"].endswith("/bad\\xff.dcm")
+    assert reasons["unsafe_member"].startswith("tar://in\\xfe.dcm::")
+    for p in listing.problems:
+        p.source.encode("utf-8")  # printable anywhere (Parquet, JSON, HTML)
+
+
+def test_member_names_cannot_chain_to_another_file(tmp_path):
+    """``secret.dcm::/elsewhere/other.zip`` must not make the reader open a file outside the source."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    _zip(outside / "other.zip", {"secret.dcm": b"SECRET"})
+    src = tmp_path / "src"
+    src.mkdir()
+    _zip(src / "a.zip", {f"secret.dcm::{outside / 'other.zip'}": b"decoy", "ok.dcm": b"OK",
+                         "s3://bucket/x.dcm": b"decoy"})
+    listing = list_inputs(str(src))
+    assert [read_bytes(e.uri) for e in listing.entries] == [b"OK"]
+    assert sorted(p.reason for p in listing.problems) == ["unsafe_member", "unsafe_member"]
+    # A local file whose name holds "::" would be split by fsspec the same way.
+    (src / "x::y.dcm").write_bytes(b"z")
+    assert "unsafe_name" in {p.reason for p in list_inputs(str(src)).problems}
+
+
+def _corrupt_member(path, name: str) -> None:
+    """Flip bytes inside one member's stored data."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(name)
+    raw = bytearray(path.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + 4
+    raw[start:start + 8] = bytes(b ^ 0x5A for b in raw[start:start + 8])
+    path.write_bytes(bytes(raw))
+
+
+def test_corrupt_members_raise_a_source_error_with_a_reason(tmp_path):
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(zipfile.ZipInfo("stored.dcm"), b"A" * 4096)
+        zf.writestr(zipfile.ZipInfo("deflated.dcm"), os.urandom(64) * 64, compress_type=zipfile.ZIP_DEFLATED)
+        zf.writestr("fine.dcm", b"fine")
+    _corrupt_member(path, "stored.dcm")
+    _corrupt_member(path, "deflated.dcm")
+    listing = list_inputs(str(path))
+    by_name = {e.name.rsplit("/", 1)[-1]: e.uri for e in listing.entries}
+    assert read_bytes(by_name["fine.dcm"]) == b"fine"
+    for name in ("stored.dcm", "deflated.dcm"):
+        with pytest.raises(SourceError) as err:
+            read_bytes(by_name[name])
+        assert err.value.reason == "corrupt_archive"
+
+
+def test_reads_are_bounded(tmp_path):
+    (tmp_path / "big.dcm").write_bytes(b"x" * 2048)
+    listing = list_inputs(str(tmp_path), SourceLimits(max_member_bytes=1024))
+    assert listing.entries == [] and listing.problems[0].reason == "oversized_member"
+    with pytest.raises(SourceError) as err:
+        read_bytes(str(tmp_path / "big.dcm"), limit=1024)
+    assert err.value.reason == "oversized_member"

@@ -15,34 +15,20 @@ import numpy as np
 import psutil
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from strokeray.imaging.rle import decode_rle
-from strokeray.imaging.views import PreprocessConfig
-from strokeray.learn.bundle import save_bundle
-from strokeray.learn.models import ModelConfig, build_model
 from strokeray.stages import registry
 from strokeray.stages.score import ScoreConfig, run_score
 
-from ..conftest import kill_after_first_chunk, shared_data
+from ..conftest import kill_after_first_chunk, shared_data, tiny_bundle
 
 pytestmark = pytest.mark.ray
-
-
-def _bundle(path: Path, task: str) -> str:
-    """A small untrained model as a bundle: scoring's plumbing does not depend on its skill."""
-    torch.manual_seed(0)
-    cfg = ModelConfig(task=task, backbone="resnet18", num_classes=2 if task == "classify" else 3)
-    save_bundle(str(path), build_model(cfg), cfg, {
-        "task": task, "input_size": 64, "windows": [w.__dict__ for w in PreprocessConfig().windows],
-        "preprocess": PreprocessConfig().to_dict()})
-    return str(path)
 
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory) -> tuple[str, str]:
     root = tmp_path_factory.mktemp("bundles")
-    return _bundle(root / "cls", "classify"), _bundle(root / "seg", "segment")
+    return tiny_bundle(root / "cls", "classify"), tiny_bundle(root / "seg", "segment")
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +102,7 @@ def test_finished_run_rewrites_nothing(scored, bundles, planted_zip):
 def test_models_default_to_the_registry(planted_zip, bundles, ray_local, tmp_path):
     reg = tmp_path / "registry"
     for task, src in zip(("classify", "segment"), bundles):
-        registry.publish(str(reg), task, lambda url, src=src: _bundle(Path(url), task), {}, [],
+        registry.publish(str(reg), task, lambda url, src=src: tiny_bundle(Path(url), task), {}, [],
                          {"metric": "m", "value": 1.0, "dataset": "d"})
     s = run_score(str(planted_zip[0]), str(tmp_path / "out"), registry=str(reg), cfg=ScoreConfig(threshold=0.9),
                   log=lambda *_: None)

@@ -184,20 +184,26 @@ def _add_benchmark(sub) -> None:
 
 
 def _cmd_benchmark(args) -> int:
+    from strokeray.stages.stage_dir import StageDir
+
+    workdir = args.workdir or {"ingest": "runs/benchmark", "train": "runs/benchmark-train",
+                               "score": "runs/benchmark-score"}[args.which]
+    # The benchmarks reuse and replace what they generated there: never in a folder of the user's.
+    StageDir(workdir, f"benchmark-{args.which}", ()).claim()
     if args.which == "score":
         from strokeray.benchmarks.score import run_score_benchmark
 
-        bench = run_score_benchmark(args.workdir or "runs/benchmark-score", args.slices or 512,
+        bench = run_score_benchmark(workdir, args.slices or 512,
                                     memory=not args.no_memory)
     elif args.which == "train":
         from strokeray.benchmarks.train import run_train_benchmark
 
-        bench = run_train_benchmark(args.workdir or "runs/benchmark-train", epochs=args.epochs,
+        bench = run_train_benchmark(workdir, epochs=args.epochs,
                                     quality_runs=not args.no_quality)
     else:
         from strokeray.benchmarks.ingest import run_ingest_benchmark
 
-        bench = run_ingest_benchmark(args.workdir or "runs/benchmark", args.slices or 1024, memory=not args.no_memory)
+        bench = run_ingest_benchmark(workdir, args.slices or 1024, memory=not args.no_memory)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(dataclasses.asdict(bench), fh, indent=2, default=str)

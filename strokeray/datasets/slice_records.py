@@ -97,7 +97,9 @@ def _records(row: dict, cfg: RecordConfig, with_source: bool) -> tuple[list[dict
             {
                 "id": ct.instance_key,
                 "source": name,
-                "patient": ct.patient_key or row["group"],
+                # The split group, so that every reader groups patients as the split did
+                # (a labels CSV may merge or rename patients); the DICOM key where there is none.
+                "patient": row["group"] or ct.patient_key,
                 "study": ct.study_key,
                 "series": ct.series_key,
                 "split": row["split"],

@@ -33,6 +33,15 @@ class EvaluationResult:
     metrics: dict
 
 
+def shards_version(shards: str) -> str:
+    """A digest of the shard files a card lists (names, rows, bytes): changes when ingest adds or redoes any."""
+    import hashlib
+
+    from strokeray.stages.train import read_card
+
+    return hashlib.sha256(json.dumps(read_card(shards)["shards"], sort_keys=True).encode()).hexdigest()[:16]
+
+
 def run_evaluate(bundle: str, shards: str, split: str = "test", batch_size: int = 32, out: str | None = None,
                  predictions: str | None = None, log=print) -> EvaluationResult:
     """Metrics of ``bundle`` on ``split``; written as JSON to ``out`` when given, and one row per
@@ -90,7 +99,8 @@ def run_evaluate(bundle: str, shards: str, split: str = "test", batch_size: int 
             pq.write_table(pa.table(rows), fh)
     if out:
         with fsspec.open(out, "w") as fh:
-            json.dump({"bundle": bundle, "bundle_version": predictor.version, "shards": shards, **result.__dict__}, fh, indent=2)
+            json.dump({"bundle": bundle, "bundle_version": predictor.version, "shards": shards,
+                       "shards_version": shards_version(shards), **result.__dict__}, fh, indent=2)
     key = ("slice_accuracy", "slice_auc", "patient_accuracy", "patient_auc") if task == "classify" else (
         "mean_lesion_iou", "competition_iou")
     log(f"[evaluate] {task} on {split} ({n} slices): " + ", ".join(f"{k}={metrics[k]:.3f}" for k in key))

@@ -86,17 +86,17 @@ def demo_archive(layout: RunLayout, cfg: SynthConfig, log=print) -> bool:
 
 
 def evaluate_once(bundle: str, layout: RunLayout, task: str, log=print) -> dict:
-    """Test-split metrics of ``bundle``, computed unless the stored ones are of the same weights
-    ({} when the test split holds nothing to score the task on)."""
+    """Test-split metrics of ``bundle``, computed unless the stored ones are of the same weights on
+    the same shards ({} when the test split holds nothing to score the task on)."""
     from strokeray.learn.predict import bundle_version
-    from strokeray.stages.evaluate import EmptySplitError, run_evaluate
+    from strokeray.stages.evaluate import EmptySplitError, run_evaluate, shards_version
 
     fs, path = fsspec.core.url_to_fs(layout.evaluation(task))
     version = bundle_version(bundle)
     if fs.exists(path) and fs.exists(fsspec.core.url_to_fs(layout.predictions(task))[1]):
         with fs.open(path, "r") as fh:
             done = json.load(fh)
-        if done.get("bundle_version") == version:
+        if done.get("bundle_version") == version and done.get("shards_version") == shards_version(layout.shards):
             log(f"[evaluate] {task}: reusing {layout.evaluation(task)}")
             return done["metrics"]
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)

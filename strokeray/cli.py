@@ -133,7 +133,8 @@ def _add_ingest(sub) -> None:
     p.add_argument("--files-per-task", type=int, default=128,
                    help="files one Ray task decodes and writes as one shard (default 128, ~17 MB)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
-    p.add_argument("--overwrite", action="store_true", help="discard an OUT made with other inputs or settings")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard an ingest in OUT made with other inputs or settings (only strokeray's own files)")
     p.set_defaults(func=_cmd_ingest)
 
 
@@ -337,7 +338,8 @@ def _add_score(sub) -> None:
     p.add_argument("--overlays", action="store_true", help="write PNG overlays of positive slices")
     p.add_argument("--files-per-chunk", type=int, default=1000, help="files per resumable chunk (default 1000)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
-    p.add_argument("--overwrite", action="store_true", help="discard an OUT made with other inputs, models or settings")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard scores in OUT made with other inputs, models or settings (only strokeray's own files)")
     p.set_defaults(func=_cmd_score)
 
 

@@ -56,6 +56,18 @@ def planted_zip(phantom_archive, tmp_path_factory):
     return target, summary
 
 
+def corrupt_zip_member(path: Path, name: str) -> None:
+    """Flip bytes inside one member's stored data (a bad CRC, or a broken deflate stream)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(name)
+    raw = bytearray(path.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + 4
+    raw[start:start + 8] = bytes(b ^ 0x5A for b in raw[start:start + 8])
+    path.write_bytes(bytes(raw))
+
+
 def kill_after_first_chunk(cmd: list[str], out: Path, **popen) -> dict:
     """Start ``cmd`` (a chunked stage's CLI) in its own process group, SIGKILL the whole group as
     soon as OUT/_state/done/chunk-00000.json appears; returns the environment it ran with."""

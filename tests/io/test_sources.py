@@ -1,12 +1,13 @@
 import io
+import os
 import tarfile
 import zipfile
 
 import pytest
 
-import os
-
 from strokeray.io.sources import SourceError, SourceLimits, list_inputs, read_bytes, unsafe_member_name
+
+from ..conftest import corrupt_zip_member
 
 
 def _zip(path, members: dict[str, bytes]):
@@ -121,24 +122,14 @@ def test_member_names_cannot_chain_to_another_file(tmp_path):
     assert "unsafe_name" in {p.reason for p in list_inputs(str(src)).problems}
 
 
-def _corrupt_member(path, name: str) -> None:
-    """Flip bytes inside one member's stored data."""
-    with zipfile.ZipFile(path) as zf:
-        info = zf.getinfo(name)
-    raw = bytearray(path.read_bytes())
-    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + 4
-    raw[start:start + 8] = bytes(b ^ 0x5A for b in raw[start:start + 8])
-    path.write_bytes(bytes(raw))
-
-
 def test_corrupt_members_raise_a_source_error_with_a_reason(tmp_path):
     path = tmp_path / "a.zip"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr(zipfile.ZipInfo("stored.dcm"), b"A" * 4096)
         zf.writestr(zipfile.ZipInfo("deflated.dcm"), os.urandom(64) * 64, compress_type=zipfile.ZIP_DEFLATED)
         zf.writestr("fine.dcm", b"fine")
-    _corrupt_member(path, "stored.dcm")
-    _corrupt_member(path, "deflated.dcm")
+    corrupt_zip_member(path, "stored.dcm")
+    corrupt_zip_member(path, "deflated.dcm")
     listing = list_inputs(str(path))
     by_name = {e.name.rsplit("/", 1)[-1]: e.uri for e in listing.entries}
     assert read_bytes(by_name["fine.dcm"]) == b"fine"

@@ -22,7 +22,7 @@ from strokeray.stages.ingest import IngestConfig, run_ingest
 from strokeray.stages.preview import run_preview
 from strokeray.stages.score import ScoreConfig, run_score
 
-from ..conftest import tiny_bundle
+from ..conftest import corrupt_zip_member, tiny_bundle
 from ..io.dicom_factory import ct_bytes, edit, head_like
 
 pytestmark = pytest.mark.ray
@@ -32,15 +32,6 @@ QUIET = {"log": lambda *_: None}
 def _dcm(seed: int, pid: str, uid: str) -> bytes:
     return ct_bytes(head_like((128, 128), seed=seed), pid=pid, sop_uid=uid_from(uid), name="Hostile^Patient",
                     study_uid=uid_from(f"{pid}/study"), series_uid=uid_from(f"{pid}/series"))
-
-
-def _corrupt(path: Path, name: str) -> None:
-    with zipfile.ZipFile(path) as zf:
-        info = zf.getinfo(name)
-    raw = bytearray(path.read_bytes())
-    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + 4
-    raw[start:start + 8] = bytes(b ^ 0x5A for b in raw[start:start + 8])
-    path.write_bytes(bytes(raw))
 
 
 def build_corpus(root: Path) -> tuple[Path, Path, dict[str, str]]:
@@ -84,8 +75,8 @@ def build_corpus(root: Path) -> tuple[Path, Path, dict[str, str]]:
         zf.writestr(zipfile.ZipInfo("crc.dcm"), _dcm(42, "MRN-ZIP", "zipcrc"))
         zf.writestr(zipfile.ZipInfo("deflate.dcm"), _dcm(43, "MRN-ZIP", "zipdeflate"), compress_type=zipfile.ZIP_DEFLATED)
         zf.writestr(f"secret.dcm::{outside / 'other.zip'}", b"decoy")
-    _corrupt(src / "z.zip", "crc.dcm")
-    _corrupt(src / "z.zip", "deflate.dcm")
+    corrupt_zip_member(src / "z.zip", "crc.dcm")
+    corrupt_zip_member(src / "z.zip", "deflate.dcm")
     expect.update({"z.zip/good.dcm": "row", "z.zip/crc.dcm": "corrupt_archive", "z.zip/deflate.dcm": "corrupt_archive",
                    f"z.zip/secret.dcm::{outside / 'other.zip'}": "unsafe_member"})
     with tarfile.open(src / "t.tar", "w") as tf:

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from strokeray.io.shard_schema import tensor_array
 from strokeray.learn.metrics import SegmentationMeter, binary_report, patient_level
-from strokeray.stages.train import split_rows
+from strokeray.stages.train import shards_version, split_rows
 
 
 class EmptySplitError(ValueError):
@@ -31,15 +31,6 @@ class EvaluationResult:
     split: str
     slices: int
     metrics: dict
-
-
-def shards_version(shards: str) -> str:
-    """A digest of the shard files a card lists (names, rows, bytes): changes when ingest adds or redoes any."""
-    import hashlib
-
-    from strokeray.stages.train import read_card
-
-    return hashlib.sha256(json.dumps(read_card(shards)["shards"], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def run_evaluate(bundle: str, shards: str, split: str = "test", batch_size: int = 32, out: str | None = None,

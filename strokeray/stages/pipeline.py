@@ -89,7 +89,8 @@ def evaluate_once(bundle: str, layout: RunLayout, task: str, log=print) -> dict:
     """Test-split metrics of ``bundle``, computed unless the stored ones are of the same weights on
     the same shards ({} when the test split holds nothing to score the task on)."""
     from strokeray.learn.predict import bundle_version
-    from strokeray.stages.evaluate import EmptySplitError, run_evaluate, shards_version
+    from strokeray.stages.evaluate import EmptySplitError, run_evaluate
+    from strokeray.stages.train import shards_version
 
     fs, path = fsspec.core.url_to_fs(layout.evaluation(task))
     version = bundle_version(bundle)
@@ -159,7 +160,10 @@ def run_pipeline(cfg: PipelineConfig = PipelineConfig(), log=print) -> PipelineR
     for task, search in zip(TASKS, (cfg.classify, cfg.segment)):
         if task not in tasks:
             continue
-        found = run_search(layout.shards, layout.tune, search, name=f"{task}-search", registry=layout.registry, log=log)
+        # overwrite: a search made with other arguments or on other shards is redone, so the run
+        # folder always matches its arguments and data (the registry keeps the earlier versions).
+        found = run_search(layout.shards, layout.tune, search, name=f"{task}-search", registry=layout.registry,
+                           overwrite=True, log=log)
         bundles[task] = found.bundle
         lap(f"tune_{task}")
         evaluation[task] = evaluate_once(found.bundle, layout, task, log)

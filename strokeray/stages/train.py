@@ -316,6 +316,13 @@ def read_card(shards: str) -> dict:
         return json.load(fh)
 
 
+def shards_version(shards: str) -> str:
+    """A digest of the shard files a card lists (names, rows, bytes): changes when ingest adds or redoes any."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(read_card(shards)["shards"], sort_keys=True).encode()).hexdigest()[:16]
+
+
 def with_model_shape(cfg: TrainConfig, card: dict) -> TrainConfig:
     """``cfg`` with the model's input channels (the shards' HU windows) and classes (the task's)."""
     windows = card["config"]["records"]["preprocess"]["windows"]
@@ -399,6 +406,7 @@ def run_train(shards: str, out: str, cfg: TrainConfig, name: str | None = None, 
     """Train on ``shards`` (an ingest OUT); checkpoints under ``out/<name>``, bundle ``out/<name>/bundle``."""
     from strokeray.stages.runtime import ensure_ray
 
+    read_card(shards)  # a missing or unfinished ingest fails here, before Ray starts
     ensure_ray()
     run = prepare_run(shards, out, cfg, name)
     result = run.trainer.fit()

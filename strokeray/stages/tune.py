@@ -259,18 +259,18 @@ def run_search(shards: str, out: str, cfg: SearchConfig, name: str | None = None
 
     from strokeray.stages import registry as reg
     from strokeray.stages.runtime import absolute, ensure_ray
-    from strokeray.stages.train import export_bundle, read_card, with_model_shape
+    from strokeray.stages.train import export_bundle, read_card, shards_version, with_model_shape
 
     if cfg.task not in DEFAULT_METRIC:
         raise ValueError(f"task must be classify or segment, got {cfg.task!r}")
-    ensure_ray()
     # Tune runs each trial in its own working directory: a relative local path would not resolve.
     shards = absolute(shards)
     name = name or f"{cfg.task}-search"
     storage = os.path.abspath(out) if "://" not in out else out
     path = f"{storage.rstrip('/')}/{name}"
     fs, base = fsspec.core.url_to_fs(path)
-    settings = {"shards": shards, "config": json.loads(json.dumps(asdict(cfg)))}
+    # The shards' version too: a search finished on other data is not this search's result.
+    settings = {"shards": shards, "shards_version": shards_version(shards), "config": json.loads(json.dumps(asdict(cfg)))}
     settings_path, published_path = f"{base}/strokeray-search.json", f"{base}/published.json"
     if fs.exists(settings_path) and not _same_settings(fs, settings_path, settings):
         if not overwrite:
@@ -278,6 +278,7 @@ def run_search(shards: str, out: str, cfg: SearchConfig, name: str | None = None
                              "(--overwrite) to discard it, or choose another name")
         fs.rm(base, recursive=True)
     card = read_card(shards)
+    ensure_ray()
     max_trials, per_worker = concurrency(cfg, ray.cluster_resources())
     trainable = tune.with_parameters(trial_driver, cfg=cfg, shards=shards, train_storage=f"{path}/train",
                                      cpus_per_worker=per_worker)

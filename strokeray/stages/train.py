@@ -312,6 +312,8 @@ class PreparedRun:
 
 def read_card(shards: str) -> dict:
     fs, card_path = fsspec.core.url_to_fs(f"{shards.rstrip('/')}/card.json")
+    if not fs.exists(card_path):
+        raise FileNotFoundError(f"{shards} holds no card.json: not a finished ingest output (run `strokeray ingest`)")
     with fs.open(card_path, "r") as fh:
         return json.load(fh)
 

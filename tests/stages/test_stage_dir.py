@@ -113,3 +113,13 @@ def test_arguments_are_checked_before_anything_starts(user_src, tmp_path, capsys
     assert main(["score", str(user_src), "--out", str(tmp_path / "o4"), "--threshold", "1.5",
                  "--no-segmenter"]) == 2
     assert "threshold" in capsys.readouterr().err
+
+
+def test_train_and_tune_refuse_a_folder_that_is_no_ingest_before_ray(tmp_path, capsys):
+    import ray
+
+    started = ray.is_initialized()
+    assert main(["train", "segment", "--data", str(tmp_path), "--epochs", "1"]) == 2
+    assert main(["tune", "classify", "--data", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.count("not a finished ingest output") == 2
+    assert ray.is_initialized() == started

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -174,11 +175,14 @@ def run_chunks(manifest: Manifest, out: str, run_one, stage: str, dest: str, log
     run = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     chunks = manifest.chunks()
     current = {_tag(number) for number, _, _ in chunks}
-    for marker in fs.glob(f"{base}/_state/done/chunk-*.json"):
-        tag = marker.rsplit("/", 1)[-1][: -len(".json")]
-        if tag not in current:  # its files left or changed the source: its rows are processed anew
-            _remove_chunk_outputs(fs, base, dest, tag)
-            fs.rm(marker)
+    # Chunks the manifest no longer has (their files left or changed the source, so their rows are
+    # processed anew), finished or cut off while promoting: their outputs would be duplicates.
+    found = [*fs.glob(f"{base}/_state/done/chunk-*.json"), *fs.glob(f"{base}/{dest}/chunk-*.parquet"),
+             *fs.glob(f"{base}/_state/quarantine/chunk-*")]
+    for tag in {re.match(r"chunk-\d+", path.rsplit("/", 1)[-1]).group(0) for path in found} - current:
+        _remove_chunk_outputs(fs, base, dest, tag)
+        if fs.exists(f"{base}/_state/done/{tag}.json"):
+            fs.rm(f"{base}/_state/done/{tag}.json")
     done = skipped = 0
     for position, (number, rows, digest) in enumerate(chunks):
         tag = _tag(number)

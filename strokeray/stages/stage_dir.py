@@ -110,11 +110,10 @@ class StageDir:
             if not same and not overwrite:
                 raise OutputError(f"{self.url} holds a {self.stage} made with other inputs or settings; use a new"
                                   " output folder or --overwrite (which removes only strokeray's own files there)")
-            if overwrite:
+            if not same:  # --overwrite discards other work only: the same work is resumed or reused
                 self.clear()
-                same = False
         fs.makedirs(base, exist_ok=True)
-        if marker is None or marker.get("digest") != digest or overwrite:
+        if marker is None or marker.get("digest") != digest:
             with fs.open(self.path(MARKER), "w") as fh:
                 json.dump({"stage": self.stage, "digest": digest, "strokeray_version": __version__,
                            "claimed": datetime.now(timezone.utc).isoformat(timespec="seconds")}, fh, indent=1)

@@ -198,5 +198,9 @@ def test_a_changed_source_is_processed_incrementally(tmp_path, ray_local):
     assert (removed.slices, removed.chunks_done, removed.chunks_skipped) == (6, 1, 2)
     sources = pq.read_table(sorted((out / "shards").glob("*.parquet")), columns=["source"]).column("source").to_pylist()
     assert sorted(sources) == [f"s{i}.dcm" for i in range(1, 7)]
+    # A chunk cut off while being promoted, whose rows have since moved to other chunks.
+    shard = sorted((out / "shards").glob("*.parquet"))[0]
+    (out / "shards" / "chunk-00099-000.parquet").write_bytes(shard.read_bytes())
     again = run_ingest(str(src), str(out), cfg, **QUIET)
     assert (again.chunks_done, again.slices) == (0, 6)
+    assert not (out / "shards" / "chunk-00099-000.parquet").exists()

@@ -118,17 +118,20 @@ def test_killed_actor_loses_and_duplicates_nothing(planted_zip, bundles, scored,
         while time.time() < deadline and not killed:
             for proc in psutil.process_iter(["pid", "cmdline"]):
                 if "CascadeScorer" in " ".join(proc.info["cmdline"] or []):
-                    time.sleep(1.0)  # let it take a batch
-                    proc.kill()
+                    try:
+                        time.sleep(0.3)  # let it load the models and take a batch (one slice each)
+                        proc.kill()
+                    except psutil.NoSuchProcess:
+                        continue  # gone before the kill (a fast machine): keep looking
                     killed.append(proc.info["pid"])
                     return
-            time.sleep(0.2)
+            time.sleep(0.05)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     out = tmp_path / "out"
     run_score(str(planted_zip[0]), str(out), *bundles, registry=None,
-              cfg=ScoreConfig(threshold=0.0, batch_size=4, files_per_chunk=200), log=lambda *_: None)
+              cfg=ScoreConfig(threshold=0.0, batch_size=1, files_per_chunk=200), log=lambda *_: None)
     thread.join(timeout=5)
     assert killed, "no scoring actor was found to kill"
     assert sorted(pq.read_table(out / "slices.parquet").column("id").to_pylist()) == reference

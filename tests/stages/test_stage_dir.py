@@ -79,6 +79,8 @@ def test_overwrite_removes_only_the_stages_own_outputs(tmp_path):
     (tmp_path / "out" / "card.json").write_text("{}")
     (tmp_path / "out" / "notes.txt").write_text("the user's, added later")
     assert stage.claim(digest="d1") is True  # same settings: resume
+    assert stage.claim(digest="d1", overwrite=True) is True  # --overwrite discards only other work
+    assert (tmp_path / "out" / "card.json").exists()
     with pytest.raises(OutputError, match="other inputs or settings"):
         stage.claim(digest="d2")
     assert stage.claim(digest="d2", overwrite=True) is False

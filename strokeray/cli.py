@@ -108,6 +108,8 @@ def _cmd_preview(args) -> int:
 
 
 def _add_ingest(sub) -> None:
+    from strokeray.imaging.windows import DEFAULT_WINDOWS, NAMED_WINDOWS
+
     p = sub.add_parser(
         "ingest",
         help="decode and preprocess an archive into Parquet shards with Ray Data",
@@ -129,6 +131,10 @@ def _add_ingest(sub) -> None:
                    help="hash: stable when files are added; stratified: exact class balance per split")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the split hash")
     p.add_argument("--ignore-layout-splits", action="store_true", help="split anew even if the layout has Training/Test folders")
+    default_windows = ",".join(w.name for w in DEFAULT_WINDOWS)
+    p.add_argument("--windows", default=default_windows,
+                   help="HU windows, one model input channel each: named (" + ", ".join(NAMED_WINDOWS) + ") or "
+                   f"name:level:width, comma-separated (default {default_windows})")
     p.add_argument("--files-per-chunk", type=int, default=1000, help="files per resumable chunk (default 1000)")
     p.add_argument("--files-per-task", type=int, default=128,
                    help="files one Ray task decodes and writes as one shard (default 128, ~17 MB)")
@@ -140,11 +146,17 @@ def _add_ingest(sub) -> None:
 
 def _cmd_ingest(args) -> int:
     from strokeray.datasets.layouts import LabelsTable
+    from strokeray.datasets.slice_records import RecordConfig
     from strokeray.datasets.splits import SplitConfig
+    from strokeray.imaging.views import PreprocessConfig
+    from strokeray.imaging.windows import parse_window
     from strokeray.stages.ingest import IngestConfig, run_ingest
     from strokeray.stages.manifest import ManifestConfig
 
     ratios = tuple(float(x) for x in args.split.split(","))
+    windows = tuple(parse_window(spec.strip()) for spec in args.windows.split(",") if spec.strip())
+    if not windows:
+        raise ValueError("--windows names no window")
     cfg = IngestConfig(
         manifest=ManifestConfig(
             labels=args.labels,
@@ -152,6 +164,7 @@ def _cmd_ingest(args) -> int:
             split=SplitConfig(ratios=ratios, mode=args.split_mode, seed=args.split_seed,
                               use_layout_splits=not args.ignore_layout_splits),
         ),
+        records=RecordConfig(preprocess=PreprocessConfig(windows=windows)),
         files_per_chunk=args.files_per_chunk,
         files_per_task=args.files_per_task,
         num_cpus=args.num_cpus,

@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-SPLITS = ("train", "val", "test")
-
 
 @dataclass(frozen=True)
 class SplitConfig:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels.utils import get_j2k_parameters
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -259,7 +260,7 @@ def _stored_pixels(ds: Dataset, ts: str, n_frames: int, source: str) -> np.ndarr
         )
     if ts in dicom_pixels.J2K_SYNTAXES and arr.dtype.kind == "u" and int(ds.get("PixelRepresentation", 0)) == 0:
         # The codestream is authoritative: Toshiba writes signed J2K under PixelRepresentation 0.
-        if dicom_pixels.j2k_codestream_signed(dicom_pixels.first_frame_bytes(ds, n_frames)):
+        if get_j2k_parameters(dicom_pixels.first_frame_bytes(ds, n_frames)).get("is_signed"):
             arr = arr.view(np.dtype(f"i{arr.dtype.itemsize}"))
     return arr
 

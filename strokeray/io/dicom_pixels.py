@@ -1,4 +1,4 @@
-"""Pixel-stream helpers pydicom lacks: GDCM for 12-bit and retired JPEG, J2K sign repair."""
+"""Pixel-stream helpers pydicom lacks: GDCM for 12-bit and retired JPEG; J2K syntaxes, first-frame bytes."""
 
 from __future__ import annotations
 
@@ -61,20 +61,6 @@ def decode_jpeg_with_gdcm(ds: Dataset, n_frames: int) -> np.ndarray:
     if len(frames) != n_frames:
         raise ValueError(f"found {len(frames)} JPEG frames, expected {n_frames}")
     return np.stack(frames)
-
-
-def j2k_codestream_signed(frame: bytes) -> bool | None:
-    """Whether a JPEG 2000 codestream declares signed samples (the SIZ marker's Ssiz bit 7).
-
-    Returns None when no SIZ marker is found in the first bytes (a JP2 wrapper is searched too).
-    """
-    head = bytes(frame[:4096])
-    at = head.find(b"\xff\x4f\xff\x51")  # SOC immediately followed by SIZ
-    # SOC(2) SIZ(2) Lsiz(2) Rsiz(2) then 8 four-byte sizes, Csiz(2), then Ssiz of component 0.
-    ssiz_at = at + 4 + 2 + 2 + 32 + 2
-    if at < 0 or len(head) <= ssiz_at:
-        return None
-    return bool(head[ssiz_at] & 0x80)
 
 
 def first_frame_bytes(ds: Dataset, n_frames: int) -> bytes:

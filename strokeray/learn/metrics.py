@@ -35,6 +35,13 @@ def _ratio(a: float, b: float) -> float:
     return float(a) / float(b) if b else float("nan")
 
 
+def _tie_ranks(s: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``s`` with ties given their average rank (scipy's ``rankdata``, in numpy)."""
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # the highest rank of each distinct value
+    return (last - (counts - 1) / 2.0)[inverse]
+
+
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney U, ties count one half); NaN with one class only."""
     y = np.asarray(labels).astype(bool)
@@ -42,28 +49,21 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    sorted_s = s[order]
-    # Average ranks over ties.
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
+    ranks = _tie_ranks(s)
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(false positive rate, true positive rate, thresholds), thresholds descending."""
+    """(false positive rate, true positive rate, thresholds), thresholds descending; O(n log n)."""
     y = np.asarray(labels).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
-    thresholds = np.unique(s)[::-1]
-    tpr = [(s[y] >= t).mean() if y.any() else 0.0 for t in thresholds]
-    fpr = [(s[~y] >= t).mean() if (~y).any() else 0.0 for t in thresholds]
-    return np.r_[0.0, fpr], np.r_[0.0, tpr], np.r_[np.inf, thresholds]
+    thresholds, inverse = np.unique(s, return_inverse=True)
+    # Positives and negatives at each distinct score, then "score >= t" counts from the top down.
+    pos = np.bincount(inverse, weights=y, minlength=len(thresholds))[::-1].cumsum()
+    neg = np.bincount(inverse, weights=~y, minlength=len(thresholds))[::-1].cumsum()
+    tpr = pos / y.sum() if y.any() else np.zeros_like(pos)
+    fpr = neg / (~y).sum() if (~y).any() else np.zeros_like(neg)
+    return np.r_[0.0, fpr], np.r_[0.0, tpr], np.r_[np.inf, thresholds[::-1]]
 
 
 def operating_threshold(labels: np.ndarray, scores: np.ndarray, default: float = 0.5) -> float:

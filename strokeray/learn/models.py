@@ -18,7 +18,6 @@ from strokeray.checks import check_positive, check_range
 
 CLASSIFIER_BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "efficientnet_b0", "densenet121")
 SEGMENTER_ARCHS = ("unet", "unetplusplus", "deeplabv3plus")
-SEGMENTER_ENCODERS = ("resnet34", "vgg16", "densenet201", "efficientnet-b0", "resnet18")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import update_bn
 
 from strokeray.learn.augment import AugmentConfig, augment_batch
 from strokeray.learn.losses import SegLossConfig, segmentation_loss
@@ -115,32 +116,30 @@ class TaskSteps:
 
         The running averages lag behind weights that move fast, which on small sets (a few steps
         per epoch) makes eval-mode outputs collapse to one class while training mode is right.
-        A forward pass over un-augmented training batches, averaged cumulatively, fixes them.
-        Returns the images seen; with none, the old statistics are kept.
+        torch's ``update_bn`` averages un-augmented training batches cumulatively; around it, the
+        batches are turned into inputs under autocast, and with none the old statistics are kept
+        (``update_bn`` would leave them reset). Returns the images seen.
         """
         norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
         if not norms:
             return 0
-        saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-                 for m in norms]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the batches below
-        was_training = model.training
-        model.train()
+        saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
         seen = 0
-        for batch in batches:
-            x, _ = self.inputs(batch)
-            with torch.autocast(self.device.type, enabled=self.use_amp):
-                model(x)
-            seen += len(x)
-        for m, (momentum, mean, var, count) in zip(norms, saved):
-            m.momentum = momentum
-            if not seen:
+
+        def images():
+            nonlocal seen
+            for batch in batches:
+                x, _ = self.inputs(batch)
+                seen += len(x)
+                yield x
+
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            update_bn(images(), model)
+        if not seen:
+            for m, (mean, var, count) in zip(norms, saved):
                 m.running_mean.copy_(mean)
                 m.running_var.copy_(var)
                 m.num_batches_tracked.copy_(count)
-        model.train(was_training)
         return seen
 
     @torch.no_grad()

@@ -75,6 +75,10 @@ def options_digest(src: str, cfg: ManifestConfig, labels: bytes | None) -> str:
     return _digest_of({"src": src, "cfg": asdict(cfg), "labels": hashlib.sha256(labels or b"").hexdigest()})
 
 
+# Up to this many headers to read are read in the driver (about 1 ms each from disk).
+LOCAL_HEADER_READS = 64
+
+
 def _header_groups(batch: dict) -> dict:
     """Ray Data UDF: the DICOM patient key of each uri (empty when unreadable)."""
     import numpy as np
@@ -109,13 +113,18 @@ def _fill_dicom_groups(rows: list[ManifestRow], known: dict[tuple[str, str], tup
             r.group, r.group_rule = hit
     if not need:
         return
-    import ray
+    if len(need) <= LOCAL_HEADER_READS:  # a few new files: reading them here beats starting a Ray Data job
+        batch = _header_groups({"uri": [r.uri for r in need]})
+        found = dict(zip(batch["uri"], batch["group"]))
+    else:
+        import ray
 
-    from strokeray.stages.runtime import ensure_ray
+        from strokeray.stages.runtime import ensure_ray
 
-    ensure_ray(num_cpus)
-    ds = ray.data.from_items([{"uri": r.uri} for r in need]).map_batches(_header_groups, batch_size=64, batch_format="numpy")
-    found = {rec["uri"]: rec["group"] for rec in ds.iter_rows()}
+        ensure_ray(num_cpus)
+        ds = ray.data.from_items([{"uri": r.uri} for r in need]).map_batches(_header_groups, batch_size=64,
+                                                                              batch_format="numpy")
+        found = {rec["uri"]: rec["group"] for rec in ds.iter_rows()}
     for r in need:
         if found.get(r.uri):
             r.group, r.group_rule = found[r.uri], "dicom_patient_id"

@@ -25,6 +25,18 @@ def test_auc_ties_and_degenerate():
     assert fpr[-1] == 1.0 and tpr[-1] == 1.0 and np.all(np.diff(fpr) >= 0)
 
 
+def test_auc_equals_the_area_under_the_curve_and_pair_counting_with_many_ties():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400)
+    s = rng.integers(0, 9, 400) / 8.0  # nine distinct scores: ties everywhere
+    fpr, tpr, thr = roc_curve(y, s)
+    assert len(thr) == 10 and np.all(np.diff(thr[1:]) < 0)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0) and fpr[-1] == tpr[-1] == 1.0
+    pairs = s[y == 1][:, None] - s[y == 0][None, :]
+    by_pairs = ((pairs > 0).sum() + 0.5 * (pairs == 0).sum()) / pairs.size
+    assert roc_auc(y, s) == pytest.approx(by_pairs) == pytest.approx(np.trapezoid(tpr, fpr))
+
+
 def test_patient_level_takes_any_positive_and_max_score():
     pats = np.array(["b", "a", "b", "a", "c"])
     lab, score = patient_level(pats, np.array([0, 0, 1, 0, 0]), np.array([0.2, 0.1, 0.7, 0.3, 0.5]))

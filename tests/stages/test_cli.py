@@ -49,3 +49,21 @@ def test_pipeline_arguments_shape_every_stage():
     default = pipeline_config(build_parser().parse_args(["pipeline"]))
     assert default.out == "runs/demo" and default.src is None and default.synth.patients == 24
     assert default.classify.max_epochs == 10 and default.segment.max_epochs == 12 and not default.classify.use_gpu
+
+
+def test_ingest_windows_are_the_model_channels(tmp_path, ray_local, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src, out = tmp_path / "a", tmp_path / "o"
+    assert main(["synth", str(src), "--patients", "2", "--slices", "1", "--size", "64"]) == 0
+    assert main(["ingest", str(src), str(out), "--windows", "brain, edge:50:100", "--num-cpus", "2"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    windows = card["config"]["records"]["preprocess"]["windows"]
+    assert windows == [{"name": "brain", "level": 40.0, "width": 80.0}, {"name": "edge", "level": 50.0, "width": 100.0}]
+    image = pq.read_table(sorted((out / "shards").glob("*.parquet"))[0], columns=["cls_image"]).column(0).chunk(0)
+    storage = image.storage if isinstance(image, pa.ExtensionArray) else image  # Ray's tensor type or a plain list
+    assert len(storage[0].values) == 2 * 224 * 224
+    capsys.readouterr()
+    assert main(["ingest", str(src), str(tmp_path / "o2"), "--windows", "brain,nope"]) == 2
+    assert "unknown window 'nope'" in capsys.readouterr().err

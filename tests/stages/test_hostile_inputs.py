@@ -153,6 +153,19 @@ def test_one_patient_never_spans_two_splits(ingested):
     assert len({r["split"] for r in t if r["source"].startswith("leak/")}) == 1
 
 
+def test_patient_keys_read_in_the_driver_and_by_ray_agree(corpus, ray_local, tmp_path, monkeypatch):
+    from strokeray.stages import manifest as mf
+
+    _, src, _, _ = corpus
+    groups = []
+    for limit in (0, 10**6):  # every header through Ray Data; every header in the driver
+        monkeypatch.setattr(mf, "LOCAL_HEADER_READS", limit)
+        m = mf.build_manifest(str(src), str(tmp_path / f"m{limit}"), mf.ManifestConfig(), log=lambda *_: None)
+        groups.append({r["name"]: (r["group"], r["group_rule"]) for r in m.table.to_pylist()})
+    assert groups[0] == groups[1]
+    assert [g for name, g in groups[0].items() if name.startswith("leak/")][0][1] == "dicom_patient_id"
+
+
 def test_score_and_preview_take_the_same_corpus(corpus, ingested, tmp_path):
     root, src, _, expect = corpus
     _, ingest_summary, _ = ingested

@@ -24,7 +24,9 @@ from strokeray.stages.tune import SearchConfig, SearchSpace, concurrency, run_se
 
 from ..conftest import phantom_shards
 
-pytestmark = pytest.mark.ray
+# Each trial takes about a minute to start on 2 CPUs (driver, Train controller, worker, Ray Data), so
+# the two searches below run about 10 minutes each here.
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(1500)]
 
 # Cheap trials (64 px, ~70 training slices). The validation loss is the metric: continuous, so
 # ASHA's comparisons never tie, which makes "some trial is stopped early" reliable with 8 trials.

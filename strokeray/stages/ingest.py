@@ -179,7 +179,8 @@ def run_chunks(manifest: Manifest, out: str, run_one, stage: str, dest: str, log
     # processed anew), finished or cut off while promoting: their outputs would be duplicates.
     found = [*fs.glob(f"{base}/_state/done/chunk-*.json"), *fs.glob(f"{base}/{dest}/chunk-*.parquet"),
              *fs.glob(f"{base}/_state/quarantine/chunk-*")]
-    for tag in {re.match(r"chunk-\d+", path.rsplit("/", 1)[-1]).group(0) for path in found} - current:
+    tags = {m.group(0) for m in (re.match(r"chunk-\d+", path.rsplit("/", 1)[-1]) for path in found) if m}
+    for tag in tags - current:
         _remove_chunk_outputs(fs, base, dest, tag)
         if fs.exists(f"{base}/_state/done/{tag}.json"):
             fs.rm(f"{base}/_state/done/{tag}.json")

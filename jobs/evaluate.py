@@ -1,4 +1,4 @@
-"""Entry point for `ray job submit -- python jobs/evaluate.py BUNDLE --data SHARDS [--split test]`."""
+"""Entry point for `ray job submit -- python jobs/evaluate.py BUNDLE SHARDS [--split test]`."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Entry point for `python jobs/score.py SRC --out DIR [options]` (also under `ray job submit`)."""
+"""Entry point for `python jobs/score.py SRC OUT [options]` (also under `ray job submit`)."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Entry point for `ray job submit -- python jobs/train.py classify|segment --data SHARDS ...`."""
+"""Entry point for `ray job submit -- python jobs/train.py classify|segment SHARDS ...`."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Entry point for `python jobs/tune.py classify|segment --data SHARDS [options]` (also under `ray job submit`)."""
+"""Entry point for `python jobs/tune.py classify|segment SHARDS [options]` (also under `ray job submit`)."""
 
 import sys
 

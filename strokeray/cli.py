@@ -6,8 +6,44 @@ import argparse
 import dataclasses
 import json
 import sys
+from typing import Any
 
 from strokeray import __version__
+
+TASK_NAMES = ("classify", "segment")  # learn.tasks.TASKS' names (importing it would load torch for --help)
+CONFIG_DEFAULTS = "Options left out take the stage config's defaults (see the README)."
+
+
+def _given(args, **fields: str) -> dict:
+    """Config fields the user set: ``field="arg_name"`` pairs whose argument is not None, so that
+    every default comes from the config dataclass, written once."""
+    return {f: getattr(args, a) for f, a in fields.items() if getattr(args, a) is not None}
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling that still works: stores into ``dest`` and says on stderr what to use now."""
+
+    def __init__(self, option_strings, dest, use: str = "", **kwargs) -> None:
+        self.use = use
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{parser.prog}: {option_string} is deprecated; {self.use}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _shards_argument(p) -> None:
+    """SHARDS, the ingest output a stage reads, as the positional after TASK / BUNDLE (``--data`` still works)."""
+    p.add_argument("shards", nargs="?", help="an ingest output folder (with shards/ and card.json)")
+    p.add_argument("--data", dest="data_old", action=_Deprecated, use="pass SHARDS as a positional argument",
+                   help=argparse.SUPPRESS)
+
+
+def _shards_of(args) -> str:
+    shards = args.shards or args.data_old
+    if not shards:
+        raise ValueError("SHARDS (an ingest output folder) is required")
+    return shards
 
 
 def _add_synth(sub) -> None:
@@ -15,14 +51,14 @@ def _add_synth(sub) -> None:
         "synth",
         help="write synthetic head-CT phantoms in the TEKNOFEST layout",
         description="Generate phantom patients (DICOM + PNG exports + overlays + masks) in the "
-        "TEKNOFEST layout <split>/<class>/DICOM|PNG|OVERLAY|MASK. Deterministic by seed.",
+        "TEKNOFEST layout <split>/<class>/DICOM|PNG|OVERLAY|MASK. Deterministic by seed. " + CONFIG_DEFAULTS,
     )
     p.add_argument("out", help="output folder or fsspec URL")
-    p.add_argument("--patients", type=int, default=12, help="number of phantom patients (default 12)")
-    p.add_argument("--slices", type=int, default=6, help="slices per patient (default 6)")
-    p.add_argument("--size", type=int, default=512, help="image rows and columns (default 512)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--test-fraction", type=float, default=0.25, help="share of patients in Test")
+    p.add_argument("--patients", type=int, help="number of phantom patients")
+    p.add_argument("--slices", type=int, help="slices per patient")
+    p.add_argument("--size", type=int, help="image rows and columns")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--test-fraction", type=float, help="share of patients in Test")
     p.add_argument("--bad-files", action="store_true", help="also plant odd and corrupt files")
     p.add_argument("--no-png", action="store_true", help="skip the PNG exports")
     p.add_argument("--overwrite", action="store_true",
@@ -35,14 +71,9 @@ def _cmd_synth(args) -> int:
     from strokeray.datasets.synth import SynthConfig
     from strokeray.stages.synth import run_synth
 
-    cfg = SynthConfig(
-        patients=args.patients,
-        seed=args.seed,
-        test_fraction=args.test_fraction,
-        phantom=PhantomConfig(size=args.size, slices=args.slices),
-        png=not args.no_png,
-        bad_files=args.bad_files,
-    )
+    cfg = SynthConfig(**_given(args, patients="patients", seed="seed", test_fraction="test_fraction"),
+                      phantom=PhantomConfig(**_given(args, size="size", slices="slices")),
+                      png=not args.no_png, bad_files=args.bad_files)
     s = run_synth(args.out, cfg, overwrite=args.overwrite)
     if s is None:
         print(json.dumps({"out": args.out, "reused": True}))
@@ -117,60 +148,67 @@ def _add_ingest(sub) -> None:
         "by its layout (TEKNOFEST, class folders, unlabelled), split by patient, then decode and "
         "preprocess in parallel with Ray Data into OUT/shards/*.parquet, OUT/quarantine.parquet and "
         "OUT/card.json. Re-running continues an interrupted ingest and never duplicates rows. Uses "
-        "the cluster at $RAY_ADDRESS when set, else a local Ray.",
+        "the cluster at $RAY_ADDRESS when set, else a local Ray. " + CONFIG_DEFAULTS,
     )
     p.add_argument("src", help="input folder, archive or URL")
     p.add_argument("out", help="output folder or URL")
     p.add_argument("--labels", help="labels CSV (columns path, label, lesion, patient; see --labels-*-col)")
-    p.add_argument("--labels-path-col", default="path", help="path column of the labels CSV")
-    p.add_argument("--labels-label-col", default="label", help="label column (0/1, normal/stroke, ich/no_ich, ...)")
-    p.add_argument("--labels-lesion-col", default="lesion", help="lesion column (0/1/2)")
-    p.add_argument("--labels-patient-col", default="patient", help="patient column (the split group)")
-    p.add_argument("--split", default="0.7,0.15,0.15", help="train,val,test ratios (default 0.7,0.15,0.15)")
-    p.add_argument("--split-mode", choices=("hash", "stratified"), default="hash",
-                   help="hash: stable when files are added; stratified: exact class balance per split")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the split hash")
+    p.add_argument("--labels-path-col", help="path column of the labels CSV (default path)")
+    p.add_argument("--labels-label-col", help="label column: 0/1, normal/stroke, ich/no_ich, ... (default label)")
+    p.add_argument("--labels-lesion-col", help="lesion column: 0/1/2 (default lesion)")
+    p.add_argument("--labels-patient-col", help="patient column, the split group (default patient)")
+    p.add_argument("--split", help="train,val,test ratios, e.g. 0.7,0.15,0.15")
+    p.add_argument("--split-mode", choices=("hash", "stratified"),
+                   help="hash (default): stable when files are added; stratified: exact class balance per split")
+    p.add_argument("--split-seed", type=int, help="seed of the split hash")
     p.add_argument("--ignore-layout-splits", action="store_true", help="split anew even if the layout has Training/Test folders")
     default_windows = ",".join(w.name for w in DEFAULT_WINDOWS)
-    p.add_argument("--windows", default=default_windows,
+    p.add_argument("--windows",
                    help="HU windows, one model input channel each: named (" + ", ".join(NAMED_WINDOWS) + ") or "
                    f"name:level:width, comma-separated (default {default_windows})")
-    p.add_argument("--files-per-chunk", type=int, default=1000, help="files per resumable chunk (default 1000)")
-    p.add_argument("--files-per-task", type=int, default=128,
-                   help="files one Ray task decodes and writes as one shard (default 128, ~17 MB)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--files-per-chunk", type=int, help="files per resumable chunk")
+    p.add_argument("--files-per-task", type=int, help="files one Ray task decodes and writes as one shard (~17 MB at 128)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     p.add_argument("--overwrite", action="store_true",
                    help="discard an ingest in OUT made with other inputs or settings (only strokeray's own files)")
     p.set_defaults(func=_cmd_ingest)
 
 
-def _cmd_ingest(args) -> int:
+def ingest_config(args):
+    """The IngestConfig that `strokeray ingest` arguments describe."""
     from strokeray.datasets.layouts import LabelsTable
     from strokeray.datasets.slice_records import RecordConfig
     from strokeray.datasets.splits import SplitConfig
     from strokeray.imaging.views import PreprocessConfig
     from strokeray.imaging.windows import parse_window
-    from strokeray.stages.ingest import IngestConfig, run_ingest
+    from strokeray.stages.ingest import IngestConfig
     from strokeray.stages.manifest import ManifestConfig
 
-    ratios = tuple(float(x) for x in args.split.split(","))
-    windows = tuple(parse_window(spec.strip()) for spec in args.windows.split(",") if spec.strip())
-    if not windows:
-        raise ValueError("--windows names no window")
-    cfg = IngestConfig(
+    split = _given(args, mode="split_mode", seed="split_seed")
+    if args.split:
+        split["ratios"] = tuple(float(x) for x in args.split.split(","))
+    preprocess = {}
+    if args.windows is not None:
+        preprocess["windows"] = tuple(parse_window(spec.strip()) for spec in args.windows.split(",") if spec.strip())
+        if not preprocess["windows"]:
+            raise ValueError("--windows names no window")
+    return IngestConfig(
         manifest=ManifestConfig(
             labels=args.labels,
-            labels_table=LabelsTable(args.labels_path_col, args.labels_label_col, args.labels_lesion_col, args.labels_patient_col),
-            split=SplitConfig(ratios=ratios, mode=args.split_mode, seed=args.split_seed,
-                              use_layout_splits=not args.ignore_layout_splits),
+            labels_table=LabelsTable(**_given(args, path_col="labels_path_col", label_col="labels_label_col",
+                                              lesion_col="labels_lesion_col", patient_col="labels_patient_col")),
+            split=SplitConfig(**split, use_layout_splits=not args.ignore_layout_splits),
         ),
-        records=RecordConfig(preprocess=PreprocessConfig(windows=windows)),
-        files_per_chunk=args.files_per_chunk,
-        files_per_task=args.files_per_task,
-        num_cpus=args.num_cpus,
+        records=RecordConfig(preprocess=PreprocessConfig(**preprocess)),
+        **_given(args, files_per_chunk="files_per_chunk", files_per_task="files_per_task", num_cpus="num_cpus"),
         overwrite=args.overwrite,
     )
-    s = run_ingest(args.src, args.out, cfg)
+
+
+def _cmd_ingest(args) -> int:
+    from strokeray.stages.ingest import run_ingest
+
+    s = run_ingest(args.src, args.out, ingest_config(args))
     print(json.dumps(dataclasses.asdict(s)))
     return 0
 
@@ -204,6 +242,7 @@ def _cmd_benchmark(args) -> int:
                                "score": "runs/benchmark-score"}[args.which]
     # The benchmarks reuse and replace what they generated there: never in a folder of the user's.
     StageDir(workdir, f"benchmark-{args.which}", ()).claim()
+    bench: Any
     if args.which == "score":
         from strokeray.benchmarks.score import run_score_benchmark
 
@@ -230,48 +269,59 @@ def _add_train(sub) -> None:
         help="train the classifier or the segmenter on ingest shards with Ray Train",
         description="TorchTrainer (DDP, one worker per GPU, CPU workers otherwise) over the shards of "
         "an ingest. Checkpoints go to OUT/NAME; running again with the same OUT and NAME resumes. "
-        "The best checkpoint (validation accuracy / mean lesion IoU) is exported to OUT/NAME/bundle.",
+        "The best checkpoint (by the task's validation metric) is exported to OUT/NAME/bundle. " + CONFIG_DEFAULTS,
     )
-    p.add_argument("task", choices=("classify", "segment"))
-    p.add_argument("--data", required=True, help="an ingest output folder (with shards/ and card.json)")
-    p.add_argument("--out", default="runs/train", help="storage path for runs (local or s3://)")
+    p.add_argument("task", choices=TASK_NAMES)
+    _shards_argument(p)
+    p.add_argument("--out", default="runs/train", help="storage path for runs (local or s3://; default runs/train)")
     p.add_argument("--name", help="run name (default TASK-BACKBONE); reuse it to resume")
     p.add_argument("--backbone", help="classifier backbone (vgg16, resnet18/34/50, efficientnet_b0, densenet121) "
-                   "or segmenter encoder (resnet34, vgg16, densenet201, efficientnet-b0)")
-    p.add_argument("--arch", default="unet", choices=("unet", "unetplusplus", "deeplabv3plus"), help="segmenter architecture")
+                   "or segmenter encoder (resnet34, vgg16, densenet201, efficientnet-b0); default vgg16 / resnet34")
+    p.add_argument("--arch", choices=("unet", "unetplusplus", "deeplabv3plus"), help="segmenter architecture (default unet)")
     p.add_argument("--weights", help="pretrained weights: a torchvision weights name or a local .safetensors file")
     p.add_argument("--freeze-features", action="store_true", help="train the classifier head only")
-    p.add_argument("--dropout", type=float, default=0.5, help="dropout in the classifier head (default 0.5, the study's)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--dropout", type=float, help="dropout in the classifier head (default the study's 0.5)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
     p.add_argument("--input-size", type=int, help="resize the views to this size (default: as ingested)")
-    p.add_argument("--augment", type=float, default=1.0, help="augmentation strength (0 turns it off)")
-    p.add_argument("--workers", type=int, default=2, help="training workers (one per GPU)")
+    p.add_argument("--augment", type=float, help="augmentation strength (0 turns it off)")
+    p.add_argument("--workers", type=int, help="training workers (one per GPU)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker, AMP and pinned memory")
     p.add_argument("--metric", help="validation metric that picks the best checkpoint (default val_accuracy / "
-                   "val_mean_lesion_iou; e.g. val_auc, val_patient_auc, val_competition_iou, val_loss)")
+                   "val_competition_iou; e.g. val_auc, val_patient_auc, val_mean_lesion_iou, val_loss)")
     p.set_defaults(func=_cmd_train)
 
 
-def _cmd_train(args) -> int:
+def train_config(args):
+    """The TrainConfig that `strokeray train` arguments describe."""
     from strokeray.learn.augment import AugmentConfig
     from strokeray.learn.models import ModelConfig
-    from strokeray.stages.train import TrainConfig, run_train
+    from strokeray.learn.tasks import get_task
+    from strokeray.stages.train import TrainConfig
 
-    backbone = args.backbone or ("vgg16" if args.task == "classify" else "resnet34")
-    cfg = TrainConfig(
-        task=args.task,
-        model=ModelConfig(task=args.task, backbone=backbone, arch=args.arch, weights=args.weights,
-                          freeze_features=args.freeze_features, dropout=args.dropout),
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        input_size=args.input_size, augment=AugmentConfig(strength=args.augment),
-        num_workers=args.workers, use_gpu=args.gpu, score_metric=args.metric,
-    )
-    r = run_train(args.data, args.out, cfg, args.name)
+    model = ModelConfig(backbone=args.backbone or get_task(args.task).default_backbone,
+                        **_given(args, arch="arch", weights="weights", dropout="dropout"),
+                        freeze_features=args.freeze_features)
+    return TrainConfig(task=args.task, model=model, augment=AugmentConfig(**_given(args, strength="augment")),
+                       **_given(args, epochs="epochs", batch_size="batch_size", lr="lr", weight_decay="weight_decay",
+                                input_size="input_size", num_workers="workers", score_metric="metric"),
+                       use_gpu=args.gpu)
+
+
+def _cmd_train(args) -> int:
+    from strokeray.stages.train import run_train
+
+    r = run_train(_shards_of(args), args.out, train_config(args), args.name)
     print(json.dumps({"bundle": r.bundle, "best": r.best_metrics}, default=str))
     return 0
+
+
+def _workers_argument(p, help: str) -> None:
+    p.add_argument("--workers", type=int, help=help)
+    p.add_argument("--workers-per-trial", type=int, dest="workers", action=_Deprecated, use="use --workers",
+                   help=argparse.SUPPRESS)
 
 
 def _add_tune(sub) -> None:
@@ -281,31 +331,32 @@ def _add_tune(sub) -> None:
         description="Each trial trains with Ray Train (a TorchTrainer per trial); ASHA stops weak trials "
         "early on the validation metric. The best trial's best checkpoint becomes a new registry "
         "version (with the search's results table) and, when it beats the current one, the current "
-        "best. Running again with the same OUT and NAME resumes an interrupted search.",
+        "best. Running again with the same OUT and NAME resumes an interrupted search. " + CONFIG_DEFAULTS,
     )
-    p.add_argument("task", choices=("classify", "segment"))
-    p.add_argument("--data", required=True, help="an ingest output folder (with shards/ and card.json)")
-    p.add_argument("--out", default="runs/tune", help="storage path of searches (local or s3://)")
+    p.add_argument("task", choices=TASK_NAMES)
+    _shards_argument(p)
+    p.add_argument("--out", default="runs/tune", help="storage path of searches (local or s3://; default runs/tune)")
     p.add_argument("--name", help="search name (default TASK-search); reuse it to resume")
     p.add_argument("--registry", default="runs/registry", help="model registry folder or URL (default runs/registry)")
     p.add_argument("--space", help="search-space overrides as a JSON file or inline JSON: backbones, lr [lo, hi], "
                    "weight_decay, batch_size, augment, input_size, seg_loss [[dice, ce, focal], ...]")
     p.add_argument("--backbones", help="comma-separated backbones / encoders to compare (overrides --space)")
-    p.add_argument("--samples", type=int, default=2, help="trials per backbone (default 2)")
-    p.add_argument("--max-epochs", type=int, default=8, help="epochs of a trial that is never stopped (default 8)")
-    p.add_argument("--grace-period", type=int, default=2, help="ASHA: epochs before a trial can be stopped")
-    p.add_argument("--reduction-factor", type=int, default=2, help="ASHA: keep 1/N of the trials at each rung")
+    p.add_argument("--samples", type=int, help="trials per backbone")
+    p.add_argument("--max-epochs", type=int, help="epochs of a trial that is never stopped")
+    p.add_argument("--grace-period", type=int, help="ASHA: epochs before a trial can be stopped")
+    p.add_argument("--reduction-factor", type=int, help="ASHA: keep 1/N of the trials at each rung")
     p.add_argument("--metric", help="validation metric to maximise (default val_accuracy / val_competition_iou; "
                    "e.g. val_auc, val_patient_auc, val_mean_lesion_iou)")
-    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (GPUs per trial with --gpu)")
+    _workers_argument(p, "Ray Train workers per trial (GPUs per trial with --gpu)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int)
     p.add_argument("--overwrite", action="store_true", help="discard a search of the same name made with other settings")
     p.set_defaults(func=_cmd_tune)
 
 
-def _cmd_tune(args) -> int:
-    from strokeray.stages.tune import SearchConfig, SearchSpace, run_search
+def search_config(args):
+    """The SearchConfig that `strokeray tune` arguments describe."""
+    from strokeray.stages.tune import SearchConfig, SearchSpace
 
     space = SearchSpace()
     if args.space:
@@ -316,10 +367,17 @@ def _cmd_tune(args) -> int:
                 space = SearchSpace.from_json(fh.read())
     if args.backbones:
         space = dataclasses.replace(space, backbones=tuple(b.strip() for b in args.backbones.split(",") if b.strip()))
-    cfg = SearchConfig(task=args.task, space=space, samples=args.samples, max_epochs=args.max_epochs,
-                       grace_period=args.grace_period, reduction_factor=args.reduction_factor, metric=args.metric,
-                       workers_per_trial=args.workers_per_trial, use_gpu=args.gpu, seed=args.seed)
-    r = run_search(args.data, args.out, cfg, args.name, registry=args.registry, overwrite=args.overwrite)
+    return SearchConfig(task=args.task, space=space, use_gpu=args.gpu,
+                        **_given(args, samples="samples", max_epochs="max_epochs", grace_period="grace_period",
+                                 reduction_factor="reduction_factor", metric="metric", workers_per_trial="workers",
+                                 seed="seed"))
+
+
+def _cmd_tune(args) -> int:
+    from strokeray.stages.tune import run_search
+
+    r = run_search(_shards_of(args), args.out, search_config(args), args.name, registry=args.registry,
+                   overwrite=args.overwrite)
     print(json.dumps({"search": r.path, "version": r.version, "bundle": r.bundle, "current": r.current,
                       "resumed": r.resumed, "reused": r.reused, "best": r.best}, default=str))
     return 0
@@ -333,37 +391,48 @@ def _add_score(sub) -> None:
         "on every slice and the segmenter on the positive ones in an actor pool, and write "
         "OUT/slices.parquet, studies.parquet, submission.csv, quarantine.parquet, summary.json (and "
         "overlays/ with --overlays). Models default to the registry's current best. Re-running the same "
-        "command continues an interrupted run and rewrites nothing once it is complete.",
+        "command continues an interrupted run and rewrites nothing once it is complete. " + CONFIG_DEFAULTS,
     )
     p.add_argument("src", help="archive: folder, zip/tar, folder of archives or URL")
-    p.add_argument("--out", required=True, help="output folder or URL")
+    p.add_argument("out", nargs="?", help="output folder or URL")
+    p.add_argument("--out", dest="out_old", action=_Deprecated, use="pass OUT as the second positional argument",
+                   help=argparse.SUPPRESS)
     p.add_argument("--classifier", help="classifier bundle (default: the registry's current best)")
     p.add_argument("--segmenter", help="segmenter bundle (default: the registry's current best)")
     p.add_argument("--no-segmenter", action="store_true", help="classify only")
     p.add_argument("--registry", default="runs/registry", help="model registry (default runs/registry)")
-    p.add_argument("--threshold", type=float, default=None,
+    p.add_argument("--threshold", type=float,
                    help="stroke probability threshold (default: the classifier bundle's, chosen on validation)")
-    p.add_argument("--batch-size", type=int, default=16, help="slices per model call (default 16)")
+    p.add_argument("--batch-size", type=int, help="slices per model call")
     p.add_argument("--actors", type=int, help="scoring actors (default: one per GPU with --gpu, else 1)")
     p.add_argument("--gpu", action="store_true", help="one GPU per scoring actor")
-    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs each scoring actor reserves (default 1)")
+    p.add_argument("--cpus-per-actor", type=float, help="CPUs each scoring actor reserves")
     p.add_argument("--threads-per-actor", type=int, help="torch threads of a CPU actor (default: the CPUs / actors)")
     p.add_argument("--overlays", action="store_true", help="write PNG overlays of positive slices")
-    p.add_argument("--files-per-chunk", type=int, default=1000, help="files per resumable chunk (default 1000)")
+    p.add_argument("--files-per-chunk", type=int, help="files per resumable chunk")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     p.add_argument("--overwrite", action="store_true",
                    help="discard scores in OUT made with other inputs, models or settings (only strokeray's own files)")
     p.set_defaults(func=_cmd_score)
 
 
-def _cmd_score(args) -> int:
-    from strokeray.stages.score import ScoreConfig, run_score
+def score_config(args):
+    """The ScoreConfig that `strokeray score` arguments describe."""
+    from strokeray.stages.score import ScoreConfig
 
-    cfg = ScoreConfig(threshold=args.threshold, batch_size=args.batch_size, actors=args.actors, use_gpu=args.gpu,
-                      cpus_per_actor=args.cpus_per_actor, threads_per_actor=args.threads_per_actor,
-                      overlays=args.overlays,
-                      files_per_chunk=args.files_per_chunk, num_cpus=args.num_cpus, overwrite=args.overwrite)
-    s = run_score(args.src, args.out, args.classifier, args.segmenter, args.registry, cfg,
+    return ScoreConfig(**_given(args, threshold="threshold", batch_size="batch_size", actors="actors",
+                                cpus_per_actor="cpus_per_actor", threads_per_actor="threads_per_actor",
+                                files_per_chunk="files_per_chunk", num_cpus="num_cpus"),
+                       use_gpu=args.gpu, overlays=args.overlays, overwrite=args.overwrite)
+
+
+def _cmd_score(args) -> int:
+    from strokeray.stages.score import run_score
+
+    out = args.out or args.out_old
+    if not out:
+        raise ValueError("OUT (the output folder) is required")
+    s = run_score(args.src, out, args.classifier, args.segmenter, args.registry, score_config(args),
                   segment=not args.no_segmenter)
     print(json.dumps(dataclasses.asdict(s)))
     return 0
@@ -377,7 +446,7 @@ def _add_evaluate(sub) -> None:
         "ROC AUC. Segmenter: per-class IoU and Dice, mean lesion IoU, competition IoU.",
     )
     p.add_argument("bundle", help="a model bundle folder")
-    p.add_argument("--data", required=True, help="an ingest output folder")
+    _shards_argument(p)
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--out", help="also write the metrics to this JSON file")
     p.add_argument("--predictions", help="also write one row per slice to this Parquet file")
@@ -387,7 +456,7 @@ def _add_evaluate(sub) -> None:
 def _cmd_evaluate(args) -> int:
     from strokeray.stages.evaluate import run_evaluate
 
-    r = run_evaluate(args.bundle, args.data, args.split, out=args.out, predictions=args.predictions)
+    r = run_evaluate(args.bundle, _shards_of(args), args.split, out=args.out, predictions=args.predictions)
     print(json.dumps({"task": r.task, "split": r.split, "slices": r.slices, "metrics": r.metrics}))
     return 0
 
@@ -403,15 +472,15 @@ def _add_pipeline(sub) -> None:
     p.add_argument("--out", default="runs/demo", help="run folder, local or s3:// (default runs/demo)")
     p.add_argument("--src", help="ingest this archive instead of generating the demo (folder, zip/tar, s3://...)")
     p.add_argument("--score-src", help="score this archive (default: the ingested one)")
-    p.add_argument("--patients", type=int, default=24, help="phantom patients in the demo archive (default 24)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the demo archive")
+    p.add_argument("--patients", type=int, help="phantom patients in the demo archive (default 24)")
+    p.add_argument("--seed", type=int, help="random seed of the demo archive")
     p.add_argument("--samples", type=int, help="trials per backbone in each search (default 2)")
     p.add_argument("--max-epochs", type=int, help="epochs per trial (default 10 classifier, 12 segmenter)")
     p.add_argument("--backbones", help="classifier backbones to search, comma-separated (default resnet18)")
     p.add_argument("--encoders", help="segmenter encoders to search, comma-separated (default resnet18)")
     p.add_argument("--input-size", type=int, help="model input size in pixels (default 128)")
     p.add_argument("--gpu", action="store_true", help="train and score on GPUs (one per trial worker / actor)")
-    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (default 1)")
+    _workers_argument(p, "Ray Train workers per trial (default 1)")
     p.add_argument("--no-preview", action="store_true", help="skip the preview images")
     p.add_argument("--no-report", action="store_true", help="skip the report")
     p.set_defaults(func=_cmd_pipeline)
@@ -423,7 +492,7 @@ def _pipeline_search(base, args, backbones: str | None):
         space = dataclasses.replace(space, backbones=tuple(b.strip() for b in backbones.split(",") if b.strip()))
     if args.input_size:
         space = dataclasses.replace(space, input_size=(args.input_size,))
-    cfg = dataclasses.replace(base, space=space, use_gpu=args.gpu, workers_per_trial=args.workers_per_trial)
+    cfg = dataclasses.replace(base, space=space, use_gpu=args.gpu, **_given(args, workers_per_trial="workers"))
     if args.samples:
         cfg = dataclasses.replace(cfg, samples=args.samples)
     if args.max_epochs:
@@ -433,14 +502,13 @@ def _pipeline_search(base, args, backbones: str | None):
 
 def pipeline_config(args):
     """The PipelineConfig that `strokeray pipeline` arguments describe."""
-    from strokeray.datasets.synth import SynthConfig
     from strokeray.stages.pipeline import PipelineConfig
     from strokeray.stages.score import ScoreConfig
 
     base = PipelineConfig()
     return PipelineConfig(
         out=args.out, src=args.src, score_src=args.score_src,
-        synth=SynthConfig(patients=args.patients, seed=args.seed, bad_files=True),
+        synth=dataclasses.replace(base.synth, **_given(args, patients="patients", seed="seed")),
         preview=None if args.no_preview else base.preview,
         classify=_pipeline_search(base.classify, args, args.backbones),
         segment=_pipeline_search(base.segment, args, args.encoders),

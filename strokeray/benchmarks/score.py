@@ -49,17 +49,17 @@ def make_bundles(root: Path, seg_encoder: str = "resnet18") -> tuple[str, str]:
     from strokeray.imaging.views import PreprocessConfig
     from strokeray.learn.bundle import save_bundle
     from strokeray.learn.models import ModelConfig, build_model
+    from strokeray.learn.tasks import CLASSIFY, SEGMENT
 
     pre = PreprocessConfig()
     out = []
-    for task, backbone, size in (("classify", "resnet18", 224), ("segment", seg_encoder, 256)):
+    for task, backbone, size in ((CLASSIFY, "resnet18", 224), (SEGMENT, seg_encoder, 256)):
         torch.manual_seed(0)
-        cfg = ModelConfig(task=task, backbone=backbone, num_classes=2 if task == "classify" else 3,
-                          in_channels=len(pre.windows))
-        path = root / task
+        cfg = ModelConfig(task=task.name, backbone=backbone, num_classes=task.num_classes, in_channels=len(pre.windows))
+        path = root / task.name
         if not (path / "model.json").exists():
             save_bundle(str(path), build_model(cfg), cfg, {
-                "task": task, "input_size": size, "windows": [w.__dict__ for w in pre.windows],
+                "task": task.name, "input_size": size, "windows": [w.__dict__ for w in pre.windows],
                 "preprocess": pre.to_dict()})
         out.append(str(path))
     return out[0], out[1]

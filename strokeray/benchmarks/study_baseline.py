@@ -41,6 +41,8 @@ def study_preprocess(path: str, workdir: str, size: int = 224) -> np.ndarray:
     png = os.path.join(workdir, os.path.basename(path) + ".png")
     plt.imsave(png, brain, cmap="gray")
     img = cv2.imread(png)
+    if img is None:
+        raise OSError(f"OpenCV cannot read {png}")
     grey = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
     _, thresh = cv2.threshold(grey, 1, 255, cv2.THRESH_BINARY)
     contours, _ = cv2.findContours(thresh, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)

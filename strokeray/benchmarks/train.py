@@ -11,7 +11,6 @@ accuracy >= 0.95.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -22,6 +21,7 @@ import numpy as np
 from strokeray.benchmarks.ingest import machine
 from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.models import ModelConfig
+from strokeray.learn.tasks import CLASSIFY, SEGMENT, get_task
 from strokeray.stages.train import TrainConfig
 
 
@@ -38,17 +38,17 @@ class QualityRun:
     augment: float
 
     def train_config(self, workers: int) -> TrainConfig:
-        return TrainConfig(task=self.task, model=ModelConfig(task=self.task, backbone=self.backbone),
+        return TrainConfig(task=self.task, model=ModelConfig(backbone=self.backbone),
                            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                            input_size=self.input_size, augment=AugmentConfig(strength=self.augment),
                            num_workers=workers)
 
 
 QUALITY_RUNS = (
-    QualityRun("segment", "resnet18", 128, epochs=12, batch_size=8, lr=1e-3, augment=0.5),
-    QualityRun("classify", "resnet18", 128, epochs=30, batch_size=8, lr=3e-4, augment=0.5),
+    QualityRun(SEGMENT.name, "resnet18", 128, epochs=12, batch_size=8, lr=1e-3, augment=0.5),
+    QualityRun(CLASSIFY.name, "resnet18", 128, epochs=30, batch_size=8, lr=3e-4, augment=0.5),
 )
-TARGETS = {"segment": ("mean_lesion_iou", 0.70), "classify": ("slice_accuracy", 0.95)}
+TARGETS = {SEGMENT.name: ("mean_lesion_iou", 0.70), CLASSIFY.name: ("slice_accuracy", 0.95)}
 
 
 @dataclass
@@ -79,23 +79,14 @@ def phantom_shards(workdir: Path, patients: int = 40, slices: int = 6, size: int
 
 def training_rows(shards: str, task: str) -> dict[str, np.ndarray]:
     """The task's training split as in-memory numpy arrays (what the plain loop iterates)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    from strokeray.datasets.shard_set import ShardSet
     from strokeray.io.shard_schema import tensor_array
-    from strokeray.learn.steps import IMAGE_COLUMN, TARGET_COLUMN
-    from strokeray.stages.train import split_rows
 
-    pre = json.loads(Path(shards, "card.json").read_text())["config"]["records"]["preprocess"]
-    size = pre["classification" if task == "classify" else "segmentation"]["size"]
-    image, target = IMAGE_COLUMN[task], TARGET_COLUMN[task]
-    columns = [image, "split", "label", "has_mask", "lesion"] + (["seg_mask"] if task == "segment" else [])
-    table = pa.concat_tables([split_rows(pq.read_table(p, columns=columns), "train", task)
-                              for p in sorted(Path(shards, "shards").glob("*.parquet"))])
-    out = {image: tensor_array(table[image], (len(pre["windows"]), size, size))}
-    out[target] = (tensor_array(table[target], (size, size)) if task == "segment"
-                   else np.asarray(table[target], dtype=np.int64))
-    return out
+    t, data = get_task(task), ShardSet.open(shards)
+    size = data.view_size(t.view)
+    table = data.rows("train", t)
+    return {t.image_column: tensor_array(table[t.image_column], (len(data.preprocess.windows), size, size)),
+            t.target_column: t.targets(table[t.target_column], size)}
 
 
 def plain_loop(rows: dict[str, np.ndarray], cfg: TrainConfig, threads: int, epochs: int) -> float:
@@ -111,7 +102,7 @@ def plain_loop(rows: dict[str, np.ndarray], cfg: TrainConfig, threads: int, epoc
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        steps = TaskSteps(cfg.task, torch.device("cpu"), cfg.input_size, cfg.augment, cfg.seg_loss, seed=cfg.seed)
+        steps = TaskSteps(get_task(cfg.task), torch.device("cpu"), cfg.input_size, cfg.augment, cfg.seg_loss, seed=cfg.seed)
         n = len(next(iter(rows.values())))
         rng = np.random.default_rng(cfg.seed)
         rates = []
@@ -134,7 +125,7 @@ def throughput(shards: str, task: str, backbone: str, input_size: int, batch_siz
 
     from strokeray.stages.train import run_train
 
-    cfg = TrainConfig(task=task, model=ModelConfig(task=task, backbone=backbone), epochs=epochs,
+    cfg = TrainConfig(task=task, model=ModelConfig(backbone=backbone), epochs=epochs,
                       batch_size=batch_size, lr=1e-3, input_size=input_size, num_workers=1)
     runs = workdir / "throughput"
     shutil.rmtree(runs / task, ignore_errors=True)  # a fresh run, never a resume
@@ -145,8 +136,7 @@ def throughput(shards: str, task: str, backbone: str, input_size: int, batch_siz
     ray_rate = statistics.median(h["train_images_per_s"] for h in history[1:])
     threads = int(history[-1]["torch_threads"])
     rows = training_rows(shards, task)
-    model_cfg = replace(cfg.model, num_classes=2 if task == "classify" else 3,
-                        in_channels=rows[next(iter(rows))].shape[1])
+    model_cfg = replace(cfg.model, in_channels=rows[next(iter(rows))].shape[1])
     plain_rate = plain_loop(rows, replace(cfg, model=model_cfg), threads, epochs)
     out = {"model": f"{backbone}@{input_size}", "batch_size": batch_size, "train_images": len(rows[next(iter(rows))]),
            "epochs": epochs, "torch_threads": threads, "plain_images_per_s": plain_rate,
@@ -189,8 +179,8 @@ def run_train_benchmark(workdir: str, epochs: int = 4, quality_runs: bool = True
     shards = phantom_shards(root, log=lambda *_: None)
     bench = TrainBenchmark(machine=machine(), shards=shards)
     log(f"[bench] phantom shards {shards} on {bench.machine}")
-    bench.throughput["classify"] = throughput(shards, "classify", "resnet18", 128, 16, epochs, root, log)
-    bench.throughput["segment"] = throughput(shards, "segment", "resnet18", 128, 8, epochs, root, log)
+    for t, batch_size in ((CLASSIFY, 16), (SEGMENT, 8)):
+        bench.throughput[t.name] = throughput(shards, t.name, "resnet18", 128, batch_size, epochs, root, log)
     for task, r in bench.throughput.items():
         bench.targets_met[f"{task}: Ray Train >= 0.9 x plain loop"] = r["ratio"] >= 0.9
     if quality_runs:

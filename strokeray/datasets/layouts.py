@@ -229,7 +229,7 @@ def read_labels_csv(data: bytes, table: LabelsTable = LabelsTable(), source: str
         label = rec.get(table.label_col) or ""
         lesion = (rec.get(table.lesion_col) or "").strip()
         try:
-            value = {"label": parse_label(label) if label.strip() else None}
+            value: dict[str, int | str | None] = {"label": parse_label(label) if label.strip() else None}
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
         if lesion:

@@ -65,7 +65,7 @@ COMPRESSED_SYNTAXES = {
     "1.2.840.10008.1.2.4.202": "HTJ2K Lossless RPCL",
     "1.2.840.10008.1.2.4.203": "HTJ2K",
 }
-SUPPORTED_SYNTAXES = {**NATIVE_SYNTAXES, **COMPRESSED_SYNTAXES}
+SUPPORTED_SYNTAXES: dict[str, str] = {**{str(k): v for k, v in NATIVE_SYNTAXES.items()}, **COMPRESSED_SYNTAXES}
 
 # pydicom tries GDCM first. Measured on 512x512 CT (see the ingest benchmark): GDCM is the
 # fastest for JPEG 2000 (19 ms vs 28 ms for openjpeg) and pylibjpeg-rle already leads for RLE, but

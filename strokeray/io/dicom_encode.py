@@ -18,6 +18,7 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGLSLossless,
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     RLELossless,
     generate_uid,
 )
@@ -68,7 +69,7 @@ def encode_ct(hu: np.ndarray, header: CTHeader, syntax: str = "explicit", monoch
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = header.sop_uid
+    meta.MediaStorageSOPInstanceUID = UID(header.sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian if ts.is_compressed else ts
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
 

@@ -164,8 +164,8 @@ def _archive_members(fs, path: str, limits: SourceLimits) -> tuple[list[SourceEn
         address = member_uri(kind, name, uri) if why is None else None
         if why is None and address is None:
             why = "member name does not address this member unambiguously"
-        if why:
-            problems.append(SourceProblem(f"{kind}://{printable(name)}::{uri}", "unsafe_member", why))
+        if why or address is None:
+            problems.append(SourceProblem(f"{kind}://{printable(name)}::{uri}", "unsafe_member", str(why)))
             continue
         if size > limits.max_member_bytes or (packed > 0 and size / packed > limits.max_ratio and size > 1 << 20):
             problems.append(

@@ -43,7 +43,7 @@ class AugmentConfig:
 
 def _identity_grid(n: int, h: int, w: int, device, dtype) -> torch.Tensor:
     theta = torch.eye(2, 3, device=device, dtype=dtype).unsqueeze(0).expand(n, 2, 3)
-    return F.affine_grid(theta, (n, 1, h, w), align_corners=False)
+    return F.affine_grid(theta, [n, 1, h, w], align_corners=False)
 
 
 def _affine_theta(n: int, cfg: AugmentConfig, g: torch.Generator, device, dtype) -> torch.Tensor:
@@ -71,6 +71,12 @@ def _piecewise(coord: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
     return (lo + (t - k) * (hi - lo)).reshape(coord.shape)
 
 
+def _rot_flip(a: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """``a`` (C, H, W) or (H, W) turned k quarter turns, then mirrored left-right."""
+    a = torch.rot90(a, k, dims=(-2, -1))
+    return torch.flip(a, dims=(-1,)) if flip else a
+
+
 def augment_batch(
     images: torch.Tensor,
     masks: torch.Tensor | None = None,
@@ -88,21 +94,12 @@ def augment_batch(
     if h == w:
         k = torch.randint(0, 4, (n,), generator=g) * (torch.rand(n, generator=g) < cfg.p_rot90)
         flip = torch.rand(n, generator=g) < cfg.p_flip
-        xs, ms = [], []
-        for i in range(n):
-            xi = torch.rot90(x[i], int(k[i]), dims=(1, 2))
-            mi = torch.rot90(m[i], int(k[i]), dims=(0, 1)) if m is not None else None
-            if flip[i]:
-                xi = torch.flip(xi, dims=(2,))
-                mi = torch.flip(mi, dims=(1,)) if mi is not None else None
-            xs.append(xi)
-            ms.append(mi)
-        x = torch.stack(xs)
-        m = torch.stack(ms) if m is not None else None
+        x = torch.stack([_rot_flip(x[i], int(k[i]), bool(flip[i])) for i in range(n)])
+        m = torch.stack([_rot_flip(m[i], int(k[i]), bool(flip[i])) for i in range(n)]) if m is not None else None
     grid = _identity_grid(n, h, w, dev, dt)
     use_affine = (torch.rand(n, generator=g) < cfg.p_affine).to(dev)
     if use_affine.any():
-        affine = F.affine_grid(_affine_theta(n, cfg, g, dev, dt), (n, 1, h, w), align_corners=False)
+        affine = F.affine_grid(_affine_theta(n, cfg, g, dev, dt), [n, 1, h, w], align_corners=False)
         grid = torch.where(use_affine[:, None, None, None], affine, grid)
     use_elastic = (torch.rand(n, generator=g) < cfg.p_elastic).to(dev)
     if use_elastic.any():
@@ -121,7 +118,7 @@ def augment_batch(
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if m is not None:
             m = F.grid_sample(m[:, None].to(dt), grid, mode="nearest", padding_mode="zeros",
-                              align_corners=False)[:, 0].to(masks.dtype)
+                              align_corners=False)[:, 0].to(m.dtype)
     use_int = (torch.rand(n, generator=g) < cfg.p_intensity).to(dev)
     if use_int.any():
         c = x.shape[1]

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from strokeray.imaging.overlay import CLASS_NAMES
+
 
 @dataclass(frozen=True)
 class BinaryReport:
@@ -172,7 +174,7 @@ class SegmentationMeter:
     def competition_iou(self) -> float:
         return _ratio(self.comp_inter, self.comp_union)
 
-    def report(self, names: tuple[str, ...] = ("background", "ischemic", "hemorrhagic")) -> dict[str, float]:
+    def report(self, names: tuple[str, ...] = CLASS_NAMES) -> dict[str, float]:
         iou, dice = self.iou(), self.dice()
         out = {f"iou_{n}": float(v) for n, v in zip(names, iou)}
         out.update({f"dice_{n}": float(v) for n, v in zip(names, dice)})

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torchvision
 
 from strokeray.checks import check_positive, check_range
+from strokeray.learn.tasks import CLASSIFY, SEGMENT, get_task
 
 CLASSIFIER_BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "efficientnet_b0", "densenet121")
 SEGMENTER_ARCHS = ("unet", "unetplusplus", "deeplabv3plus")
@@ -22,11 +23,11 @@ SEGMENTER_ARCHS = ("unet", "unetplusplus", "deeplabv3plus")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    task: str = "classify"  # classify | segment
+    task: str = CLASSIFY.name  # a learn.tasks.TASKS name
     backbone: str = "vgg16"  # classifier backbone, or segmenter encoder
     arch: str = "unet"  # segmenter architecture
     in_channels: int = 3  # one per HU window
-    num_classes: int = 2  # 2 for classify (Non-Stroke / Stroke), 3 for segment
+    num_classes: int = CLASSIFY.num_classes  # the task's (TrainConfig fills it in)
     dropout: float = 0.5
     freeze_features: bool = False  # train the classifier head only
     weights: str | None = None
@@ -71,11 +72,12 @@ def _first_conv(module: nn.Module, in_channels: int) -> None:
         if isinstance(child, nn.Conv2d):
             if child.in_channels == in_channels:
                 return
-            new = nn.Conv2d(in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                            bias=child.bias is not None)
+            # torch stores kernel size, stride and padding as tuples its own signature does not name
+            shape: dict = {"kernel_size": child.kernel_size, "stride": child.stride, "padding": child.padding}
+            new = nn.Conv2d(in_channels, child.out_channels, **shape, bias=child.bias is not None)
             with torch.no_grad():
                 new.weight.copy_(child.weight.mean(1, keepdim=True).repeat(1, in_channels, 1, 1) * 3 / in_channels)
-                if child.bias is not None:
+                if child.bias is not None and new.bias is not None:
                     new.bias.copy_(child.bias)
             parent = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
             setattr(parent, name.rsplit(".", 1)[-1], new)
@@ -116,9 +118,12 @@ def build_segmenter(cfg: ModelConfig) -> nn.Module:
                            in_channels=cfg.in_channels, classes=cfg.num_classes)
 
 
+BUILDERS = {CLASSIFY.name: build_classifier, SEGMENT.name: build_segmenter}
+
+
 def build_model(cfg: ModelConfig) -> nn.Module:
     """A fresh model for ``cfg``; a local .safetensors ``weights`` file is loaded into it."""
-    model = build_classifier(cfg) if cfg.task == "classify" else build_segmenter(cfg)
+    model = BUILDERS[get_task(cfg.task).name](cfg)
     if cfg.weights and cfg.weights.endswith(".safetensors"):
         from safetensors.torch import load_file
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from strokeray.learn.bundle import load_bundle
+from strokeray.learn.tasks import CLASSIFY, SEGMENT, Task, get_task
 
 
 def bundle_version(path: str) -> str:
@@ -29,7 +30,7 @@ class BundlePredictor:
         self.device = torch.device(device)
         model, self.doc = load_bundle(path)
         self.model = model.to(self.device).eval()
-        self.task = self.doc["task"]
+        self.task = get_task(self.doc["task"])
         self.size = int(self.doc["input_size"])
         self.version = bundle_version(path)
         self.use_amp = self.device.type == "cuda"
@@ -46,18 +47,27 @@ class BundlePredictor:
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.use_amp):
             return self.model(x).float()
 
+    def predict(self, views: np.ndarray) -> np.ndarray:
+        """The task's outputs for uint8 views: P(stroke) per slice (float32), or a class per pixel
+        (uint8, at the views' size)."""
+        out = self.task.outputs(self._logits(views))
+        if not self.task.dense:
+            return out.astype(np.float32)
+        pred = torch.from_numpy(out)
+        if pred.shape[-1] != views.shape[-1]:
+            pred = F.interpolate(pred[:, None].float(), size=views.shape[-2:], mode="nearest")[:, 0]
+        return pred.to(torch.uint8).numpy()
+
+    def _expect(self, task: Task) -> None:
+        if self.task is not task:
+            raise ValueError(f"this bundle is a {self.task.name} model, not a {task.title.lower()}")
+
     def stroke_probability(self, cls_views: np.ndarray) -> np.ndarray:
         """P(stroke) per slice, float32 (N,)."""
-        if self.task != "classify":
-            raise ValueError(f"this bundle is a {self.task} model, not a classifier")
-        return self._logits(cls_views).softmax(1)[:, 1].cpu().numpy().astype(np.float32)
+        self._expect(CLASSIFY)
+        return self.predict(cls_views)
 
     def lesion_classes(self, seg_views: np.ndarray) -> np.ndarray:
         """Class per pixel (0 background, 1 ischemic, 2 hemorrhagic), uint8 (N, H, W) at the views' size."""
-        if self.task != "segment":
-            raise ValueError(f"this bundle is a {self.task} model, not a segmenter")
-        pred = self._logits(seg_views).argmax(1)
-        out = seg_views.shape[-1]
-        if pred.shape[-1] != out:
-            pred = F.interpolate(pred[:, None].float(), size=(out, out), mode="nearest")[:, 0]
-        return pred.to(torch.uint8).cpu().numpy()
+        self._expect(SEGMENT)
+        return self.predict(seg_views)

@@ -15,47 +15,20 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import update_bn
 
 from strokeray.learn.augment import AugmentConfig, augment_batch
-from strokeray.learn.losses import SegLossConfig, segmentation_loss
-from strokeray.learn.metrics import SegmentationMeter
+from strokeray.learn.losses import SegLossConfig
+from strokeray.learn.tasks import Task, get_task
 
-IMAGE_COLUMN = {"classify": "cls_image", "segment": "seg_image"}
-TARGET_COLUMN = {"classify": "label", "segment": "seg_mask"}
-
-
-class FitMeter:
-    """Quality of the training pass, from the logits each step computes anyway: accuracy for the
-    classifier, lesion IoU for the segmenter (on augmented batches, as Keras-style curves show)."""
-
-    def __init__(self, task: str) -> None:
-        self.task = task
-        self.correct = 0
-        self.seen = 0
-        self.seg = SegmentationMeter(3)
-
-    @torch.no_grad()
-    def update(self, logits: torch.Tensor, y: torch.Tensor) -> None:
-        pred = logits.argmax(1)
-        if self.task == "classify":
-            self.correct += int((pred == y).sum())
-            self.seen += len(y)
-        else:
-            self.seg.update(pred.cpu().numpy(), y.cpu().numpy())
-
-    def merge(self, other: "FitMeter") -> None:
-        self.correct += other.correct
-        self.seen += other.seen
-        self.seg.merge(other.seg)
-
-    def report(self) -> dict[str, float]:
-        if self.task == "classify":
-            return {"train_accuracy": self.correct / self.seen if self.seen else float("nan")}
-        rep = self.seg.report()
-        return {"train_mean_lesion_iou": rep["mean_lesion_iou"], "train_competition_iou": rep["competition_iou"]}
+def bn_buffers(m: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A BatchNorm's running mean, running variance and batch count (it must track them)."""
+    buffers = (m.running_mean, m.running_var, m.num_batches_tracked)
+    if not all(isinstance(b, torch.Tensor) for b in buffers):
+        raise ValueError(f"{m} does not track running statistics")
+    return buffers  # type: ignore[return-value]
 
 
 @dataclass
 class TaskSteps:
-    task: str  # classify | segment
+    task: Task  # (its name is accepted too)
     device: torch.device
     input_size: int | None = None  # resize the views (None: as stored)
     augment: AugmentConfig = AugmentConfig()
@@ -64,6 +37,7 @@ class TaskSteps:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self.task = get_task(self.task)  # a name given for the task
         self.generator = torch.Generator().manual_seed(self.seed)
         self.use_amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
@@ -78,32 +52,32 @@ class TaskSteps:
 
     def inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(images as float in [0, 1] at the input size, targets as long)."""
-        x = self._to_device(batch[IMAGE_COLUMN[self.task]]).float() / 255.0
-        y = self._to_device(batch[TARGET_COLUMN[self.task]]).long()
+        task = self.task
+        x = self._to_device(batch[task.image_column]).float() / 255.0
+        y = self._to_device(batch[task.target_column]).long()
         size = self.input_size
         if size and x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-            if self.task == "segment":
+            if task.dense:
                 y = F.interpolate(y[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
         return x, y
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.task == "classify":
-            return F.cross_entropy(logits.float(), y, weight=self._weights)
-        return segmentation_loss(logits, y, self.seg_loss)
+        return self.task.loss(logits, y, self._weights, self.seg_loss)
 
     def train_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict,
-                   meter: FitMeter | None = None) -> tuple[float, int]:
-        """Augment, forward, backward, step; returns (summed loss, images). ``meter`` sees the logits."""
+                   meter=None) -> tuple[float, int]:
+        """Augment, forward, backward, step; returns (summed loss, images). ``meter`` (the task's
+        fit meter) sees the outputs."""
         x, y = self.inputs(batch)
-        x, aug_y = augment_batch(x, y if self.task == "segment" else None, self.augment, self.generator)
-        if self.task == "segment":
+        x, aug_y = augment_batch(x, y if self.task.dense else None, self.augment, self.generator)
+        if aug_y is not None:
             y = aug_y
         with torch.autocast(self.device.type, enabled=self.use_amp):
             logits = model(x)
             loss = self.loss(logits, y)
         if meter is not None:
-            meter.update(logits.detach(), y)
+            meter.update(self.task.outputs(logits.detach()), y.cpu().numpy(), batch)
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(optimizer)
@@ -120,10 +94,10 @@ class TaskSteps:
         batches are turned into inputs under autocast, and with none the old statistics are kept
         (``update_bn`` would leave them reset). Returns the images seen.
         """
-        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        norms = [bn_buffers(m) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
         if not norms:
             return 0
-        saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+        saved = [tuple(b.clone() for b in buffers) for buffers in norms]
         seen = 0
 
         def images():
@@ -136,10 +110,9 @@ class TaskSteps:
         with torch.autocast(self.device.type, enabled=self.use_amp):
             update_bn(images(), model)
         if not seen:
-            for m, (mean, var, count) in zip(norms, saved):
-                m.running_mean.copy_(mean)
-                m.running_var.copy_(var)
-                m.num_batches_tracked.copy_(count)
+            for buffers, old in zip(norms, saved):
+                for b, o in zip(buffers, old):
+                    b.copy_(o)
         return seen
 
     @torch.no_grad()

@@ -12,10 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from strokeray.imaging.overlay import OVERLAY_RGB, paint_overlay  # noqa: E402
+from strokeray.imaging.overlay import CLASS_NAMES, HEMORRHAGIC, ISCHEMIC, OVERLAY_RGB, paint_overlay  # noqa: E402
 
-LESION_LEGEND = [Patch(color=np.asarray(OVERLAY_RGB[2]) / 255, label="hemorrhagic"),
-                 Patch(color=np.asarray(OVERLAY_RGB[1]) / 255, label="ischemic")]
+LESION_LEGEND = [Patch(color="#%02x%02x%02x" % OVERLAY_RGB[c], label=CLASS_NAMES[c]) for c in (HEMORRHAGIC, ISCHEMIC)]
 
 
 def _png(fig) -> bytes:
@@ -71,13 +70,13 @@ def trial_curves(trials: dict[str, list[dict]], key: str, label: str, title: str
     return _png(fig)
 
 
-def confusion_matrix(tp: int, fp: int, tn: int, fn: int, title: str) -> bytes:
+def confusion_matrix(tp: int, fp: int, tn: int, fn: int, title: str,
+                     names: tuple[str, ...] = ("negative", "positive")) -> bytes:
     """The 2x2 matrix, truth in rows and prediction in columns, with counts and row shares."""
     m = np.array([[tn, fp], [fn, tp]], dtype=float)
     share = m / np.maximum(m.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    names = ["non-stroke", "stroke"]
     ax.set_xticks([0, 1], names)
     ax.set_yticks([0, 1], names)
     ax.set_xlabel("predicted")
@@ -153,7 +152,7 @@ def lesion_examples(examples: list[tuple[np.ndarray, np.ndarray, np.ndarray, str
 def probability_histogram(probabilities: np.ndarray, threshold: float, title: str) -> bytes:
     """How the scored slices' stroke probabilities fall around the decision threshold."""
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    ax.hist(np.asarray(probabilities, dtype=float), bins=np.linspace(0, 1, 21), color="#4c72b0")
+    ax.hist(np.asarray(probabilities, dtype=float), bins=[i / 20 for i in range(21)], color="#4c72b0")
     ax.axvline(threshold, color="red", linestyle="--", label=f"threshold {threshold:.2f}")
     ax.set_xlabel("stroke probability")
     ax.set_ylabel("slices")

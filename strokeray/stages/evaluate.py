@@ -16,9 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from strokeray.datasets.shard_set import ShardSet
 from strokeray.io.shard_schema import tensor_array
-from strokeray.learn.metrics import SegmentationMeter, binary_report, patient_level
-from strokeray.stages.train import shards_version, split_rows
 
 
 class EmptySplitError(ValueError):
@@ -33,66 +32,55 @@ class EvaluationResult:
     metrics: dict
 
 
+def prediction_rows(task, part, outputs: np.ndarray, truth: np.ndarray) -> dict[str, list]:
+    """The per-slice prediction columns of one batch (no pixels: segmenter masks as RLE)."""
+    from strokeray.imaging.rle import encode_rle
+
+    rows: dict[str, list] = {"id": part["id"].to_pylist()}
+    if not task.dense:
+        rows.update(patient=part["patient"].to_pylist(), label=truth.tolist(), probability=outputs.tolist())
+        return rows
+    rows.update(lesion=part["lesion"].to_pylist(), mask_rle=[encode_rle(m) for m in outputs])
+    for c, name in list(enumerate(task.class_names))[1:]:
+        rows[f"true_{name}_pixels"] = (truth == c).reshape(len(outputs), -1).sum(1).tolist()
+        rows[f"pred_{name}_pixels"] = (outputs == c).reshape(len(outputs), -1).sum(1).tolist()
+    return rows
+
+
 def run_evaluate(bundle: str, shards: str, split: str = "test", batch_size: int = 32, out: str | None = None,
                  predictions: str | None = None, log=print) -> EvaluationResult:
     """Metrics of ``bundle`` on ``split``; written as JSON to ``out`` when given, and one row per
     slice to the Parquet file ``predictions`` (classifier: id, patient, label, probability;
     segmenter: id, lesion, predicted mask as RLE, truth and predicted lesion pixels)."""
-    from strokeray.imaging.rle import encode_rle
     from strokeray.learn.predict import BundlePredictor
 
     predictor = BundlePredictor(bundle)
-    doc, task = predictor.doc, predictor.task
-    channels = len(doc["windows"])
-    view = doc["preprocess"]["classification" if task == "classify" else "segmentation"]["size"]
-    image = "cls_image" if task == "classify" else "seg_image"
-    columns = [image, "id", "split"] + (["label", "patient"] if task == "classify" else ["seg_mask", "has_mask", "lesion"])
-    fs, base = fsspec.core.url_to_fs(shards)
-    probs, labels, patients = [], [], []
-    meter = SegmentationMeter(3)
-    rows: dict[str, list] = {}
-    n = 0
-    for path in sorted(fs.glob(f"{base.rstrip('/')}/shards/*.parquet")):
-        with fs.open(path, "rb") as fh:
-            table = pq.read_table(fh, columns=columns)
-        table = split_rows(table, split, task)
+    task, data = predictor.task, ShardSet.open(shards)
+    size = predictor.doc["preprocess"][task.view]["size"]  # the bundle's view (masks are scored at it)
+    shape = (len(predictor.doc["windows"]), size, size)
+    meter = task.val_meter(threshold=predictor.threshold if not task.dense else None)
+    columns: dict[str, list] = {}
+    for table in data.tables([task.image_column, "id", "split", *task.truth_columns]):
+        table = task.rows(table, split)
         for start in range(0, table.num_rows, batch_size):
             part = table.slice(start, batch_size)
-            views = tensor_array(part[image], (channels, view, view))
-            n += part.num_rows
-            rows.setdefault("id", []).extend(part["id"].to_pylist())
-            if task == "classify":
-                probs.append(predictor.stroke_probability(views))
-                labels.append(np.asarray(part["label"]))
-                patients.append(np.asarray(part["patient"]))
-            else:  # scored at the stored mask's resolution
-                pred, truth = predictor.lesion_classes(views), tensor_array(part["seg_mask"], (view, view))
-                meter.update(pred, truth)
-                rows.setdefault("lesion", []).extend(part["lesion"].to_pylist())
-                rows.setdefault("mask_rle", []).extend(encode_rle(m) for m in pred)
-                for c, name in ((1, "ischemic"), (2, "hemorrhagic")):
-                    rows.setdefault(f"true_{name}_pixels", []).extend((truth == c).reshape(len(pred), -1).sum(1).tolist())
-                    rows.setdefault(f"pred_{name}_pixels", []).extend((pred == c).reshape(len(pred), -1).sum(1).tolist())
+            outputs = predictor.predict(tensor_array(part[task.image_column], shape))
+            truth = task.targets(part[task.target_column], size)
+            meter.update(outputs, truth, {"patient": np.asarray(part["patient"]) if "patient" in part.column_names
+                                          else None})
+            for k, v in prediction_rows(task, part, outputs, truth).items():
+                columns.setdefault(k, []).extend(v)
+    n = len(columns.get("id", []))
     if n == 0:
-        raise EmptySplitError(f"{shards} has no {split} slices with a truth for the {task} task")
-    if task == "classify":
-        prob, lab, pat = np.concatenate(probs), np.concatenate(labels), np.concatenate(patients)
-        rows.update(patient=pat.tolist(), label=lab.tolist(), probability=prob.tolist())
-        metrics = binary_report(lab, prob, predictor.threshold).as_dict("slice_")
-        plab, pprob = patient_level(pat, lab, prob)
-        metrics.update(binary_report(plab, pprob, predictor.threshold).as_dict("patient_"))
-        metrics["threshold"] = predictor.threshold
-    else:
-        metrics = meter.report()
-    result = EvaluationResult(task=task, split=split, slices=n, metrics=metrics)
+        raise EmptySplitError(f"{shards} has no {split} slices with a truth for the {task.name} task")
+    result = EvaluationResult(task=task.name, split=split, slices=n, metrics=meter.report(""))
     if predictions:
         with fsspec.open(predictions, "wb") as fh:
-            pq.write_table(pa.table(rows), fh)
+            pq.write_table(pa.table(columns), fh)
     if out:
         with fsspec.open(out, "w") as fh:
             json.dump({"bundle": bundle, "bundle_version": predictor.version, "shards": shards,
-                       "shards_version": shards_version(shards), **result.__dict__}, fh, indent=2)
-    key = ("slice_accuracy", "slice_auc", "patient_accuracy", "patient_auc") if task == "classify" else (
-        "mean_lesion_iou", "competition_iou")
-    log(f"[evaluate] {task} on {split} ({n} slices): " + ", ".join(f"{k}={metrics[k]:.3f}" for k in key))
+                       "shards_version": data.version, **result.__dict__}, fh, indent=2)
+    log(f"[evaluate] {task.name} on {split} ({n} slices): "
+        + ", ".join(f"{k}={result.metrics[k]:.3f}" for k in task.headline))
     return result

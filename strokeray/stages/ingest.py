@@ -134,7 +134,7 @@ def run_chunk(index: int, table: pa.Table, out: str, run: str, cfg: IngestConfig
     step = max(1, min(cfg.files_per_task, -(-table.num_rows // (2 * cpus))))
     blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)]
     ds = ray.data.from_arrow(blocks).map_batches(
-        process_batch,
+        process_batch,  # type: ignore[arg-type]  # fn_kwargs fill in the rest
         batch_size=None,
         batch_format="pyarrow",
         fn_kwargs={"records_cfg": cfg.records, "quarantine_dir": f"{run_dir}/quarantine/{tag}"},

@@ -180,6 +180,27 @@ def check_source(src: str) -> None:
         raise FileNotFoundError(f"no such input: {src}")
 
 
+def _group_and_split(rows: list, previous: pa.Table | None, cfg: ManifestConfig, num_cpus: int | None) -> None:
+    """Give every row its patient group (unchanged objects keep the last manifest's) and its split."""
+    known: dict[tuple[str, str], tuple[str, str]] = {}
+    if previous is not None:
+        prev = previous.select(["uri", "stamp", "group", "group_rule"]).to_pydict()
+        known = {(u, s): (g, r) for u, s, g, r in zip(prev["uri"], prev["stamp"], prev["group"], prev["group_rule"])}
+    _fill_dicom_groups(rows, known, num_cpus)
+    for r in rows:
+        if not r.group:  # no patient known: the file is its own group (it cannot leak anyway)
+            r.group, r.group_rule = pseudonym(r.name, "file"), "file"
+    strata: dict[str, int] = {}
+    layout_splits: dict[str, str] = {}
+    for r in rows:
+        strata[r.group] = max(strata.get(r.group, -1), r.label)
+        if r.layout_split:
+            layout_splits.setdefault(r.group, r.layout_split)
+    splits = assign_splits(strata, cfg.split, layout_splits)
+    for r in rows:
+        r.split = splits[r.group]
+
+
 def build_manifest(src: str, out: str, cfg: ManifestConfig = ManifestConfig(), log=print,
                    files_per_chunk: int = 1000, num_cpus: int | None = None) -> Manifest:
     """List, label, group, split and chunk ``src``; the last manifest in ``out`` supplies the
@@ -198,28 +219,12 @@ def build_manifest(src: str, out: str, cfg: ManifestConfig = ManifestConfig(), l
     if labels is not None and labelled.labels_matched < len(labelled.rows):
         log(f"[manifest] labels CSV matched {labelled.labels_matched} of {len(labelled.rows)} objects")
     rows = labelled.rows
-    known: dict[tuple[str, str], tuple[str, str]] = {}
-    if previous is not None:
-        prev = previous.select(["uri", "stamp", "group", "group_rule"]).to_pydict()
-        known = {(u, s): (g, r) for u, s, g, r in zip(prev["uri"], prev["stamp"], prev["group"], prev["group_rule"])}
-    _fill_dicom_groups(rows, known, num_cpus)
-    for r in rows:
-        if not r.group:  # no patient known: the file is its own group (it cannot leak anyway)
-            r.group, r.group_rule = pseudonym(r.name, "file"), "file"
-    strata: dict[str, int] = {}
-    layout_splits: dict[str, str] = {}
-    for r in rows:
-        strata[r.group] = max(strata.get(r.group, -1), r.label)
-        if r.layout_split:
-            layout_splits.setdefault(r.group, r.layout_split)
-    splits = assign_splits(strata, cfg.split, layout_splits)
-    for r in rows:
-        r.split = splits[r.group]
+    _group_and_split(rows, previous, cfg, num_cpus)
     records = [asdict(r) for r in rows]
     keys = [_row_key(rec) for rec in records]
     listing_digest = _digest_of(keys)
     problems = [{"source": p.source, "stage": "list", "reason": p.reason, "detail": p.detail} for p in listing.problems]
-    if meta is not None and meta.get("listing") == listing_digest and meta.get("problems") == problems:
+    if meta is not None and previous is not None and meta.get("listing") == listing_digest and meta.get("problems") == problems:
         log(f"[manifest] reusing {out}/manifest.parquet ({previous.num_rows} objects, unchanged)")
         return Manifest(previous, meta["layout"], meta["problems"], meta["skipped"], meta["shadowed"], digest,
                         listing_digest)

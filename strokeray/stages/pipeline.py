@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 
 import fsspec
 
+from strokeray.datasets.shard_set import ShardSet
 from strokeray.datasets.synth import SynthConfig
+from strokeray.learn.tasks import CLASSIFY, SEGMENT, Task
 from strokeray.stages.ingest import IngestConfig, IngestSummary, run_ingest
 from strokeray.stages.preview import PreviewConfig, run_preview
-from strokeray.stages.run_layout import TASKS, RunLayout
+from strokeray.stages.run_layout import RunLayout
 from strokeray.stages.score import ScoreConfig, ScoreSummary
 from strokeray.stages.stage_dir import StageDir
 from strokeray.stages.synth import run_synth
@@ -27,13 +29,13 @@ from strokeray.stages.tune import SearchConfig, SearchSpace
 
 # Small searches that learn the phantoms: one backbone, two sampled settings each, at 128 px.
 DEMO_CLASSIFY = SearchConfig(
-    task="classify",
+    task=CLASSIFY.name,
     space=SearchSpace(backbones=("resnet18",), lr=(3e-4, 1.5e-3), weight_decay=(1e-4,), batch_size=(8,),
                       augment=(0.5,), input_size=(128,)),
     samples=2, max_epochs=10, grace_period=5,
 )
 DEMO_SEGMENT = SearchConfig(
-    task="segment",
+    task=SEGMENT.name,
     space=SearchSpace(backbones=("resnet18",), lr=(7e-4, 2e-3), weight_decay=(1e-4,), batch_size=(8,),
                       augment=(0.5,), input_size=(128,), seg_loss=((1.0, 1.0, 0.0), (1.0, 0.5, 0.5))),
     samples=2, max_epochs=12, grace_period=6,
@@ -61,6 +63,9 @@ class PipelineConfig:
     score: ScoreConfig = field(default_factory=lambda: ScoreConfig(overlays=True))
     report: bool = True
 
+    def search(self, task: Task) -> SearchConfig:
+        return {CLASSIFY: self.classify, SEGMENT: self.segment}[task]
+
 
 @dataclass
 class PipelineResult:
@@ -85,43 +90,40 @@ def demo_archive(layout: RunLayout, cfg: SynthConfig, log=print) -> bool:
     return False
 
 
-def evaluate_once(bundle: str, layout: RunLayout, task: str, log=print) -> dict:
+def evaluate_once(bundle: str, layout: RunLayout, task: Task, log=print) -> dict:
     """Test-split metrics of ``bundle``, computed unless the stored ones are of the same weights on
     the same shards ({} when the test split holds nothing to score the task on)."""
     from strokeray.learn.predict import bundle_version
     from strokeray.stages.evaluate import EmptySplitError, run_evaluate
-    from strokeray.stages.train import shards_version
 
     fs, path = fsspec.core.url_to_fs(layout.evaluation(task))
     version = bundle_version(bundle)
     if fs.exists(path) and fs.exists(fsspec.core.url_to_fs(layout.predictions(task))[1]):
         with fs.open(path, "r") as fh:
             done = json.load(fh)
-        if done.get("bundle_version") == version and done.get("shards_version") == shards_version(layout.shards):
-            log(f"[evaluate] {task}: reusing {layout.evaluation(task)}")
+        if done.get("bundle_version") == version and done.get("shards_version") == ShardSet.open(layout.shards).version:
+            log(f"[evaluate] {task.name}: reusing {layout.evaluation(task)}")
             return done["metrics"]
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     try:
         result = run_evaluate(bundle, layout.shards, "test", out=layout.evaluation(task),
                               predictions=layout.predictions(task), log=log)
     except EmptySplitError as err:
-        log(f"[evaluate] {task}: skipped, {err}")
+        log(f"[evaluate] {task.name}: skipped, {err}")
         return {}
     return result.metrics
 
 
-def trainable_tasks(shards: str) -> list[str]:
+def trainable_tasks(shards: str) -> list[Task]:
     """The tasks the shards can train: the classifier needs labelled training slices, the
     segmenter annotated ones (masks); a classification-only archive gets a classifier only."""
-    from strokeray.stages.train import read_card
-
-    card = read_card(shards)
+    card = ShardSet.open(shards).card
     train = card["per_split"].get("train", {})
     labelled = sum(n for k, n in train.get("label", {}).items() if int(k) >= 0)
     if not labelled:
         raise ValueError(f"{shards}: no labelled training slices, nothing to train (label the archive with "
                          "`strokeray ingest --labels`, or score it with a registry: `strokeray score`)")
-    return ["classify", "segment"] if card.get("with_mask", 0) else ["classify"]
+    return [CLASSIFY, SEGMENT] if card.get("with_mask", 0) else [CLASSIFY]
 
 
 def run_pipeline(cfg: PipelineConfig = PipelineConfig(), log=print) -> PipelineResult:
@@ -155,21 +157,19 @@ def run_pipeline(cfg: PipelineConfig = PipelineConfig(), log=print) -> PipelineR
     lap("preview")
     bundles, evaluation = {}, {}
     tasks = trainable_tasks(layout.shards)
-    if "segment" not in tasks:
+    if SEGMENT not in tasks:
         log("[tune] segment: skipped, the archive has no lesion masks; scoring will classify only")
-    for task, search in zip(TASKS, (cfg.classify, cfg.segment)):
-        if task not in tasks:
-            continue
+    for task in tasks:
         # overwrite: a search made with other arguments or on other shards is redone, so the run
         # folder always matches its arguments and data (the registry keeps the earlier versions).
-        found = run_search(layout.shards, layout.tune, search, name=f"{task}-search", registry=layout.registry,
-                           overwrite=True, log=log)
-        bundles[task] = found.bundle
-        lap(f"tune_{task}")
-        evaluation[task] = evaluate_once(found.bundle, layout, task, log)
-        lap(f"evaluate_{task}")
-    scored = run_score(cfg.score_src or archive, layout.score, bundles["classify"], bundles.get("segment"),
-                       registry=None, cfg=cfg.score, segment="segment" in bundles, log=log)
+        found = run_search(layout.shards, layout.tune, cfg.search(task), name=f"{task.name}-search",
+                           registry=layout.registry, overwrite=True, log=log)
+        bundles[task.name] = found.bundle
+        lap(f"tune_{task.name}")
+        evaluation[task.name] = evaluate_once(found.bundle, layout, task, log)
+        lap(f"evaluate_{task.name}")
+    scored = run_score(cfg.score_src or archive, layout.score, bundles[CLASSIFY.name], bundles.get(SEGMENT.name),
+                       registry=None, cfg=cfg.score, segment=SEGMENT.name in bundles, log=log)
     lap("score")
     report = None
     if cfg.report:

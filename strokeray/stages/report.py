@@ -23,10 +23,9 @@ from strokeray.report import figures
 from strokeray.report.page import Figure, Section, Table, cell, render_page
 from strokeray.stages.stage_dir import StageDir
 from strokeray.stages.run_layout import RunLayout
-from strokeray.stages.train import read_card
-
-METRIC_LABELS = {"classify": ("accuracy", "accuracy"), "segment": ("mean_lesion_iou", "mean lesion IoU")}
-LESIONS = {1: "ischemic", 2: "hemorrhagic"}
+from strokeray.datasets.shard_set import ShardSet
+from strokeray.learn.tasks import CLASSIFY, LESION_NAMES, SEGMENT, TASKS, Task
+from strokeray.stages import tune
 
 
 @dataclass
@@ -56,7 +55,7 @@ def data_section(layout: RunLayout) -> Section:
     if not _exists(f"{layout.shards}/card.json"):
         s.missing = f"No ingest found ({layout.shards}/card.json): run `strokeray ingest` or the pipeline."
         return s
-    card = read_card(layout.shards)
+    card = ShardSet.open(layout.shards).card
     s.paragraphs.append(
         f"{card['objects']} objects ingested ({card.get('layout', '?')} layout): {card['slices']} slices of "
         f"{card['patients']} patients, {card.get('with_mask', 0)} with lesion masks; {card['quarantined']} files "
@@ -72,44 +71,43 @@ def data_section(layout: RunLayout) -> Section:
     return s
 
 
-def published(layout: RunLayout, task: str) -> tuple[dict, str] | None:
-    """(the search's published.json, its bundle in this run's registry), or None."""
-    path = f"{layout.search(task)}/published.json"
-    if not _exists(path):
-        return None
-    doc = _json(path)
-    return doc, f"{layout.registry}/{task}/{doc['version']}"
+def published(layout: RunLayout, task: Task) -> tuple[dict, str] | None:
+    """(what the task's search published, its bundle in this run's registry), or None."""
+    doc = tune.published(layout.search(task))
+    return None if doc is None else (doc, layout.bundle(task, doc["version"]))
 
 
-def training_section(layout: RunLayout, task: str, name: str) -> tuple[Section, dict | None]:
+def training_section(layout: RunLayout, task: Task) -> tuple[Section, dict | None]:
     from strokeray.learn.bundle import read_bundle_doc
 
+    name = task.title
     s = Section(f"{name}: training")
     found = published(layout, task)
     if found is None or not _exists(f"{found[1]}/model.json"):
-        s.missing = f"No {task} model: run `strokeray tune {task}` or the pipeline."
+        s.missing = f"No {task.name} model: run `strokeray tune {task.name}` or the pipeline."
         return s, None
     doc = read_bundle_doc(found[1])
-    metric, label = METRIC_LABELS[task]
+    metric, label = task.fit_metric, task.fit_metric.replace("_", " ").replace("iou", "IoU")
     best = doc["metrics"]
     model = doc["model"]
     s.paragraphs.append(
-        f"Best trial of the search: {(model.get('arch', '') + ' ') if task == 'segment' else ''}{model['backbone']} "
+        f"Best trial of the search: {(model.get('arch', '') + ' ') if task.dense else ''}{model['backbone']} "
         f"at {doc['input_size']} px, registry "
         f"version {found[0]['version']}; checkpoint chosen by {doc['score_metric']} = "
         f"{cell(best.get(doc['score_metric']))} at epoch {best.get('epoch')}."
         + (f" Decision threshold {doc['threshold']:.3f} (Youden's J on the validation split)." if "threshold" in doc else ""))
-    s.figures.append(Figure(f"{task}-training", figures.training_curves(doc["history"], metric, label, f"{name}: loss and {label} per epoch"),
+    s.figures.append(Figure(f"{task.name}-training",
+                            figures.training_curves(doc["history"], metric, label, f"{name}: loss and {label} per epoch"),
                             f"{name}: training and validation loss and {label} per epoch (training values on augmented batches)."))
     return s, doc
 
 
 def classifier_test_section(layout: RunLayout, doc: dict | None) -> Section:
     s = Section("Classifier: test split")
-    if doc is None or not _exists(layout.predictions("classify")):
+    if doc is None or not _exists(layout.predictions(CLASSIFY)):
         s.missing = "No test-split evaluation of the classifier: run the pipeline (or `strokeray evaluate --predictions`)."
         return s
-    t = _parquet(layout.predictions("classify"))
+    t = _parquet(layout.predictions(CLASSIFY))
     lab, prob, pat = (np.asarray(t[c]) for c in ("label", "probability", "patient"))
     threshold = float(doc.get("threshold", 0.5))
     sl = binary_report(lab, prob, threshold)
@@ -121,7 +119,8 @@ def classifier_test_section(layout: RunLayout, doc: dict | None) -> Section:
                           [[name, r.n, r.accuracy, r.sensitivity, r.specificity, r.precision, r.f1, r.auc]
                            for name, r in (("slice", sl), ("patient", pr))]))
     s.figures.append(Figure("classify-confusion", figures.confusion_matrix(sl.tp, sl.fp, sl.tn, sl.fn,
-                                                                            f"slices, threshold {threshold:.2f}"),
+                                                                            f"slices, threshold {threshold:.2f}",
+                                                                            CLASSIFY.class_names),
                             "Confusion matrix of the test slices (counts and share of each true class)."))
     curves = {}
     for name, y, p in (("slices", lab, prob), ("patients", plab, pprob)):
@@ -141,7 +140,7 @@ def classifier_test_section(layout: RunLayout, doc: dict | None) -> Section:
 def _examples(layout: RunLayout, predictions, per_class: int = 2) -> list[tuple]:
     """Test slices with lesions (the largest per class) with their views and masks from the shards."""
     chosen = []
-    for c, name in LESIONS.items():
+    for c, name in LESION_NAMES.items():
         area = np.asarray(predictions[f"true_{name}_pixels"])
         for i in np.argsort(-area, kind="stable")[:per_class]:
             if area[i] > 0:
@@ -149,11 +148,8 @@ def _examples(layout: RunLayout, predictions, per_class: int = 2) -> list[tuple]
     if not chosen:
         return []
     ids = [predictions["id"][i].as_py() for i in chosen]
-    fs, base = fsspec.core.url_to_fs(layout.shards)
     found = {}
-    for path in sorted(fs.glob(f"{base.rstrip('/')}/shards/*.parquet")):
-        with fs.open(path, "rb") as fh:
-            t = pq.read_table(fh, columns=["id", "seg_image", "seg_mask"], filters=[("id", "in", ids)])
+    for t in ShardSet.open(layout.shards).tables(["id", "seg_image", "seg_mask"], filters=[("id", "in", ids)]):
         for j in range(t.num_rows):
             found[t["id"][j].as_py()] = t.slice(j, 1)
     out = []
@@ -167,19 +163,19 @@ def _examples(layout: RunLayout, predictions, per_class: int = 2) -> list[tuple]
         truth = tensor_array(row["seg_mask"], (size, size))[0]
         lesion = truth > 0
         iou = ((pred > 0) & lesion & (pred == truth)).sum() / max(1, ((pred > 0) | lesion).sum())
-        kind = LESIONS[int(np.bincount(truth[lesion]).argmax())]
+        kind = LESION_NAMES[int(np.bincount(truth[lesion]).argmax())]
         out.append((image, truth, pred, f"{kind}, slice IoU {iou:.2f}\n{sid[:10]}"))
     return out
 
 
 def segmenter_test_section(layout: RunLayout, doc: dict | None) -> Section:
     s = Section("Segmenter: test split")
-    if doc is None or not _exists(layout.evaluation("segment")):
+    if doc is None or not _exists(layout.evaluation(SEGMENT)):
         s.missing = "No test-split evaluation of the segmenter: run the pipeline (or `strokeray evaluate --predictions`)."
         return s
-    ev = _json(layout.evaluation("segment"))
+    ev = _json(layout.evaluation(SEGMENT))
     m = ev["metrics"]
-    names = ("background", "ischemic", "hemorrhagic")
+    names = SEGMENT.class_names
     s.paragraphs.append(f"{ev['slices']} test slices (annotated, or known to hold no lesion). Mean lesion IoU "
                         f"{cell(m['mean_lesion_iou'])}, competition IoU {cell(m['competition_iou'])} "
                         "(the study's 71.04 % IoU is of this kind).")
@@ -188,8 +184,8 @@ def segmenter_test_section(layout: RunLayout, doc: dict | None) -> Section:
                                                                      {n: m[f"dice_{n}"] for n in names},
                                                                      "per-class IoU and Dice, test split"),
                             "Per-class IoU and Dice over all test pixels."))
-    if _exists(layout.predictions("segment")):
-        examples = _examples(layout, _parquet(layout.predictions("segment")))
+    if _exists(layout.predictions(SEGMENT)):
+        examples = _examples(layout, _parquet(layout.predictions(SEGMENT)))
         if examples:
             s.figures.append(Figure("segment-examples", figures.lesion_examples(examples, "test slices: truth and prediction"),
                                     "Test slices with the largest lesions of each class: the CT in the brain window, the "
@@ -197,18 +193,15 @@ def segmenter_test_section(layout: RunLayout, doc: dict | None) -> Section:
     return s
 
 
-def search_section(layout: RunLayout, task: str, name: str) -> Section:
-    from strokeray.stages.tune import DEFAULT_METRIC, trial_checkpoints
-
+def search_section(layout: RunLayout, task: Task) -> Section:
+    name = task.title
     s = Section(f"{name}: model search")
     found = published(layout, task)
     if found is None:
         s.missing = f"No finished {task} search under {layout.search(task)}."
         return s
     doc, _ = found
-    settings = _json(f"{layout.search(task)}/strokeray-search.json") if _exists(
-        f"{layout.search(task)}/strokeray-search.json") else {}
-    metric = (settings.get("config") or {}).get("metric") or DEFAULT_METRIC[task]
+    metric = (tune.settings_of(layout.search(task)).get("config") or {}).get("metric") or task.score_metric
     rows = doc["rows"]
     params = sorted({k for r in rows for k in r if k.startswith("param_")})
     s.paragraphs.append(f"{len(rows)} trials, ASHA on {metric}; best: trial {doc['best']['trial_id']} "
@@ -224,12 +217,12 @@ def search_section(layout: RunLayout, task: str, name: str) -> Section:
                            "at epoch", "seconds"], table_rows, text_columns=1 + len(params) + 1))
     trials = {}
     for r in rows:
-        ckpts = trial_checkpoints(f"{layout.search(task)}/train", r["trial_id"])
+        ckpts = tune.trial_checkpoints(f"{layout.search(task)}/train", r["trial_id"])
         if ckpts:
             trials[r["trial_id"]] = ckpts[-1]["history"]
     if trials:
         label = metric.replace("val_", "validation ").replace("_", " ")
-        s.figures.append(Figure(f"{task}-search", figures.trial_curves(trials, metric, label, f"{name}: every trial"),
+        s.figures.append(Figure(f"{task.name}-search", figures.trial_curves(trials, metric, label, f"{name}: every trial"),
                                 f"Validation {metric} per epoch of each trial; lines that end early were stopped by ASHA."))
     return s
 
@@ -280,16 +273,16 @@ def run_report(run_dir: str, out: str | None = None, log=print) -> ReportResult:
     layout = RunLayout(run_dir)
     out = out or layout.report
     sections = [data_section(layout)]
-    cls_train, cls_doc = training_section(layout, "classify", "Classifier")
-    seg_train, seg_doc = training_section(layout, "segment", "Segmenter")
-    sections += [cls_train, classifier_test_section(layout, cls_doc), search_section(layout, "classify", "Classifier"),
-                 seg_train, segmenter_test_section(layout, seg_doc), search_section(layout, "segment", "Segmenter"),
-                 scoring_section(layout)]
+    test_sections = {CLASSIFY: classifier_test_section, SEGMENT: segmenter_test_section}
+    for task in TASKS.values():
+        train_section, doc = training_section(layout, task)
+        sections += [train_section, test_sections[task](layout, doc), search_section(layout, task)]
+    sections.append(scoring_section(layout))
     from strokeray import __version__
 
     intro = [f"Run {run_dir}, reported {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by strokeray {__version__}.",
-             "Stage one classifies slices stroke / non-stroke; stage two segments the lesion (background, ischemic, "
-             "hemorrhagic). Identifiers are keyed pseudonyms; no names, raw patient IDs or source paths appear here."]
+             "Stage one classifies slices stroke / non-stroke; stage two segments the lesion ("
+             f"{', '.join(SEGMENT.class_names)}). Identifiers are keyed pseudonyms; no names, raw patient IDs or source paths appear here."]
     html = render_page("strokeray report", intro, sections)
     stage = StageDir(out, "report", ("index.html", "figures"))
     stage.claim()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-TASKS = ("classify", "segment")
+from strokeray.learn.tasks import Task
 
 
 @dataclass(frozen=True)
@@ -31,18 +31,21 @@ class RunLayout:
     def tune(self) -> str:  # Tune experiments, one per task: tune/<task>-search
         return self.path("tune")
 
-    def search(self, task: str) -> str:
-        return self.path("tune", f"{task}-search")
+    def search(self, task: Task) -> str:
+        return self.path("tune", f"{task.name}-search")
 
     @property
     def registry(self) -> str:
         return self.path("registry")
 
-    def evaluation(self, task: str) -> str:  # test-split metrics (JSON)
-        return self.path("evaluation", f"{task}.json")
+    def evaluation(self, task: Task) -> str:  # test-split metrics (JSON)
+        return self.path("evaluation", f"{task.name}.json")
 
-    def predictions(self, task: str) -> str:  # test-split per-slice predictions (Parquet)
-        return self.path("evaluation", f"{task}-predictions.parquet")
+    def predictions(self, task: Task) -> str:  # test-split per-slice predictions (Parquet)
+        return self.path("evaluation", f"{task.name}-predictions.parquet")
+
+    def bundle(self, task: Task, version: str) -> str:  # a published model in this run's registry
+        return self.path("registry", task.name, version)
 
     @property
     def score(self) -> str:

@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import PurePosixPath
 
@@ -37,11 +38,11 @@ import pyarrow.parquet as pq
 from strokeray.checks import check_positive, check_range
 from strokeray.datasets.slice_records import RecordConfig
 from strokeray.io.csv_cells import safe_cell
+from strokeray.learn.tasks import CLASSIFY, LESION_NAMES, SEGMENT, Task
 
 # Per-slice columns carried from decoding into the output (identifiers are pseudonyms).
 CARRIED = ("id", "source", "patient", "study", "series", "instance_number", "frame", "z_mm", "thickness_mm",
            "seg_spacing_mm", "brain_found")
-LESION_NAMES = {1: "ischemic", 2: "hemorrhagic"}
 # Everything score writes in OUT (what --overwrite may remove); anything else there is left alone.
 SCORE_OUTPUTS = ("manifest.parquet", "manifest.json", "_parts", "_state", "slices.parquet", "studies.parquet",
                  "submission.csv", "quarantine.parquet", "overlays", "summary.json")
@@ -159,11 +160,11 @@ def resolve_models(classifier: str | None, segmenter: str | None, registry: str 
     if classifier is None:
         if registry is None:
             raise ValueError("no classifier: pass --classifier BUNDLE or --registry DIR")
-        classifier = reg.best_bundle(registry, "classify")
+        classifier = reg.best_bundle(registry, CLASSIFY.name)
     if segment and segmenter is None:
         if registry is None:
             raise ValueError("no segmenter: pass --segmenter BUNDLE, --registry DIR or --no-segmenter")
-        segmenter = reg.best_bundle(registry, "segment")
+        segmenter = reg.best_bundle(registry, SEGMENT.name)
     return classifier, segmenter if segment else None
 
 
@@ -233,14 +234,105 @@ def studies_table(slices: pa.Table, threshold: float) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=STUDY_SCHEMA)
 
 
+def check_bundles(classifier: str, segmenter: str | None, cfg: ScoreConfig) -> ScoreConfig:
+    """``cfg`` with the bundles' preprocessing and threshold, after checking that they fit together."""
+    from strokeray.imaging.views import PreprocessConfig
+    from strokeray.learn.bundle import read_bundle_doc
+
+    docs: dict[Task, dict] = {CLASSIFY: read_bundle_doc(classifier)}
+    if segmenter:
+        docs[SEGMENT] = read_bundle_doc(segmenter)
+    for task, doc in docs.items():
+        if doc["task"] != task.name:
+            raise ValueError(f"{classifier if task is CLASSIFY else segmenter} is a {doc['task']} bundle, "
+                             f"not a {task.title.lower()}")
+    pre = PreprocessConfig.from_dict(docs[CLASSIFY]["preprocess"])
+    if SEGMENT in docs and PreprocessConfig.from_dict(docs[SEGMENT]["preprocess"]) != pre:
+        raise ValueError("the classifier and the segmenter were trained on differently preprocessed views")
+    threshold = cfg.threshold if cfg.threshold is not None else float(docs[CLASSIFY].get("threshold", 0.5))
+    return replace(cfg, threshold=threshold, records=replace(cfg.records, preprocess=pre))
+
+
+def finished_summary(stage, same: bool, listing, log) -> ScoreSummary | None:
+    """The summary of a finished run over the same listing, models and settings, else None (and a
+    summary over another listing is removed: the run is incomplete until rewritten)."""
+    path = f"{stage.base}/summary.json"
+    if not (same and stage.fs.exists(path)):
+        return None
+    with stage.fs.open(path, "r") as fh:
+        done = json.load(fh)
+    if done.get("listing") != listing:
+        stage.fs.rm(path)
+        return None
+    log(f"[score] {stage.url} is complete ({done['slices']} slices); nothing to do")
+    known = {f.name for f in fields(ScoreSummary)}
+    return ScoreSummary(**{k: v for k, v in done.items() if k in known and k != "reused"}, reused=True)
+
+
+def cascade_stage(classifier: str, segmenter: str | None, cfg: ScoreConfig, overlays: str | None):
+    """The scoring step appended to each chunk's decode: a pool of ``CascadeScorer`` actors (one per
+    GPU with ``use_gpu``), each using its share of the cluster's CPUs for torch threads."""
+    import ray
+
+    resources = ray.cluster_resources()
+    actors = cfg.actors or (max(1, int(resources.get("GPU", 0))) if cfg.use_gpu else 1)
+    threads = cfg.threads_per_actor or max(1, int(resources.get("CPU", 1) // actors))
+    kwargs = {"classifier": classifier, "segmenter": segmenter, "threshold": cfg.threshold, "overlays": overlays,
+              "use_gpu": cfg.use_gpu, "threads": threads}
+
+    def extend(ds):
+        return ds.map_batches(CascadeScorer, fn_constructor_kwargs=kwargs, batch_size=cfg.batch_size,
+                              batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+                              num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0)
+
+    return extend
+
+
+def collect_slices(fs, base: str, out: str) -> pa.Table:
+    """Every chunk's scored slices in source order, with ``duplicate_of`` and ``submission_id``."""
+    tables = []
+    for path in sorted(fs.glob(f"{base}/_parts/slices/*.parquet")):
+        with fs.open(path, "rb") as fh:
+            tables.append(pq.read_table(fh))
+    slices = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+    if not slices.num_rows:
+        return slices
+    slices = slices.sort_by([("source", "ascending"), ("frame", "ascending")])
+    sources, frames = slices.column("source").to_pylist(), slices.column("frame").to_pylist()
+    if len(set(zip(sources, frames))) != slices.num_rows:  # each chunk's parts are promoted once
+        raise RuntimeError(f"{out}: a slice was scored twice in the parts; re-run with --overwrite")
+    slices = slices.append_column("duplicate_of", pa.array(duplicate_of(slices.column("id").to_pylist(), sources),
+                                                           pa.string()))
+    return slices.append_column("submission_id", pa.array(submission_ids(sources, frames), pa.string()))
+
+
+def submission_csv(slices: pa.Table) -> str:
+    """The competition's CSV: ID, label (0/1), sorted by ID; no cell can start a formula."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["ID", "label"])
+    if slices.num_rows:
+        for sid, d in sorted(zip(slices.column("submission_id").to_pylist(), slices.column("decision").to_pylist())):
+            writer.writerow([safe_cell(sid), int(d)])
+    return buf.getvalue()
+
+
+def write_results(fs, base: str, slices: pa.Table, studies: pa.Table) -> None:
+    for name, table in (("slices", slices), ("studies", studies)):
+        with fs.open(f"{base}/{name}.parquet", "wb") as fh:
+            pq.write_table(table, fh)
+    with fs.open(f"{base}/submission.csv", "w") as fh:
+        fh.write(submission_csv(slices))
+
+
+def _positives(table: pa.Table) -> int:
+    return int(pc.sum(table.column("decision")).as_py() or 0) if table.num_rows else 0
+
+
 def run_score(src: str, out: str, classifier: str | None = None, segmenter: str | None = None,
               registry: str | None = "runs/registry", cfg: ScoreConfig = ScoreConfig(), segment: bool = True,
               log=print) -> ScoreSummary:
     """Score ``src`` into ``out``; see the module docstring."""
-    import ray
-
-    from strokeray.imaging.views import PreprocessConfig
-    from strokeray.learn.bundle import read_bundle_doc
     from strokeray.learn.predict import bundle_version
     from strokeray.stages.ingest import IngestConfig, merge_quarantine, run_chunk, run_chunks
     from strokeray.stages.manifest import ManifestConfig, build_manifest, check_source, options_digest
@@ -252,55 +344,18 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
     classifier, segmenter = resolve_models(classifier, segmenter, registry, segment)
     # The actors load the bundles wherever Ray places them: no relative paths.
     classifier, segmenter = absolute(classifier), absolute(segmenter) if segmenter else None
-    cls_doc = read_bundle_doc(classifier)
-    if cls_doc["task"] != "classify":
-        raise ValueError(f"{classifier} is a {cls_doc['task']} bundle, not a classifier")
-    pre = PreprocessConfig.from_dict(cls_doc["preprocess"])
-    if cfg.threshold is None:
-        cfg = replace(cfg, threshold=float(cls_doc.get("threshold", 0.5)))
-    if segmenter:
-        seg_doc = read_bundle_doc(segmenter)
-        if seg_doc["task"] != "segment":
-            raise ValueError(f"{segmenter} is a {seg_doc['task']} bundle, not a segmenter")
-        if PreprocessConfig.from_dict(seg_doc["preprocess"]) != pre:
-            raise ValueError("the classifier and the segmenter were trained on differently preprocessed views")
-    cfg = replace(cfg, records=replace(cfg.records, preprocess=pre))
+    cfg = check_bundles(classifier, segmenter, cfg)
     versions = {"classifier": bundle_version(classifier), "segmenter": bundle_version(segmenter) if segmenter else ""}
     labels = ManifestConfig()
-    digest = _digest(options_digest(src, labels, None), versions, cfg)
     stage = StageDir(out, "score", SCORE_OUTPUTS)
-    same = stage.claim([src, classifier, *([segmenter] if segmenter else [])], digest, cfg.overwrite)
-    fs, base = stage.fs, stage.base
+    same = stage.claim([src, classifier, *([segmenter] if segmenter else [])],
+                       _digest(options_digest(src, labels, None), versions, cfg), cfg.overwrite)
     manifest = build_manifest(src, out, labels, log, cfg.files_per_chunk, cfg.num_cpus)
-    if same and fs.exists(f"{base}/summary.json"):
-        with fs.open(f"{base}/summary.json", "r") as fh:
-            done = json.load(fh)
-        if done.get("listing") == manifest.listing:
-            log(f"[score] {out} is complete ({done['slices']} slices); nothing to do")
-            known = {f.name for f in fields(ScoreSummary)}
-            return ScoreSummary(**{k: v for k, v in done.items() if k in known and k != "reused"}, reused=True)
-        fs.rm(f"{base}/summary.json")  # the source changed: the run is incomplete until rewritten
+    done = finished_summary(stage, same, manifest.listing, log)
+    if done:
+        return done
     ensure_ray(cfg.num_cpus)
-    if cfg.use_gpu:
-        actors = cfg.actors or max(1, int(ray.cluster_resources().get("GPU", 0)))
-    else:
-        actors = cfg.actors or 1
-    overlays = f"{out.rstrip('/')}/overlays" if cfg.overlays else None
-    threads = cfg.threads_per_actor or max(1, int(ray.cluster_resources().get("CPU", 1) // actors))
-
-    def extend(ds):
-        return ds.map_batches(
-            CascadeScorer,
-            fn_constructor_kwargs={"classifier": classifier, "segmenter": segmenter, "threshold": cfg.threshold,
-                                   "overlays": overlays, "use_gpu": cfg.use_gpu,
-                                   "threads": threads},
-            batch_size=cfg.batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=cfg.cpus_per_actor,
-            num_gpus=1 if cfg.use_gpu else 0,
-        )
-
+    extend = cascade_stage(classifier, segmenter, cfg, f"{out.rstrip('/')}/overlays" if cfg.overlays else None)
     ingest_cfg = IngestConfig(records=cfg.records, files_per_chunk=cfg.files_per_chunk,
                               files_per_task=cfg.files_per_task)
     summary = ScoreSummary(out=out, objects=manifest.rows, models={"classifier": classifier, "segmenter": segmenter or "",
@@ -309,47 +364,20 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
         manifest, out,
         lambda index, table, run: run_chunk(index, table, out, run, ingest_cfg, dest="_parts/slices", extend=extend),
         "score", "_parts/slices", log)
+    fs, base = stage.fs, stage.base
     quarantine = merge_quarantine(fs, base, manifest)
-    parts = sorted(fs.glob(f"{base}/_parts/slices/*.parquet"))
-    tables = []
-    for path in parts:
-        with fs.open(path, "rb") as fh:
-            tables.append(pq.read_table(fh))
-    slices = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
-    if slices.num_rows:
-        slices = slices.sort_by([("source", "ascending"), ("frame", "ascending")])
-        sources, frames = slices.column("source").to_pylist(), slices.column("frame").to_pylist()
-        if len(set(zip(sources, frames))) != slices.num_rows:  # each chunk's parts are promoted once
-            raise RuntimeError(f"{out}: a slice was scored twice in the parts; re-run with --overwrite")
-        slices = slices.append_column("duplicate_of", pa.array(duplicate_of(slices.column("id").to_pylist(), sources),
-                                                               pa.string()))
-        slices = slices.append_column("submission_id", pa.array(submission_ids(sources, frames), pa.string()))
-    with fs.open(f"{base}/slices.parquet", "wb") as fh:
-        pq.write_table(slices, fh)
+    slices = collect_slices(fs, base, out)
+    assert cfg.threshold is not None  # check_bundles filled it in
     studies = studies_table(slices, cfg.threshold)
-    with fs.open(f"{base}/studies.parquet", "wb") as fh:
-        pq.write_table(studies, fh)
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["ID", "label"])
-    if slices.num_rows:
-        for sid, d in sorted(zip(slices.column("submission_id").to_pylist(), slices.column("decision").to_pylist())):
-            writer.writerow([safe_cell(sid), int(d)])
-    with fs.open(f"{base}/submission.csv", "w") as fh:
-        fh.write(buf.getvalue())
-    reasons: dict[str, int] = {}
-    for r in quarantine.column("reason").to_pylist():
-        reasons[r] = reasons.get(r, 0) + 1
-    summary.slices = slices.num_rows
-    summary.positive_slices = int(pc.sum(slices.column("decision")).as_py() or 0) if slices.num_rows else 0
-    summary.studies = studies.num_rows
-    summary.positive_studies = int(pc.sum(studies.column("decision")).as_py() or 0) if studies.num_rows else 0
+    write_results(fs, base, slices, studies)
+    summary.slices, summary.positive_slices = slices.num_rows, _positives(slices)
+    summary.studies, summary.positive_studies = studies.num_rows, _positives(studies)
     summary.quarantined = quarantine.num_rows
-    summary.reasons = reasons
+    summary.reasons = dict(Counter(quarantine.column("reason").to_pylist()))
     summary.seconds = round(time.perf_counter() - started, 2)
     with fs.open(f"{base}/summary.json", "w") as fh:  # written last: marks the run complete
         json.dump({**asdict(summary), "threshold": cfg.threshold, "listing": manifest.listing}, fh, indent=2)
     log(f"[score] {summary.slices} slices ({summary.positive_slices} positive) in {summary.studies} studies "
-        f"({summary.positive_studies} positive), {summary.quarantined} quarantined {reasons}, "
+        f"({summary.positive_studies} positive), {summary.quarantined} quarantined {summary.reasons}, "
         f"{summary.chunks_skipped} chunks already done -> {out} in {summary.seconds:.1f}s")
     return summary

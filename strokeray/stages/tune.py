@@ -16,24 +16,25 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import fsspec
 
 from strokeray.checks import check_positive, check_range
+from strokeray.datasets.shard_set import ShardSet
 from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.losses import SegLossConfig
 from strokeray.learn.models import ModelConfig
+from strokeray.learn.tasks import CLASSIFY, get_task
 from strokeray.stages.train import TrainConfig
 
-DEFAULT_METRIC = {"classify": "val_accuracy", "segment": "val_competition_iou"}
-DEFAULT_BACKBONES = {"classify": ("resnet18", "efficientnet_b0"), "segment": ("resnet18", "resnet34")}
 
 
 @dataclass(frozen=True)
 class SearchSpace:
     """What a trial may vary. Every backbone is tried ``samples`` times; the rest is sampled."""
 
-    backbones: tuple[str, ...] = ()  # empty: the task's defaults (DEFAULT_BACKBONES)
+    backbones: tuple[str, ...] = ()  # empty: the task's defaults (Task.search_backbones)
     lr: tuple[float, float] = (1e-4, 3e-3)  # log-uniform range
     weight_decay: tuple[float, ...] = (1e-5, 1e-4, 1e-3)
     batch_size: tuple[int, ...] = (8, 16)
@@ -51,27 +52,26 @@ class SearchSpace:
         unknown = set(doc) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown search-space keys: {sorted(unknown)}")
-        conv = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) for k, v in doc.items()}
+        conv: dict[str, Any] = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) for k, v in doc.items()}
         return cls(**conv)
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    task: str = "classify"
+    task: str = CLASSIFY.name
     space: SearchSpace = field(default_factory=SearchSpace)
     samples: int = 2  # trials per backbone
     max_epochs: int = 8
     grace_period: int = 2  # ASHA: epochs every trial gets before it can be stopped
     reduction_factor: int = 2
-    metric: str | None = None  # validation metric to maximise (None: DEFAULT_METRIC[task])
+    metric: str | None = None  # validation metric to maximise (None: the task's score_metric)
     workers_per_trial: int = 1
     use_gpu: bool = False
     cpus_per_worker: float | None = None  # None: 1, or 0.5 when the cluster has under 3 CPUs
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.task not in DEFAULT_METRIC:
-            raise ValueError(f"task must be one of {sorted(DEFAULT_METRIC)}, got {self.task!r}")
+        get_task(self.task)
         check_positive(samples=self.samples, max_epochs=self.max_epochs, grace_period=self.grace_period,
                        workers_per_trial=self.workers_per_trial, cpus_per_worker=self.cpus_per_worker)
         check_range("reduction_factor", self.reduction_factor, 2, 100)
@@ -79,10 +79,10 @@ class SearchConfig:
             raise ValueError(f"grace_period ({self.grace_period}) must not exceed max_epochs ({self.max_epochs})")
 
     def metric_name(self) -> str:
-        return self.metric or DEFAULT_METRIC[self.task]
+        return self.metric or get_task(self.task).score_metric
 
     def backbones(self) -> tuple[str, ...]:
-        return self.space.backbones or DEFAULT_BACKBONES[self.task]
+        return self.space.backbones or get_task(self.task).search_backbones
 
 
 @dataclass
@@ -109,7 +109,7 @@ def param_space(cfg: SearchConfig) -> dict:
         "augment": tune.choice(list(s.augment)),
         "input_size": tune.choice(list(s.input_size)),
     }
-    if cfg.task == "segment":
+    if get_task(cfg.task).dense:  # the segmenter's loss weights; the classifier head's dropout
         space["seg_loss"] = tune.choice([list(w) for w in s.seg_loss])
     else:
         space["dropout"] = tune.choice(list(s.dropout))
@@ -142,6 +142,7 @@ def trial_driver(params: dict, *, cfg: SearchConfig, shards: str, train_storage:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from strokeray.datasets.shard_set import ShardSet
     from strokeray.stages.train import prepare_run
 
     ctx = ray.tune.get_context()
@@ -149,7 +150,7 @@ def trial_driver(params: dict, *, cfg: SearchConfig, shards: str, train_storage:
     with open(os.path.join(ctx.get_trial_dir(), "attempts.log"), "a") as fh:
         fh.write(f"{time.time():.3f}\n")
     # The Train run is named after the trial, so a restarted trial resumes its own checkpoints.
-    run = prepare_run(shards, train_storage, trial_train_config(cfg, params, cpus_per_worker),
+    run = prepare_run(ShardSet.open(shards), train_storage, trial_train_config(cfg, params, cpus_per_worker),
                       name=f"trial-{ctx.get_trial_id()}", callbacks=[TuneReportCallback()])
     result = run.trainer.fit()
     if result.error:
@@ -244,83 +245,80 @@ def results_table(grid, cfg: SearchConfig, train_storage: str) -> list[dict]:
     return rows
 
 
-def _same_settings(fs, path: str, doc: dict) -> bool:
-    with fs.open(path, "r") as fh:
-        return json.load(fh) == doc
+# What a search writes beside Tune's own files: its settings (first) and what it published (last).
+SETTINGS, PUBLISHED = "strokeray-search.json", "published.json"
 
 
-def run_search(shards: str, out: str, cfg: SearchConfig, name: str | None = None,
-               registry: str = "runs/registry", overwrite: bool = False, log=print) -> SearchResult:
-    """Run (or resume) the search and publish its best trial to ``registry``."""
-    import ray
+def published(path: str) -> dict | None:
+    """What a finished search at ``path`` published (registry version, bundle, rows), else None."""
+    fs, base = fsspec.core.url_to_fs(path)
+    if not fs.exists(f"{base}/{PUBLISHED}"):
+        return None
+    with fs.open(f"{base}/{PUBLISHED}", "r") as fh:
+        return json.load(fh)
+
+
+def settings_of(path: str) -> dict:
+    """The settings a search at ``path`` was started with ({} when none)."""
+    fs, base = fsspec.core.url_to_fs(path)
+    if not fs.exists(f"{base}/{SETTINGS}"):
+        return {}
+    with fs.open(f"{base}/{SETTINGS}", "r") as fh:
+        return json.load(fh)
+
+
+def search_settings(shards: ShardSet, cfg: SearchConfig) -> dict:
+    """What makes a search this search: the shards (and their version: a search finished on other
+    data is not this one's result) and the settings."""
+    return {"shards": shards.url, "shards_version": shards.version, "config": json.loads(json.dumps(asdict(cfg)))}
+
+
+def make_tuner(path: str, trainable, cfg: SearchConfig, max_trials: int, settings: dict, log):
+    """A Tuner that resumes the interrupted search in ``path``, or starts it (writing its settings)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from strokeray.stages import registry as reg
-    from strokeray.stages.runtime import absolute, ensure_ray
-    from strokeray.stages.train import export_bundle, read_card, shards_version, with_model_shape
-
-    if cfg.task not in DEFAULT_METRIC:
-        raise ValueError(f"task must be classify or segment, got {cfg.task!r}")
-    # Tune runs each trial in its own working directory: a relative local path would not resolve.
-    shards = absolute(shards)
-    name = name or f"{cfg.task}-search"
-    storage = os.path.abspath(out) if "://" not in out else out
-    path = f"{storage.rstrip('/')}/{name}"
     fs, base = fsspec.core.url_to_fs(path)
-    # The shards' version too: a search finished on other data is not this search's result.
-    settings = {"shards": shards, "shards_version": shards_version(shards), "config": json.loads(json.dumps(asdict(cfg)))}
-    settings_path, published_path = f"{base}/strokeray-search.json", f"{base}/published.json"
-    if fs.exists(settings_path) and not _same_settings(fs, settings_path, settings):
-        if not overwrite:
-            raise ValueError(f"{path} holds a search with other settings or data; pass overwrite "
-                             "(--overwrite) to discard it, or choose another name")
-        fs.rm(base, recursive=True)
-    card = read_card(shards)
-    ensure_ray()
-    max_trials, per_worker = concurrency(cfg, ray.cluster_resources())
-    trainable = tune.with_parameters(trial_driver, cfg=cfg, shards=shards, train_storage=f"{path}/train",
-                                     cpus_per_worker=per_worker)
-    trainable = tune.with_resources(trainable, {"CPU": DRIVER_CPUS})
-    if fs.exists(published_path):
-        with fs.open(published_path, "r") as fh:
-            done = json.load(fh)
-        log(f"[tune] {path} finished earlier; its best is registry version {done['version']}")
-        return SearchResult(path=path, rows=done["rows"], best=done["best"], version=done["version"],
-                            bundle=done["bundle"], current=done["current"], resumed=False, reused=True)
-    resumed = fs.exists(settings_path) and tune.Tuner.can_restore(path)
-    if resumed:
+    if fs.exists(f"{base}/{SETTINGS}") and tune.Tuner.can_restore(path):
         log(f"[tune] resuming the interrupted search {path}")
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        fs.makedirs(base, exist_ok=True)
-        with fs.open(settings_path, "w") as fh:
-            json.dump(settings, fh, indent=2)
-        trials = len(cfg.backbones()) * cfg.samples
-        log(f"[tune] {trials} trials ({cfg.samples} per backbone over {', '.join(cfg.backbones())}), "
-            f"{max_trials} at a time, ASHA on {cfg.metric_name()} -> {path}")
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space(cfg),
-            tune_config=tune.TuneConfig(
-                metric="val_score", mode="max", num_samples=cfg.samples, max_concurrent_trials=max_trials,
-                scheduler=ASHAScheduler(max_t=cfg.max_epochs, grace_period=min(cfg.grace_period, cfg.max_epochs),
-                                        reduction_factor=cfg.reduction_factor),
-                search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=max_trials),
-            ),
-            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=1)),
-        )
-    grid = tuner.fit()
-    rows = results_table(grid, cfg, f"{path}/train")
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True), True
+    fs.makedirs(base, exist_ok=True)
+    with fs.open(f"{base}/{SETTINGS}", "w") as fh:
+        json.dump(settings, fh, indent=2)
+    log(f"[tune] {len(cfg.backbones()) * cfg.samples} trials ({cfg.samples} per backbone over "
+        f"{', '.join(cfg.backbones())}), {max_trials} at a time, ASHA on {cfg.metric_name()} -> {path}")
+    storage, name = path.rstrip("/").rsplit("/", 1)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(cfg),
+        tune_config=tune.TuneConfig(
+            metric="val_score", mode="max", num_samples=cfg.samples, max_concurrent_trials=max_trials,
+            scheduler=ASHAScheduler(max_t=cfg.max_epochs, grace_period=min(cfg.grace_period, cfg.max_epochs),
+                                    reduction_factor=cfg.reduction_factor),
+            search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=max_trials),
+        ),
+        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=1)),
+    ), False
+
+
+def best_row(rows: list[dict], path: str) -> dict:
     scored = [r for r in rows if r["best_score"] == r["best_score"] and r["checkpoint"]]
     if not scored:
         errors = "; ".join(r["error"] for r in rows if r["error"])
         raise RuntimeError(f"no trial of {path} produced a checkpoint: {errors or 'no results'}")
-    best = max(scored, key=lambda r: r["best_score"])
+    return max(scored, key=lambda r: r["best_score"])
+
+
+def publish_best(best: dict, rows: list[dict], cfg: SearchConfig, shards: ShardSet, path: str, settings: dict,
+                 per_worker: float, registry: str):
+    """Export the best trial's best checkpoint (with its trial's whole history) to the registry."""
+    from strokeray.stages import registry as reg
+    from strokeray.stages.train import export_bundle, with_model_shape
+
     params = {k[len("param_"):]: v for k, v in best.items() if k.startswith("param_")}
-    train_cfg = with_model_shape(trial_train_config(cfg, params, per_worker), card)
+    train_cfg = with_model_shape(trial_train_config(cfg, params, per_worker), shards)
     with tempfile.TemporaryDirectory() as tmp:
         best_dir = _fetch_checkpoint(best["checkpoint"], os.path.join(tmp, "best"))
         last_dir = _fetch_checkpoint(best["last_checkpoint"], os.path.join(tmp, "last"))
@@ -329,16 +327,51 @@ def run_search(shards: str, out: str, cfg: SearchConfig, name: str | None = None
         with open(os.path.join(last_dir, "state.json")) as fh:
             history = json.load(fh)["history"]
         search_doc = {"path": path, "metric": cfg.metric_name(), **settings, "best": best, "rows": rows}
-        summary = {"metric": cfg.metric_name(), "value": best["best_score"], "dataset": card["config_digest"],
+        summary = {"metric": cfg.metric_name(), "value": best["best_score"], "dataset": shards.card["config_digest"],
                    "search": path, "trial_id": best["trial_id"], "backbone": params["backbone"]}
-        pub = reg.publish(registry, cfg.task,
-                          lambda url: export_bundle(best_dir, url, train_cfg, card, best_epoch, history),
-                          search_doc, rows, summary)
-    with fs.open(published_path, "w") as fh:
+        return reg.publish(registry, cfg.task,
+                           lambda url: export_bundle(best_dir, url, train_cfg, shards, best_epoch, history),
+                           search_doc, rows, summary)
+
+
+def run_search(shards: str, out: str, cfg: SearchConfig, name: str | None = None,
+               registry: str = "runs/registry", overwrite: bool = False, log=print) -> SearchResult:
+    """Run (or resume) the search and publish its best trial to ``registry``."""
+    import ray
+    from ray import tune
+
+    from strokeray.stages.runtime import absolute, ensure_ray
+
+    get_task(cfg.task)
+    # Tune runs each trial in its own working directory: a relative local path would not resolve.
+    data = ShardSet.open(absolute(shards))
+    name = name or f"{cfg.task}-search"
+    path = f"{(os.path.abspath(out) if '://' not in out else out).rstrip('/')}/{name}"
+    fs, base = fsspec.core.url_to_fs(path)
+    settings = search_settings(data, cfg)
+    if fs.exists(f"{base}/{SETTINGS}") and settings_of(path) != settings:
+        if not overwrite:
+            raise ValueError(f"{path} holds a search with other settings or data; pass overwrite "
+                             "(--overwrite) to discard it, or choose another name")
+        fs.rm(base, recursive=True)
+    ensure_ray()
+    max_trials, per_worker = concurrency(cfg, ray.cluster_resources())
+    trainable = tune.with_parameters(trial_driver, cfg=cfg, shards=data.url, train_storage=f"{path}/train",
+                                     cpus_per_worker=per_worker)
+    trainable = tune.with_resources(trainable, {"CPU": DRIVER_CPUS})
+    done = published(path)
+    if done:
+        log(f"[tune] {path} finished earlier; its best is registry version {done['version']}")
+        return SearchResult(path=path, rows=done["rows"], best=done["best"], version=done["version"],
+                            bundle=done["bundle"], current=done["current"], resumed=False, reused=True)
+    tuner, resumed = make_tuner(path, trainable, cfg, max_trials, settings, log)
+    rows = results_table(tuner.fit(), cfg, f"{path}/train")
+    best = best_row(rows, path)
+    pub = publish_best(best, rows, cfg, data, path, settings, per_worker, registry)
+    with fs.open(f"{base}/{PUBLISHED}", "w") as fh:  # written last: marks the search finished
         json.dump({"version": pub.version, "bundle": pub.bundle, "current": pub.current, "best": best, "rows": rows},
                   fh, indent=2, default=str)
-    log(f"[tune] best trial {best['trial_id']} ({params['backbone']}): {cfg.metric_name()}={best['best_score']:.4f} "
-        f"at epoch {best['best_epoch']} -> {pub.bundle}" + (" (now current)" if pub.current else ""))
+    log(f"[tune] best trial {best['trial_id']} ({best['param_backbone']}): {cfg.metric_name()}="
+        f"{best['best_score']:.4f} at epoch {best['best_epoch']} -> {pub.bundle}" + (" (now current)" if pub.current else ""))
     return SearchResult(path=path, rows=rows, best=best, version=pub.version, bundle=pub.bundle, current=pub.current,
                         resumed=resumed, reused=False)
-

@@ -1,11 +1,13 @@
 """The shared training and evaluation steps (torch only, no Ray)."""
 
 import numpy as np
+import pytest
 import torch
 
 from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.models import ModelConfig, build_model
 from strokeray.learn.steps import TaskSteps
+from strokeray.learn.tasks import CLASSIFY, SEGMENT, get_task
 
 CPU = torch.device("cpu")
 
@@ -58,25 +60,48 @@ def test_train_step_learns_a_fixed_batch_and_eval_step_reports_it():
     assert abs(summed - 4 * float(steps.loss(logits, y))) < 1e-4
 
 
-def test_fit_meter_scores_the_training_pass_from_the_step_logits():
-    from strokeray.learn.steps import FitMeter
-
-    meter = FitMeter("classify")
-    meter.update(torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]]), torch.tensor([0, 1, 1]))
-    other = FitMeter("classify")
-    other.update(torch.tensor([[0.0, 1.0]]), torch.tensor([1]))
+def test_fit_meters_score_the_training_pass_from_the_step_outputs():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]])
+    meter = CLASSIFY.fit_meter()
+    meter.update(CLASSIFY.outputs(logits), np.array([0, 1, 1]))
+    other = CLASSIFY.fit_meter()
+    other.update(CLASSIFY.outputs(torch.tensor([[0.0, 1.0]])), np.array([1]))
     meter.merge(other)
     assert meter.report() == {"train_accuracy": 0.75}
-    seg = FitMeter("segment")
+    seg = SEGMENT.fit_meter()
     y = torch.zeros(1, 4, 4, dtype=torch.long)
     y[0, :2, :2] = 2
-    seg.update(torch.nn.functional.one_hot(y, 3).permute(0, 3, 1, 2).float(), y)  # perfect prediction
-    assert seg.report()["train_mean_lesion_iou"] == 1.0
+    seg.update(SEGMENT.outputs(torch.nn.functional.one_hot(y, 3).permute(0, 3, 1, 2).float()), y.numpy())
+    assert seg.report() == {"train_mean_lesion_iou": 1.0, "train_competition_iou": 1.0}  # perfect prediction
     model = build_model(ModelConfig(task="segment", backbone="resnet18", in_channels=2, num_classes=3))
-    steps = TaskSteps("segment", CPU, augment=AugmentConfig(strength=0))
-    fit = FitMeter("segment")
+    steps = TaskSteps(SEGMENT, CPU, augment=AugmentConfig(strength=0))
+    fit = SEGMENT.fit_meter()
     steps.train_step(model, torch.optim.AdamW(model.parameters(), lr=1e-3), _seg_batch(), fit)
-    assert fit.seg.true_area.sum() == 4 * 32 * 32  # every pixel of the batch counted
+    assert fit.true_area.sum() == 4 * 32 * 32  # every pixel of the batch counted
+
+
+def test_validation_meters_merge_workers_and_report_like_one():
+    """The classifier's validation outputs gathered from two workers score as if one had seen all."""
+    rng = np.random.default_rng(0)
+    lab = np.repeat([0, 1] * 5, 4)  # patient-level labels, as CT-ICH's
+    prob, pat = rng.random(40) * 0.6 + 0.3 * lab, np.repeat(np.arange(10), 4).astype(str)
+    whole, a, b = CLASSIFY.val_meter(), CLASSIFY.val_meter(), CLASSIFY.val_meter()
+    whole.update(prob, lab, {"patient": pat})
+    a.update(prob[:15], lab[:15], {"patient": pat[:15]})
+    b.update(prob[15:], lab[15:], {"patient": pat[15:]})
+    a.merge(b)
+    assert a.report() == whole.report() and {"val_auc", "val_patient_auc", "val_threshold"} <= set(whole.report())
+    at = CLASSIFY.val_meter(threshold=0.7)
+    at.update(prob, lab, {"patient": pat})
+    rep = at.report("")
+    assert rep["threshold"] == 0.7 and rep["slice_accuracy"] == pytest.approx(((prob >= 0.7) == lab).mean())
+
+
+def test_tasks_are_found_by_name_and_refuse_unknown_ones():
+    assert get_task("segment") is SEGMENT and get_task(CLASSIFY) is CLASSIFY
+    assert SEGMENT.dense and not CLASSIFY.dense and (CLASSIFY.num_classes, SEGMENT.num_classes) == (2, 3)
+    with pytest.raises(ValueError, match="task must be one of"):
+        get_task("detect")
 
 
 def test_recalibrate_bn_makes_eval_mode_match_the_current_weights():

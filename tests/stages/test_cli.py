@@ -51,6 +51,40 @@ def test_pipeline_arguments_shape_every_stage():
     assert default.classify.max_epochs == 10 and default.segment.max_epochs == 12 and not default.classify.use_gpu
 
 
+def test_options_left_out_take_the_config_defaults():
+    """The CLI repeats no default: with no options each stage gets its config's defaults."""
+    from strokeray.cli import ingest_config, score_config, search_config, train_config
+    from strokeray.learn.models import ModelConfig
+    from strokeray.stages.ingest import IngestConfig
+    from strokeray.stages.score import ScoreConfig
+    from strokeray.stages.train import TrainConfig
+    from strokeray.stages.tune import SearchConfig
+
+    parse = build_parser().parse_args
+    assert train_config(parse(["train", "classify", "S"])) == TrainConfig(task="classify")
+    assert train_config(parse(["train", "segment", "S"])) == TrainConfig(task="segment",
+                                                                         model=ModelConfig(backbone="resnet34"))
+    assert search_config(parse(["tune", "segment", "S"])) == SearchConfig(task="segment")
+    assert score_config(parse(["score", "SRC", "OUT"])) == ScoreConfig()
+    assert ingest_config(parse(["ingest", "SRC", "OUT"])) == IngestConfig()
+    given = train_config(parse(["train", "segment", "S", "--epochs", "3", "--augment", "0", "--workers", "1"]))
+    assert (given.epochs, given.augment.strength, given.num_workers, given.batch_size) == (3, 0.0, 1, 16)
+
+
+def test_old_spellings_still_work_and_say_what_to_use(capsys):
+    """Scripts written for the earlier arguments keep working: --data, score --out, --workers-per-trial."""
+    args = build_parser().parse_args(["train", "classify", "--data", "S", "--epochs", "2"])
+    assert "--data is deprecated" in capsys.readouterr().err
+    from strokeray.cli import _shards_of
+
+    assert _shards_of(args) == "S"
+    args = build_parser().parse_args(["score", "SRC", "--out", "O"])
+    assert args.out_old == "O" and "--out is deprecated" in capsys.readouterr().err
+    args = build_parser().parse_args(["tune", "classify", "S", "--workers-per-trial", "2"])
+    assert args.workers == 2 and "use --workers" in capsys.readouterr().err
+    assert main(["train", "classify"]) == 2 and "SHARDS" in capsys.readouterr().err
+
+
 def test_ingest_windows_are_the_model_channels(tmp_path, ray_local, capsys):
     import pyarrow as pa
     import pyarrow.parquet as pq

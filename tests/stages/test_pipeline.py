@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from strokeray.learn.tasks import CLASSIFY, SEGMENT
 from strokeray.stages.pipeline import trainable_tasks
 
 
@@ -14,8 +15,8 @@ def _card(folder, labels: dict, with_mask: int) -> str:
 
 
 def test_masks_decide_whether_the_segmenter_is_trained(tmp_path):
-    assert trainable_tasks(_card(tmp_path / "a", {"0": 5, "1": 3}, with_mask=2)) == ["classify", "segment"]
-    assert trainable_tasks(_card(tmp_path / "b", {"0": 5, "1": 3}, with_mask=0)) == ["classify"]
+    assert trainable_tasks(_card(tmp_path / "a", {"0": 5, "1": 3}, with_mask=2)) == [CLASSIFY, SEGMENT]
+    assert trainable_tasks(_card(tmp_path / "b", {"0": 5, "1": 3}, with_mask=0)) == [CLASSIFY]
 
 
 def test_an_unlabelled_archive_is_refused_with_what_to_do(tmp_path):

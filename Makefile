@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser demo test clean
+.PHONY: install browser demo test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ browser:
 ## The whole suite, real-data tests included (they read ../shared/data).
 test: $(STAMP) browser
 	$(BIN)/python -m pytest
+
+## ruff (lint) on the code and tests, mypy on the package; .ci/run runs it before the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check strokeray tests jobs
+	$(BIN)/mypy strokeray
 
 clean:
 	rm -rf runs .pytest_cache

@@ -127,8 +127,8 @@ def score_child(src: str, bundles: tuple[str, str], threshold: float, batch_size
 
 
 def _child_main(src, out, classifier, segmenter, threshold, batch_size, files_per_chunk) -> None:
-    from strokeray.stages.score import ScoreConfig, run_score
     from strokeray.stages.runtime import ensure_ray
+    from strokeray.stages.score import ScoreConfig, run_score
 
     ensure_ray()
     t = time.perf_counter()

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from strokeray.imaging.views import PreprocessConfig
+from strokeray.io.json_files import read_json
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,10 @@ class ShardSet:
     def open(cls, url: str) -> ShardSet:
         """The ingest output at ``url``; a clear error when it holds no finished ingest."""
         url = str(url).rstrip("/")
-        fs, card_path = fsspec.core.url_to_fs(f"{url}/card.json")
-        if not fs.exists(card_path):
+        card = read_json(f"{url}/card.json")
+        if card is None:
             raise FileNotFoundError(f"{url} holds no card.json: not a finished ingest output (run `strokeray ingest`)")
-        with fs.open(card_path, "r") as fh:
-            return cls(url, json.load(fh))
+        return cls(url, card)
 
     @property
     def preprocess(self) -> PreprocessConfig:

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
     CTImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
-    PYDICOM_IMPLEMENTATION_UID,
-    UID,
     RLELossless,
     generate_uid,
 )

@@ -27,5 +27,5 @@ def pseudonym(value: str | None, kind: str, key: bytes | None = None) -> str:
     """
     if value is None or not str(value).strip():
         return ""
-    msg = f"{kind}\x00{str(value).strip()}".encode("utf-8")
+    msg = f"{kind}\x00{str(value).strip()}".encode()
     return hmac.new(key or pseudonym_key(), msg, hashlib.sha256).hexdigest()[:16]

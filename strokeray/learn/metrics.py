@@ -157,7 +157,7 @@ class SegmentationMeter:
                 self.comp_inter += int(np.count_nonzero(p & dilated))
                 self.comp_union += int(np.count_nonzero(p | eroded))
 
-    def merge(self, other: "SegmentationMeter") -> None:
+    def merge(self, other: SegmentationMeter) -> None:
         """Add another meter's counts (e.g. one per training worker)."""
         for attr in ("inter", "union", "pred_area", "true_area"):
             getattr(self, attr)[:] += getattr(other, attr)

@@ -18,6 +18,7 @@ from strokeray.learn.augment import AugmentConfig, augment_batch
 from strokeray.learn.losses import SegLossConfig
 from strokeray.learn.tasks import Task, get_task
 
+
 def bn_buffers(m: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A BatchNorm's running mean, running variance and batch count (it must track them)."""
     buffers = (m.running_mean, m.running_var, m.num_batches_tracked)

@@ -14,7 +14,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from strokeray.imaging.overlay import CLASS_NAMES, HEMORRHAGIC, ISCHEMIC, OVERLAY_RGB, paint_overlay  # noqa: E402
 
-LESION_LEGEND = [Patch(color="#%02x%02x%02x" % OVERLAY_RGB[c], label=CLASS_NAMES[c]) for c in (HEMORRHAGIC, ISCHEMIC)]
+LESION_LEGEND = [Patch(color="#{:02x}{:02x}{:02x}".format(*OVERLAY_RGB[c]), label=CLASS_NAMES[c]) for c in (HEMORRHAGIC, ISCHEMIC)]
 
 
 def _png(fig) -> bytes:

@@ -8,7 +8,6 @@ confusion matrix and overlays.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import fsspec
@@ -17,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from strokeray.datasets.shard_set import ShardSet
+from strokeray.io.json_files import write_json
 from strokeray.io.shard_schema import tensor_array
 
 
@@ -78,9 +78,8 @@ def run_evaluate(bundle: str, shards: str, split: str = "test", batch_size: int 
         with fsspec.open(predictions, "wb") as fh:
             pq.write_table(pa.table(columns), fh)
     if out:
-        with fsspec.open(out, "w") as fh:
-            json.dump({"bundle": bundle, "bundle_version": predictor.version, "shards": shards,
-                       "shards_version": data.version, **result.__dict__}, fh, indent=2)
+        write_json(out, {"bundle": bundle, "bundle_version": predictor.version, "shards": shards,
+                         "shards_version": data.version, **result.__dict__})
     log(f"[evaluate] {task.name} on {split} ({n} slices): "
         + ", ".join(f"{k}={result.metrics[k]:.3f}" for k in task.headline))
     return result

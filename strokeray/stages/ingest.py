@@ -24,7 +24,7 @@ import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import fsspec
 import pyarrow as pa
@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from strokeray import __version__
 from strokeray.checks import check_positive
 from strokeray.datasets.slice_records import RecordConfig, records_for, stack_records
+from strokeray.io.json_files import write_json
 from strokeray.io.shard_schema import QUARANTINE_COLUMNS, SCHEMA_VERSION
 from strokeray.io.sources import read_bytes
 from strokeray.stages.manifest import Manifest, ManifestConfig, build_manifest, check_source, options_digest
@@ -172,7 +173,7 @@ def run_chunks(manifest: Manifest, out: str, run_one, stage: str, dest: str, log
     first, and every run's scratch last. Returns (chunks run, chunks skipped)."""
     fs, base = fsspec.core.url_to_fs(out)
     base = base.rstrip("/")
-    run = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    run = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     chunks = manifest.chunks()
     current = {_tag(number) for number, _, _ in chunks}
     # Chunks the manifest no longer has (their files left or changed the source, so their rows are
@@ -249,7 +250,7 @@ def _card(fs, base: str, src: str, manifest: Manifest, quarantine: pa.Table, cfg
     return {
         "schema_version": SCHEMA_VERSION,
         "strokeray_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": src,
         "layout": manifest.layout,
         "objects": manifest.rows,
@@ -290,8 +291,7 @@ def run_ingest(src: str, out: str, cfg: IngestConfig = IngestConfig(), log=print
         manifest, out, lambda index, table, run: run_chunk(index, table, out, run, cfg), "ingest", "shards", log)
     quarantine = merge_quarantine(fs, base, manifest)
     card = _card(fs, base, src, manifest, quarantine, cfg, digest)
-    with fs.open(f"{base}/card.json", "w") as fh:
-        json.dump(card, fh, indent=2)
+    write_json(stage.url_of("card.json"), card)
     summary.slices = card["slices"]
     summary.quarantined = card["quarantined"]
     summary.reasons = card["quarantine_reasons"]

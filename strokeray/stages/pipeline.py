@@ -10,7 +10,6 @@ resumed after a failure only pays for what is missing. The report is always rewr
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 
@@ -18,6 +17,7 @@ import fsspec
 
 from strokeray.datasets.shard_set import ShardSet
 from strokeray.datasets.synth import SynthConfig
+from strokeray.io.json_files import read_json
 from strokeray.learn.tasks import CLASSIFY, SEGMENT, Task
 from strokeray.stages.ingest import IngestConfig, IngestSummary, run_ingest
 from strokeray.stages.preview import PreviewConfig, run_preview
@@ -96,15 +96,13 @@ def evaluate_once(bundle: str, layout: RunLayout, task: Task, log=print) -> dict
     from strokeray.learn.predict import bundle_version
     from strokeray.stages.evaluate import EmptySplitError, run_evaluate
 
-    fs, path = fsspec.core.url_to_fs(layout.evaluation(task))
-    version = bundle_version(bundle)
-    if fs.exists(path) and fs.exists(fsspec.core.url_to_fs(layout.predictions(task))[1]):
-        with fs.open(path, "r") as fh:
-            done = json.load(fh)
-        if done.get("bundle_version") == version and done.get("shards_version") == ShardSet.open(layout.shards).version:
-            log(f"[evaluate] {task.name}: reusing {layout.evaluation(task)}")
-            return done["metrics"]
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    done = read_json(layout.evaluation(task), {})
+    predictions = fsspec.core.url_to_fs(layout.predictions(task))
+    if (done.get("bundle_version") == bundle_version(bundle) and predictions[0].exists(predictions[1])
+            and done.get("shards_version") == ShardSet.open(layout.shards).version):
+        log(f"[evaluate] {task.name}: reusing {layout.evaluation(task)}")
+        return done["metrics"]
+    predictions[0].makedirs(predictions[1].rsplit("/", 1)[0], exist_ok=True)
     try:
         result = run_evaluate(bundle, layout.shards, "test", out=layout.evaluation(task),
                               predictions=layout.predictions(task), log=log)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 import time
 from dataclasses import dataclass
 
 import fsspec
+
+from strokeray.io.json_files import read_json, write_json
 
 _VERSION = re.compile(r"^v(\d{4,})$")
 
@@ -52,12 +53,7 @@ def versions(registry: str, task: str) -> list[str]:
 
 def current(registry: str, task: str) -> dict | None:
     """The task's current-best pointer, or None when nothing was published."""
-    fs, base = _fs(registry)
-    path = f"{base}/{task}/current.json"
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "r") as fh:
-        return json.load(fh)
+    return read_json(_url(registry, task, "current.json"))
 
 
 def best_bundle(registry: str, task: str) -> str:
@@ -88,8 +84,7 @@ def publish(registry: str, task: str, write_bundle, search: dict, rows: list[dic
     version = f"v{(max(taken) + 1) if taken else 1:04d}"
     folder = _url(registry, task, version)
     fs.makedirs(f"{base}/{task}/{version}", exist_ok=True)
-    with fs.open(f"{base}/{task}/{version}/search.json", "w") as fh:
-        json.dump(search, fh, indent=2, default=str)
+    write_json(f"{folder}/search.json", search)
     with fs.open(f"{base}/{task}/{version}/results.csv", "w") as fh:
         fh.write(results_csv(rows))
     write_bundle(folder)  # model.json last: the version counts from here on
@@ -97,8 +92,7 @@ def publish(registry: str, task: str, write_bundle, search: dict, rows: list[dic
                **summary}
     promote = _becomes_current(current(registry, task), pointer)
     if promote:
-        with fs.open(f"{base}/{task}/current.json", "w") as fh:
-            json.dump(pointer, fh, indent=2, default=str)
+        write_json(_url(registry, task, "current.json"), pointer)
     return Published(version=version, bundle=folder, current=promote)
 
 

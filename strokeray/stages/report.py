@@ -8,7 +8,6 @@ says so. Only pseudonymous ids appear; source paths (which can carry names) are 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 
@@ -16,16 +15,17 @@ import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 
+from strokeray.datasets.shard_set import ShardSet
 from strokeray.imaging.rle import decode_rle
+from strokeray.io.json_files import read_json
 from strokeray.io.shard_schema import tensor_array
 from strokeray.learn.metrics import binary_report, operating_threshold, patient_level, roc_auc, roc_curve
+from strokeray.learn.tasks import CLASSIFY, LESION_NAMES, SEGMENT, TASKS, Task
 from strokeray.report import figures
 from strokeray.report.page import Figure, Section, Table, cell, render_page
-from strokeray.stages.stage_dir import StageDir
-from strokeray.stages.run_layout import RunLayout
-from strokeray.datasets.shard_set import ShardSet
-from strokeray.learn.tasks import CLASSIFY, LESION_NAMES, SEGMENT, TASKS, Task
 from strokeray.stages import tune
+from strokeray.stages.run_layout import RunLayout
+from strokeray.stages.stage_dir import StageDir
 
 
 @dataclass
@@ -38,11 +38,6 @@ class ReportResult:
 def _exists(url: str) -> bool:
     fs, path = fsspec.core.url_to_fs(url)
     return fs.exists(path)
-
-
-def _json(url: str):
-    with fsspec.open(url, "r") as fh:
-        return json.load(fh)
 
 
 def _parquet(url: str, columns=None):
@@ -140,7 +135,7 @@ def classifier_test_section(layout: RunLayout, doc: dict | None) -> Section:
 def _examples(layout: RunLayout, predictions, per_class: int = 2) -> list[tuple]:
     """Test slices with lesions (the largest per class) with their views and masks from the shards."""
     chosen = []
-    for c, name in LESION_NAMES.items():
+    for name in LESION_NAMES.values():
         area = np.asarray(predictions[f"true_{name}_pixels"])
         for i in np.argsort(-area, kind="stable")[:per_class]:
             if area[i] > 0:
@@ -173,7 +168,7 @@ def segmenter_test_section(layout: RunLayout, doc: dict | None) -> Section:
     if doc is None or not _exists(layout.evaluation(SEGMENT)):
         s.missing = "No test-split evaluation of the segmenter: run the pipeline (or `strokeray evaluate --predictions`)."
         return s
-    ev = _json(layout.evaluation(SEGMENT))
+    ev = read_json(layout.evaluation(SEGMENT))
     m = ev["metrics"]
     names = SEGMENT.class_names
     s.paragraphs.append(f"{ev['slices']} test slices (annotated, or known to hold no lesion). Mean lesion IoU "
@@ -240,7 +235,7 @@ def scoring_section(layout: RunLayout) -> Section:
     if not _exists(f"{layout.score}/summary.json"):
         s.missing = f"No finished scoring run under {layout.score}."
         return s
-    summary = _json(f"{layout.score}/summary.json")
+    summary = read_json(f"{layout.score}/summary.json")
     s.paragraphs.append(
         f"{summary['objects']} objects: {summary['slices']} slices scored ({summary['positive_slices']} positive) in "
         f"{summary['studies']} studies ({summary['positive_studies']} positive); {summary['quarantined']} objects "

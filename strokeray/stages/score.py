@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from strokeray.checks import check_positive, check_range
 from strokeray.datasets.slice_records import RecordConfig
 from strokeray.io.csv_cells import safe_cell
+from strokeray.io.json_files import read_json, write_json
 from strokeray.learn.tasks import CLASSIFY, LESION_NAMES, SEGMENT, Task
 
 # Per-slice columns carried from decoding into the output (identifiers are pseudonyms).
@@ -256,13 +257,10 @@ def check_bundles(classifier: str, segmenter: str | None, cfg: ScoreConfig) -> S
 def finished_summary(stage, same: bool, listing, log) -> ScoreSummary | None:
     """The summary of a finished run over the same listing, models and settings, else None (and a
     summary over another listing is removed: the run is incomplete until rewritten)."""
-    path = f"{stage.base}/summary.json"
-    if not (same and stage.fs.exists(path)):
-        return None
-    with stage.fs.open(path, "r") as fh:
-        done = json.load(fh)
-    if done.get("listing") != listing:
-        stage.fs.rm(path)
+    done = read_json(stage.url_of("summary.json")) if same else None
+    if done is None or done.get("listing") != listing:
+        if done is not None:
+            stage.fs.rm(stage.path("summary.json"))
         return None
     log(f"[score] {stage.url} is complete ({done['slices']} slices); nothing to do")
     known = {f.name for f in fields(ScoreSummary)}
@@ -375,8 +373,8 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
     summary.quarantined = quarantine.num_rows
     summary.reasons = dict(Counter(quarantine.column("reason").to_pylist()))
     summary.seconds = round(time.perf_counter() - started, 2)
-    with fs.open(f"{base}/summary.json", "w") as fh:  # written last: marks the run complete
-        json.dump({**asdict(summary), "threshold": cfg.threshold, "listing": manifest.listing}, fh, indent=2)
+    # written last: marks the run complete
+    write_json(stage.url_of("summary.json"), {**asdict(summary), "threshold": cfg.threshold, "listing": manifest.listing})
     log(f"[score] {summary.slices} slices ({summary.positive_slices} positive) in {summary.studies} studies "
         f"({summary.positive_studies} positive), {summary.quarantined} quarantined {summary.reasons}, "
         f"{summary.chunks_skipped} chunks already done -> {out} in {summary.seconds:.1f}s")

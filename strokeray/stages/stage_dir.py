@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import fsspec
 
@@ -116,7 +116,7 @@ class StageDir:
         if marker is None or marker.get("digest") != digest:
             with fs.open(self.path(MARKER), "w") as fh:
                 json.dump({"stage": self.stage, "digest": digest, "strokeray_version": __version__,
-                           "claimed": datetime.now(timezone.utc).isoformat(timespec="seconds")}, fh, indent=1)
+                           "claimed": datetime.now(UTC).isoformat(timespec="seconds")}, fh, indent=1)
         return same
 
     def clear(self) -> list[str]:

@@ -22,12 +22,12 @@ import fsspec
 
 from strokeray.checks import check_positive, check_range
 from strokeray.datasets.shard_set import ShardSet
+from strokeray.io.json_files import read_json, write_json
 from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.losses import SegLossConfig
 from strokeray.learn.models import ModelConfig
 from strokeray.learn.tasks import CLASSIFY, get_task
 from strokeray.stages.train import TrainConfig
-
 
 
 @dataclass(frozen=True)
@@ -251,20 +251,12 @@ SETTINGS, PUBLISHED = "strokeray-search.json", "published.json"
 
 def published(path: str) -> dict | None:
     """What a finished search at ``path`` published (registry version, bundle, rows), else None."""
-    fs, base = fsspec.core.url_to_fs(path)
-    if not fs.exists(f"{base}/{PUBLISHED}"):
-        return None
-    with fs.open(f"{base}/{PUBLISHED}", "r") as fh:
-        return json.load(fh)
+    return read_json(f"{path.rstrip('/')}/{PUBLISHED}")
 
 
 def settings_of(path: str) -> dict:
     """The settings a search at ``path`` was started with ({} when none)."""
-    fs, base = fsspec.core.url_to_fs(path)
-    if not fs.exists(f"{base}/{SETTINGS}"):
-        return {}
-    with fs.open(f"{base}/{SETTINGS}", "r") as fh:
-        return json.load(fh)
+    return read_json(f"{path.rstrip('/')}/{SETTINGS}", {})
 
 
 def search_settings(shards: ShardSet, cfg: SearchConfig) -> dict:
@@ -279,13 +271,10 @@ def make_tuner(path: str, trainable, cfg: SearchConfig, max_trials: int, setting
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    fs, base = fsspec.core.url_to_fs(path)
-    if fs.exists(f"{base}/{SETTINGS}") and tune.Tuner.can_restore(path):
+    if settings_of(path) and tune.Tuner.can_restore(path):
         log(f"[tune] resuming the interrupted search {path}")
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True), True
-    fs.makedirs(base, exist_ok=True)
-    with fs.open(f"{base}/{SETTINGS}", "w") as fh:
-        json.dump(settings, fh, indent=2)
+    write_json(f"{path}/{SETTINGS}", settings)
     log(f"[tune] {len(cfg.backbones()) * cfg.samples} trials ({cfg.samples} per backbone over "
         f"{', '.join(cfg.backbones())}), {max_trials} at a time, ASHA on {cfg.metric_name()} -> {path}")
     storage, name = path.rstrip("/").rsplit("/", 1)
@@ -322,10 +311,8 @@ def publish_best(best: dict, rows: list[dict], cfg: SearchConfig, shards: ShardS
     with tempfile.TemporaryDirectory() as tmp:
         best_dir = _fetch_checkpoint(best["checkpoint"], os.path.join(tmp, "best"))
         last_dir = _fetch_checkpoint(best["last_checkpoint"], os.path.join(tmp, "last"))
-        with open(os.path.join(best_dir, "state.json")) as fh:
-            best_epoch = json.load(fh)["history"][-1]
-        with open(os.path.join(last_dir, "state.json")) as fh:
-            history = json.load(fh)["history"]
+        best_epoch = read_json(os.path.join(best_dir, "state.json"))["history"][-1]
+        history = read_json(os.path.join(last_dir, "state.json"))["history"]
         search_doc = {"path": path, "metric": cfg.metric_name(), **settings, "best": best, "rows": rows}
         summary = {"metric": cfg.metric_name(), "value": best["best_score"], "dataset": shards.card["config_digest"],
                    "search": path, "trial_id": best["trial_id"], "backbone": params["backbone"]}
@@ -347,13 +334,12 @@ def run_search(shards: str, out: str, cfg: SearchConfig, name: str | None = None
     data = ShardSet.open(absolute(shards))
     name = name or f"{cfg.task}-search"
     path = f"{(os.path.abspath(out) if '://' not in out else out).rstrip('/')}/{name}"
-    fs, base = fsspec.core.url_to_fs(path)
     settings = search_settings(data, cfg)
-    if fs.exists(f"{base}/{SETTINGS}") and settings_of(path) != settings:
+    if settings_of(path) not in ({}, settings):
         if not overwrite:
             raise ValueError(f"{path} holds a search with other settings or data; pass overwrite "
                              "(--overwrite) to discard it, or choose another name")
-        fs.rm(base, recursive=True)
+        fsspec.core.url_to_fs(path)[0].rm(fsspec.core.url_to_fs(path)[1], recursive=True)
     ensure_ray()
     max_trials, per_worker = concurrency(cfg, ray.cluster_resources())
     trainable = tune.with_parameters(trial_driver, cfg=cfg, shards=data.url, train_storage=f"{path}/train",
@@ -368,9 +354,8 @@ def run_search(shards: str, out: str, cfg: SearchConfig, name: str | None = None
     rows = results_table(tuner.fit(), cfg, f"{path}/train")
     best = best_row(rows, path)
     pub = publish_best(best, rows, cfg, data, path, settings, per_worker, registry)
-    with fs.open(f"{base}/{PUBLISHED}", "w") as fh:  # written last: marks the search finished
-        json.dump({"version": pub.version, "bundle": pub.bundle, "current": pub.current, "best": best, "rows": rows},
-                  fh, indent=2, default=str)
+    write_json(f"{path}/{PUBLISHED}",  # written last: marks the search finished
+               {"version": pub.version, "bundle": pub.bundle, "current": pub.current, "best": best, "rows": rows})
     log(f"[tune] best trial {best['trial_id']} ({best['param_backbone']}): {cfg.metric_name()}="
         f"{best['best_score']:.4f} at epoch {best['best_epoch']} -> {pub.bundle}" + (" (now current)" if pub.current else ""))
     return SearchResult(path=path, rows=rows, best=best, version=pub.version, bundle=pub.bundle, current=pub.current,

@@ -1,7 +1,12 @@
 import pytest
 
 from strokeray.datasets.layouts import (
-    LabelsTable, apply_labels_csv, detect_layout, file_group, label_listing, parse_label,
+    LabelsTable,
+    apply_labels_csv,
+    detect_layout,
+    file_group,
+    label_listing,
+    parse_label,
 )
 from strokeray.io.sources import SourceEntry
 

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from strokeray.datasets.synth import CLASS_FOLDERS, SynthConfig, write_archive
 from strokeray.datasets.phantom import PhantomConfig
+from strokeray.datasets.synth import CLASS_FOLDERS, SynthConfig, write_archive
 from strokeray.datasets.teknofest import annotation_candidates, is_annotation, lesion_class_of
 from strokeray.imaging.overlay import lesion_mask_from_overlay
 from strokeray.io.decode import decode_slices

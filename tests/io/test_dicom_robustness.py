@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,7 @@ def _expected(row: dict) -> str:
     return "ok"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _decode(rel: str, axial_only: bool = True):
     return decode_dicom((SHARED_DATA / "dicom-robustness" / rel).read_bytes(), rel, DecodeConfig(axial_only=axial_only))
 

@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from strokeray.cli import main
+from strokeray.datasets.layouts import LabelsTable
+from strokeray.datasets.splits import SplitConfig
 from strokeray.io.shard_schema import SCALAR_COLUMNS, TENSOR_COLUMNS
 from strokeray.stages.ingest import IngestConfig, run_ingest
 from strokeray.stages.manifest import ManifestConfig, build_manifest
-from strokeray.datasets.layouts import LabelsTable
-from strokeray.datasets.splits import SplitConfig
 
 from ..conftest import kill_after_first_chunk, shared_data, zip_folder
 

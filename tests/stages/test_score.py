@@ -101,8 +101,8 @@ def test_finished_run_rewrites_nothing(scored, bundles, planted_zip):
 
 def test_models_default_to_the_registry(planted_zip, bundles, ray_local, tmp_path):
     reg = tmp_path / "registry"
-    for task, src in zip(("classify", "segment"), bundles):
-        registry.publish(str(reg), task, lambda url, src=src: tiny_bundle(Path(url), task), {}, [],
+    for task in ("classify", "segment"):
+        registry.publish(str(reg), task, lambda url, task=task: tiny_bundle(Path(url), task), {}, [],
                          {"metric": "m", "value": 1.0, "dataset": "d"})
     s = run_score(str(planted_zip[0]), str(tmp_path / "out"), registry=str(reg), cfg=ScoreConfig(threshold=0.9),
                   log=lambda *_: None)

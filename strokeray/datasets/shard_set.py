@@ -35,7 +35,7 @@ class ShardSet:
 
     @property
     def preprocess(self) -> PreprocessConfig:
-        return PreprocessConfig.from_dict(self.card["config"]["records"]["preprocess"])
+        return PreprocessConfig.from_dict(self.preprocess_dict)
 
     @property
     def preprocess_dict(self) -> dict:

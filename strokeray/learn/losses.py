@@ -1,5 +1,9 @@
 """Losses: weighted cross-entropy for the classifier; dice + cross-entropy/focal (+ jaccard) for
-the segmenter, each term's weight configurable, as in the study (dice + jaccard + focal)."""
+the segmenter, each term's weight configurable, as in the study (dice + jaccard + focal).
+
+Not segmentation-models-pytorch's losses: its multiclass Dice/Jaccard zero the classes a batch
+lacks and then average over all classes (a lesion-sparse batch's lesion term shrinks up to 3x),
+and its FocalLoss is one-vs-rest sigmoid, not the softmax focal term on cross-entropy used here."""
 
 from __future__ import annotations
 

@@ -71,6 +71,13 @@ def test_options_left_out_take_the_config_defaults():
     assert (given.epochs, given.augment.strength, given.num_workers, given.batch_size) == (3, 0.0, 1, 16)
 
 
+def test_the_cli_offers_exactly_the_tasks_there_are():
+    from strokeray.cli import TASK_NAMES
+    from strokeray.learn.tasks import TASKS
+
+    assert TASK_NAMES == tuple(TASKS)
+
+
 def test_old_spellings_still_work_and_say_what_to_use(capsys):
     """Scripts written for the earlier arguments keep working: --data, score --out, --workers-per-trial."""
     args = build_parser().parse_args(["train", "classify", "--data", "S", "--epochs", "2"])

@@ -7,7 +7,7 @@ Two modes, both deterministic for a seed:
   their hash are cut at the ratios, so small sets get exact proportions; adding patients can
   move others.
 Split folders of the layout (Training/Test) win when present; a validation share is then carved
-out of the layout's training patients by hash.
+out of the layout's training patients, by hash or per class (stratified).
 """
 
 from __future__ import annotations
@@ -44,6 +44,20 @@ def _by_ratio(u: float, ratios: tuple[float, float, float]) -> str:
     return "test"
 
 
+def _carve_val(train: dict[str, int], share: float, cfg: SplitConfig) -> set[str]:
+    """The layout's training patients that become validation: by hash, or (stratified) the same
+    share of every class, at least one of a class with two or more patients, so that validation
+    holds every class the training folders hold."""
+    if cfg.mode == "hash":
+        return {g for g in train if unit_hash(g, cfg.seed) < share}
+    out: set[str] = set()
+    for stratum in set(train.values()):
+        members = sorted((g for g, s in train.items() if s == stratum), key=lambda g: unit_hash(g, cfg.seed))
+        n_val = max(int(round(len(members) * share)), 1 if share > 0 and len(members) >= 2 else 0)
+        out.update(members[:n_val])
+    return out
+
+
 def assign_splits(
     groups: dict[str, int], cfg: SplitConfig = SplitConfig(), layout_splits: dict[str, str] | None = None
 ) -> dict[str, str]:
@@ -54,10 +68,9 @@ def assign_splits(
     if cfg.use_layout_splits and layout_splits:
         train, val = cfg.ratios[0], cfg.ratios[1]
         val_share = val / (train + val) if train + val > 0 else 0.0
+        carved = _carve_val({g: groups[g] for g in groups if layout_splits.get(g) == "train"}, val_share, cfg)
         for g in groups:
-            s = layout_splits.get(g, "")
-            if s == "train" and unit_hash(g, cfg.seed) < val_share:
-                s = "val"
+            s = "val" if g in carved else layout_splits.get(g, "")
             out[g] = s or _by_ratio(unit_hash(g, cfg.seed), cfg.ratios)
         return out
     if cfg.mode == "hash":

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 import fsspec
 
 from strokeray.datasets.shard_set import ShardSet
+from strokeray.datasets.splits import SplitConfig
 from strokeray.datasets.synth import SynthConfig
 from strokeray.io.json_files import read_json
 from strokeray.learn.tasks import CLASSIFY, SEGMENT, Task
 from strokeray.stages.ingest import IngestConfig, IngestSummary, run_ingest
+from strokeray.stages.manifest import ManifestConfig
 from strokeray.stages.preview import PreviewConfig, run_preview
 from strokeray.stages.run_layout import RunLayout
 from strokeray.stages.score import ScoreConfig, ScoreSummary
@@ -56,7 +58,11 @@ class PipelineConfig:
     # What to score (None: the ingested archive, as a hospital would score its own archive).
     score_src: str | None = None
     synth: SynthConfig = field(default_factory=lambda: SynthConfig(patients=24, bad_files=True))
-    ingest: IngestConfig = field(default_factory=IngestConfig)
+    # stratified: the validation split that picks checkpoints, thresholds and trials holds every
+    # class even on a small archive (hash splits can leave it one class). overwrite: shards made
+    # with other settings are redone, as searches are, so the run always matches its arguments.
+    ingest: IngestConfig = field(default_factory=lambda: IngestConfig(
+        manifest=ManifestConfig(split=SplitConfig(mode="stratified")), overwrite=True))
     preview: PreviewConfig | None = field(default_factory=lambda: PreviewConfig(limit=24))
     classify: SearchConfig = DEMO_CLASSIFY
     segment: SearchConfig = DEMO_SEGMENT

@@ -9,6 +9,7 @@ training worker), ``report(prefix)``. They are plain picklable objects (gathered
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,8 +102,9 @@ class LesionMeter(SegmentationMeter):
 
 
 @dataclass(frozen=True)
-class Task:
-    """What one learning task reads from the shards, optimises, measures and bundles."""
+class Task(ABC):
+    """What one learning task reads from the shards, optimises, measures and bundles; the
+    subclasses (Classification, Segmentation) implement the abstract parts."""
 
     name: str  # the CLI's and the configs' word for it
     title: str  # for logs and the report
@@ -131,29 +133,34 @@ class Task:
         """The shard columns training reads."""
         return (self.image_column, *self.truth_columns, "split")
 
+    @abstractmethod
     def has_truth(self, table: pa.Table) -> pa.Array:
-        raise NotImplementedError
+        """Implemented by each task."""
 
     def rows(self, table: pa.Table, split: str) -> pa.Table:
         """The rows of a shard table in ``split`` that carry a truth for this task."""
         return table.filter(pc.and_(pc.equal(table["split"], split), self.has_truth(table)))
 
+    @abstractmethod
     def targets(self, column: pa.ChunkedArray, size: int) -> np.ndarray:
-        raise NotImplementedError
+        """Implemented by each task."""
 
+    @abstractmethod
     def loss(self, logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None,
              seg_loss: SegLossConfig) -> torch.Tensor:
-        raise NotImplementedError
+        """The training loss of a batch."""
 
+    @abstractmethod
     def outputs(self, logits: torch.Tensor) -> np.ndarray:
         """What the meters and predictions take from a batch of logits, as numpy."""
-        raise NotImplementedError
 
+    @abstractmethod
     def fit_meter(self):
-        raise NotImplementedError
+        """Implemented by each task."""
 
+    @abstractmethod
     def val_meter(self, threshold: float | None = None):
-        raise NotImplementedError
+        """Implemented by each task."""
 
     def bundle_fields(self, metrics: dict) -> dict:
         """Task-specific entries of a bundle's model.json."""

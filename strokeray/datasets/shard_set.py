@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import fsspec
 import numpy as np
@@ -19,10 +19,21 @@ from strokeray.imaging.views import PreprocessConfig
 from strokeray.io.json_files import read_json
 
 
+def apply_splits(table: pa.Table, splits: dict[str, str] | None) -> pa.Table:
+    """``table`` with its ``split`` column replaced by each patient's split in ``splits`` ("" for a
+    patient it leaves out); unchanged when ``splits`` is None."""
+    if splits is None or "split" not in table.column_names:
+        return table
+    new = pa.array([splits.get(p, "") for p in table["patient"].to_pylist()], pa.string())
+    return table.set_column(table.column_names.index("split"), "split", new)
+
+
 @dataclass(frozen=True)
 class ShardSet:
     url: str
     card: dict
+    # patient -> split replacing the ingest's splits (a cross-validation fold); None: the ingest's
+    splits: dict[str, str] | None = field(default=None, compare=False)
 
     @classmethod
     def open(cls, url: str) -> ShardSet:
@@ -32,6 +43,10 @@ class ShardSet:
         if card is None:
             raise FileNotFoundError(f"{url} holds no card.json: not a finished ingest output (run `strokeray ingest`)")
         return cls(url, card)
+
+    def with_splits(self, splits: dict[str, str]) -> ShardSet:
+        """These shards with the patients' splits replaced by ``splits`` (patients left out are in none)."""
+        return replace(self, splits=dict(splits))
 
     @property
     def preprocess(self) -> PreprocessConfig:
@@ -44,8 +59,10 @@ class ShardSet:
 
     @property
     def version(self) -> str:
-        """A digest of the shard files the card lists (names, rows, bytes): changes when ingest adds or redoes any."""
-        return hashlib.sha256(json.dumps(self.card["shards"], sort_keys=True).encode()).hexdigest()[:16]
+        """A digest of the shard files the card lists (names, rows, bytes) and of any split override:
+        changes when ingest adds or redoes any."""
+        doc = [self.card["shards"], self.splits] if self.splits is not None else self.card["shards"]
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
     def view_size(self, view: str) -> int:
         """Side in pixels of the ``classification`` or ``segmentation`` view."""
@@ -56,10 +73,13 @@ class ShardSet:
         return [f"{self.url}/shards/{entry['file']}" for entry in self.card["shards"]]
 
     def tables(self, columns: list[str], filters=None) -> Iterator[pa.Table]:
-        """Each shard file's ``columns``, one table at a time (memory stays one shard)."""
+        """Each shard file's ``columns``, one table at a time (memory stays one shard), with the split
+        override applied (its patient column then comes along)."""
+        if self.splits is not None and "split" in columns and "patient" not in columns:
+            columns = [*columns, "patient"]
         for url in self.files():
             with fsspec.open(url, "rb") as fh:
-                yield pq.read_table(fh, columns=columns, filters=filters)
+                yield apply_splits(pq.read_table(fh, columns=columns, filters=filters), self.splits)
 
     def rows(self, split: str, task, columns: list[str] | None = None) -> pa.Table:
         """The rows of ``split`` with a truth for ``task`` (a ``learn.tasks.Task``), in memory."""
@@ -77,6 +97,15 @@ class ShardSet:
                 total += sum(rg.column(c).total_uncompressed_size for c in range(rg.num_columns)
                              if rg.column(c).path_in_schema.split(".", 1)[0] in columns)
         return total
+
+    def patient_strata(self, column: str = "label") -> dict[str, int]:
+        """Each patient's highest ``column`` value (label or lesion; unknown counts as 0): the class
+        stratum that splits and cross-validation folds balance."""
+        out: dict[str, int] = {}
+        for t in self.tables(["patient", column]):
+            for p, v in zip(t["patient"].to_pylist(), t[column].to_pylist()):
+                out[p] = max(out.get(p, 0), v or 0)
+        return out
 
     def label_counts(self, split: str = "train") -> np.ndarray:
         """Slices labelled 0 and 1 in ``split``."""

@@ -88,3 +88,28 @@ def assign_splits(
         for i, g in enumerate(members):
             out[g] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
     return out
+
+
+def assign_folds(groups: dict[str, int], folds: int, seed: int = 0) -> dict[str, int]:
+    """Fold (0..folds-1) of every group for patient-grouped, stratified cross-validation: within
+    each stratum, groups ordered by their hash are dealt round the folds, each stratum starting
+    where the last one stopped, so fold sizes differ by at most one group."""
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
+    if len(groups) < folds:
+        raise ValueError(f"{len(groups)} patients cannot fill {folds} folds")
+    out: dict[str, int] = {}
+    for stratum in sorted(set(groups.values())):
+        members = sorted((g for g, s in groups.items() if s == stratum), key=lambda g: unit_hash(g, seed))
+        for g in members:
+            out[g] = len(out) % folds
+    return out
+
+
+def fold_splits(groups: dict[str, int], fold_of: dict[str, int], fold: int, val_share: float,
+                seed: int = 0) -> dict[str, str]:
+    """train/val/test of every group for one fold: the fold is the test split, and ``val_share`` of
+    every class of the other folds' groups is validation (checkpoint and threshold choice)."""
+    rest = {g: s for g, s in groups.items() if fold_of[g] != fold}
+    val = _carve_val(rest, val_share, SplitConfig(mode="stratified", seed=seed))
+    return {g: "test" if fold_of[g] == fold else "val" if g in val else "train" for g in groups}

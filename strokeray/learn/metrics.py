@@ -182,3 +182,38 @@ class SegmentationMeter:
         out["mean_lesion_iou"] = float(lesion.mean()) if lesion.size else float("nan")
         out["competition_iou"] = self.competition_iou()
         return out
+
+
+def pooled_binary(prob: np.ndarray, labels: np.ndarray, patients: np.ndarray, decision: np.ndarray) -> dict[str, float]:
+    """Slice and patient AUC, sensitivity, specificity and accuracy of pooled out-of-fold
+    predictions; ``decision`` is each slice's call at its own fold's operating point (a patient
+    is called positive when any of its slices is)."""
+    labels, decision = np.asarray(labels), np.asarray(decision, bool)
+    plab, pprob = patient_level(patients, labels, prob)
+    _, pcall = patient_level(patients, labels, decision.astype(np.float64))
+    out = {"slice_auc": roc_auc(labels, prob), "patient_auc": roc_auc(plab, pprob)}
+    for level, y, calls in (("slice", labels, decision), ("patient", plab, pcall >= 0.5)):
+        r = binary_report(y, calls.astype(np.float64), 0.5)
+        out.update({f"{level}_sensitivity": r.sensitivity, f"{level}_specificity": r.specificity,
+                    f"{level}_accuracy": r.accuracy})
+    return out
+
+
+def patient_bootstrap(patients: np.ndarray, statistic, rounds: int = 2000, seed: int = 0,
+                      level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of ``statistic(index, groups) -> dict`` over resamples of whole
+    patients with replacement (a patient's slices are not independent, so the patient is the
+    unit); ``groups`` numbers the drawn patients, so a patient drawn twice counts as two."""
+    _, inverse = np.unique(np.asarray(patients), return_inverse=True)
+    order = np.argsort(inverse, kind="mergesort")
+    members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        pick = rng.integers(0, len(members), len(members))
+        index = np.concatenate([members[i] for i in pick])
+        groups = np.repeat(np.arange(len(pick)), [len(members[i]) for i in pick])
+        for k, v in statistic(index, groups).items():
+            draws.setdefault(k, []).append(v)
+    tail = (1.0 - level) / 2.0
+    return {k: (float(np.nanquantile(v, tail)), float(np.nanquantile(v, 1.0 - tail))) for k, v in draws.items()}

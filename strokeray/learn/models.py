@@ -19,6 +19,7 @@ from strokeray.learn.tasks import CLASSIFY, SEGMENT, get_task
 
 CLASSIFIER_BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "efficientnet_b0", "densenet121")
 SEGMENTER_ARCHS = ("unet", "unetplusplus", "deeplabv3plus")
+CLASSIFIER_HEADS = ("study", "linear")
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,16 @@ class ModelConfig:
     in_channels: int = 3  # one per HU window
     num_classes: int = CLASSIFY.num_classes  # the task's (TrainConfig fills it in)
     dropout: float = 0.5
+    # the classifier's head: the study's dense stack, or torchvision's one linear layer
+    head: str = "study"
     freeze_features: bool = False  # train the classifier head only
     weights: str | None = None
 
     def __post_init__(self) -> None:
         check_range("dropout", self.dropout, 0.0, 0.99)
         check_positive(in_channels=self.in_channels, num_classes=self.num_classes)
+        if self.head not in CLASSIFIER_HEADS:
+            raise ValueError(f"unknown classifier head {self.head!r}; choose from {CLASSIFIER_HEADS}")
 
 
 class StudyHead(nn.Module):
@@ -52,6 +57,11 @@ class StudyHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def linear_head(in_features: int, num_classes: int = 2, dropout: float = 0.0) -> nn.Module:
+    """torchvision's own head: global average pooling, (dropout,) one linear layer."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_features, num_classes))
 
 
 class Classifier(nn.Module):
@@ -100,7 +110,8 @@ def build_classifier(cfg: ModelConfig) -> nn.Module:
         features = nn.Sequential(net.features, nn.ReLU(inplace=True))
         width = net.classifier.in_features
     _first_conv(features, cfg.in_channels)
-    model = Classifier(features, StudyHead(width, cfg.num_classes, cfg.dropout))
+    head = StudyHead if cfg.head == "study" else linear_head
+    model = Classifier(features, head(width, cfg.num_classes, cfg.dropout))
     if cfg.freeze_features:
         for p in model.features.parameters():
             p.requires_grad_(False)

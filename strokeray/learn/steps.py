@@ -27,6 +27,25 @@ def bn_buffers(m: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return buffers  # type: ignore[return-value]
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(schedule: str, epoch: int, epochs: int, warmup_epochs: int = 1, start: float = 0.1) -> float:
+    """The learning rate of ``epoch`` as a fraction of the base rate, set once per epoch as
+    torchvision's references do: ``cosine`` warms up linearly from ``start`` over
+    ``warmup_epochs``, then anneals by a half cosine (never reaching 0 on the last epoch)."""
+    import math
+
+    if schedule == "constant":
+        return 1.0
+    if schedule != "cosine":
+        raise ValueError(f"unknown lr schedule {schedule!r}; choose from {LR_SCHEDULES}")
+    warmup = min(warmup_epochs, max(epochs - 1, 0))
+    if epoch < warmup:
+        return start + (1.0 - start) * epoch / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / max(1, epochs - warmup)))
+
+
 @dataclass
 class TaskSteps:
     task: Task  # (its name is accepted too)

@@ -118,6 +118,7 @@ class Task(ABC):
     headline: tuple[str, ...]  # evaluation metrics a log line shows
     default_backbone: str
     search_backbones: tuple[str, ...]  # a search's default candidates
+    stratum_column: str = "label"  # a patient's class for stratified splits and folds: its highest value
 
     @property
     def num_classes(self) -> int:
@@ -223,7 +224,7 @@ SEGMENT = Segmentation(
     name="segment", title="Segmenter", view="segmentation", image_column="seg_image", target_column="seg_mask",
     truth_columns=("seg_mask", "has_mask", "lesion"), class_names=LESION_CLASSES,
     score_metric="val_competition_iou", fit_metric="mean_lesion_iou", headline=("mean_lesion_iou", "competition_iou"),
-    default_backbone="resnet34", search_backbones=("resnet18", "resnet34"))
+    default_backbone="resnet34", search_backbones=("resnet18", "resnet34"), stratum_column="lesion")
 TASKS: dict[str, Task] = {t.name: t for t in (CLASSIFY, SEGMENT)}
 LESION_NAMES = dict(list(enumerate(SEGMENT.class_names))[1:])  # lesion code -> name: 1 ischemic, 2 hemorrhagic
 

@@ -47,7 +47,7 @@ def prediction_rows(task, part, outputs: np.ndarray, truth: np.ndarray) -> dict[
     return rows
 
 
-def run_evaluate(bundle: str, shards: str, split: str = "test", batch_size: int = 32, out: str | None = None,
+def run_evaluate(bundle: str, shards: str | ShardSet, split: str = "test", batch_size: int = 32, out: str | None = None,
                  predictions: str | None = None, log=print) -> EvaluationResult:
     """Metrics of ``bundle`` on ``split``; written as JSON to ``out`` when given, and one row per
     slice to the Parquet file ``predictions`` (classifier: id, patient, label, probability;
@@ -55,7 +55,8 @@ def run_evaluate(bundle: str, shards: str, split: str = "test", batch_size: int 
     from strokeray.learn.predict import BundlePredictor
 
     predictor = BundlePredictor(bundle)
-    task, data = predictor.task, ShardSet.open(shards)
+    data = shards if isinstance(shards, ShardSet) else ShardSet.open(shards)
+    task = predictor.task
     size = predictor.doc["preprocess"][task.view]["size"]  # the bundle's view (masks are scored at it)
     shape = (len(predictor.doc["windows"]), size, size)
     meter = task.val_meter(threshold=predictor.threshold if not task.dense else None)
@@ -72,13 +73,13 @@ def run_evaluate(bundle: str, shards: str, split: str = "test", batch_size: int 
                 columns.setdefault(k, []).extend(v)
     n = len(columns.get("id", []))
     if n == 0:
-        raise EmptySplitError(f"{shards} has no {split} slices with a truth for the {task.name} task")
+        raise EmptySplitError(f"{data.url} has no {split} slices with a truth for the {task.name} task")
     result = EvaluationResult(task=task.name, split=split, slices=n, metrics=meter.report(""))
     if predictions:
         with fsspec.open(predictions, "wb") as fh:
             pq.write_table(pa.table(columns), fh)
     if out:
-        write_json(out, {"bundle": bundle, "bundle_version": predictor.version, "shards": shards,
+        write_json(out, {"bundle": bundle, "bundle_version": predictor.version, "shards": data.url,
                          "shards_version": data.version, **result.__dict__})
     log(f"[evaluate] {task.name} on {split} ({n} slices): "
         + ", ".join(f"{k}={result.metrics[k]:.3f}" for k in task.headline))

@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from strokeray.checks import check_positive, check_range
-from strokeray.datasets.shard_set import ShardSet
+from strokeray.datasets.shard_set import ShardSet, apply_splits
 from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.losses import SegLossConfig
 from strokeray.learn.models import ModelConfig
+from strokeray.learn.steps import lr_factor
 from strokeray.learn.tasks import CLASSIFY, Task, get_task
 
 
@@ -38,6 +39,7 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-4
     weight_decay: float = 1e-4
+    schedule: str = "constant"  # learning rate per epoch: constant, or cosine after one warm-up epoch
     input_size: int | None = None  # resize the views (None: as ingested, 224 / 256)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seg_loss: SegLossConfig = field(default_factory=SegLossConfig)
@@ -65,6 +67,7 @@ class TrainConfig:
         check_positive(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, num_workers=self.num_workers,
                        cpus_per_worker=self.cpus_per_worker)
         check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        lr_factor(self.schedule, 0, self.epochs)  # a clear error for an unknown schedule
         check_range("input_size", self.input_size, 32, 4096)
         check_range("max_failures", self.max_failures, 0, 100)
         check_range("bn_recalibration_batches", self.bn_recalibration_batches, 0, 1e9)
@@ -86,8 +89,8 @@ class TrainConfig:
 DATA_TASK_CPUS = 0.25
 
 
-def _keep_split(table, split: str, task: str):
-    return get_task(task).rows(table, split)
+def _keep_split(table, split: str, task: str, splits: dict[str, str] | None = None):
+    return get_task(task).rows(apply_splits(table, splits), split)
 
 
 def datasets_for(shards: ShardSet, task: Task, cache: bool | None = None):
@@ -98,14 +101,15 @@ def datasets_for(shards: ShardSet, task: Task, cache: bool | None = None):
     """
     import ray
 
-    columns = list(task.columns)
+    columns = list(task.columns) + (["patient"] if shards.splits is not None and "patient" not in task.columns else [])
     base = ray.data.read_parquet(shards.files(), num_cpus=DATA_TASK_CPUS).select_columns(columns)
     if cache is None:
         cache = shards.column_bytes(columns) < 0.25 * ray.cluster_resources().get("object_store_memory", 0)
     out = {}
     for split in ("train", "val"):
         # a partial, not fn_kwargs: seen lost (Ray 2.60) when the read is a list of s3:// files
-        ds = base.map_batches(functools.partial(_keep_split, split=split, task=task.name), batch_format="pyarrow",
+        ds = base.map_batches(functools.partial(_keep_split, split=split, task=task.name,
+                                                 splits=shards.splits), batch_format="pyarrow",
                               num_cpus=DATA_TASK_CPUS)
         out[split] = ds.materialize() if cache else ds
     return out
@@ -267,6 +271,8 @@ def train_loop(config: dict) -> None:
                       config.get("class_weights"), seed=cfg.seed * 1000 + rank)
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     for epoch in range(state.start_epoch, cfg.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(cfg.schedule, epoch, cfg.epochs)
         local = train_one_epoch(model, optimizer, steps, train_shard, cfg, epoch)
         if cfg.bn_recalibration_batches:
             recalibrate_bn(model, steps, train_shard, cfg, world)
@@ -377,11 +383,13 @@ def export_bundle(checkpoint_dir: str, bundle_dir: str, cfg: TrainConfig, shards
     return bundle_dir
 
 
-def run_train(shards: str, out: str, cfg: TrainConfig, name: str | None = None, log=print) -> TrainResult:
-    """Train on ``shards`` (an ingest OUT); checkpoints under ``out/<name>``, bundle ``out/<name>/bundle``."""
+def run_train(shards: str | ShardSet, out: str, cfg: TrainConfig, name: str | None = None, log=print) -> TrainResult:
+    """Train on ``shards`` (an ingest OUT, or a ShardSet such as a cross-validation fold's);
+    checkpoints under ``out/<name>``, bundle ``out/<name>/bundle``."""
     from strokeray.stages.runtime import ensure_ray
 
-    shard_set = ShardSet.open(shards)  # a missing or unfinished ingest fails here, before Ray starts
+    # a missing or unfinished ingest fails here, before Ray starts
+    shard_set = shards if isinstance(shards, ShardSet) else ShardSet.open(shards)
     ensure_ray()
     run = prepare_run(shard_set, out, cfg, name)
     result = run.trainer.fit()

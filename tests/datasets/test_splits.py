@@ -1,6 +1,6 @@
 import pytest
 
-from strokeray.datasets.splits import SplitConfig, assign_splits
+from strokeray.datasets.splits import SplitConfig, assign_folds, assign_splits, fold_splits
 
 
 def groups(n, strata=(0, 1)):
@@ -58,3 +58,35 @@ def test_stratified_validation_from_a_small_layout_holds_every_class():
 def test_bad_split_config(kw):
     with pytest.raises(ValueError):
         SplitConfig(**kw)
+
+
+def test_folds_hold_every_patient_once_with_each_class_spread_evenly():
+    g = {**{f"n{i}": 0 for i in range(47)}, **{f"s{i}": 1 for i in range(35)}}  # CT-ICH's 82 patients
+    folds = assign_folds(g, 5, seed=3)
+    assert set(folds) == set(g) and set(folds.values()) == set(range(5))
+    sizes = [sum(f == k for f in folds.values()) for k in range(5)]
+    assert max(sizes) - min(sizes) <= 1
+    for stratum in (0, 1):
+        per_fold = [sum(folds[p] == k for p in g if g[p] == stratum) for k in range(5)]
+        assert max(per_fold) - min(per_fold) <= 1, per_fold
+    assert assign_folds(g, 5, seed=3) == folds and assign_folds(g, 5, seed=4) != folds
+
+
+def test_a_fold_is_the_test_split_and_validation_comes_per_class_from_the_rest():
+    g = {**{f"n{i}": 0 for i in range(20)}, **{f"s{i}": 1 for i in range(10)}}
+    folds = assign_folds(g, 3)
+    for k in range(3):
+        splits = fold_splits(g, folds, k, val_share=0.2)
+        assert {p for p, s in splits.items() if s == "test"} == {p for p, f in folds.items() if f == k}
+        val = [p for p, s in splits.items() if s == "val"]
+        assert {g[p] for p in val} == {0, 1} and not any(folds[p] == k for p in val)
+        assert sum(s == "train" for s in splits.values()) == 30 - 10 - len(val)
+    # over the folds, every patient is tested exactly once
+    tested = [p for k in range(3) for p, s in fold_splits(g, folds, k, 0.2).items() if s == "test"]
+    assert sorted(tested) == sorted(g)
+
+
+@pytest.mark.parametrize("n, k", [(10, 1), (3, 5)])
+def test_folds_refuse_too_few(n, k):
+    with pytest.raises(ValueError):
+        assign_folds(groups(n), k)

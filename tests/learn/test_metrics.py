@@ -3,7 +3,15 @@ import math
 import numpy as np
 import pytest
 
-from strokeray.learn.metrics import SegmentationMeter, binary_report, patient_level, roc_auc, roc_curve
+from strokeray.learn.metrics import (
+    SegmentationMeter,
+    binary_report,
+    patient_bootstrap,
+    patient_level,
+    pooled_binary,
+    roc_auc,
+    roc_curve,
+)
 
 
 def test_binary_report_by_hand():
@@ -82,3 +90,38 @@ def test_operating_threshold_maximises_youden_j_between_scores():
     best_j = max(((s[y == 1] >= c).mean() - (s[y == 0] >= c).mean()) for c in s)
     assert (s[y == 1] >= t).mean() - (s[y == 0] >= t).mean() == pytest.approx(best_j)
     assert operating_threshold([1, 1], [0.2, 0.3]) == 0.5  # one class: the default
+
+
+def test_pooled_binary_calls_patients_by_any_slice_at_its_own_threshold():
+    prob = np.array([0.9, 0.1, 0.4, 0.3, 0.2, 0.6])
+    lab = np.array([1, 1, 1, 1, 0, 0])
+    pat = np.array(["a", "a", "b", "b", "c", "c"])
+    call = np.array([True, False, False, True, False, False])  # b's fold had a low threshold
+    m = pooled_binary(prob, lab, pat, call)
+    assert m["slice_sensitivity"] == 0.5 and m["slice_specificity"] == 1.0
+    assert m["patient_sensitivity"] == 1.0 and m["patient_specificity"] == 1.0
+    assert m["patient_auc"] == 0.5  # by the highest slice: a 0.9 above c 0.6, b 0.4 below it
+    assert m["slice_auc"] == pytest.approx(roc_auc(lab, prob))
+
+
+def test_patient_bootstrap_resamples_whole_patients():
+    rng = np.random.default_rng(0)
+    pat = np.repeat(np.arange(40), 5)
+    lab = np.repeat(np.arange(40) % 2, 5)
+    prob = np.clip(lab * 0.3 + rng.random(200) * 0.7, 0, 1)
+    point = roc_auc(lab, prob)
+    seen = []
+
+    def stat(i, g):
+        seen.append((len(np.unique(g)), len(i)))
+        return {"auc": roc_auc(lab[i], prob[i])}
+
+    iv = patient_bootstrap(pat, stat, rounds=300, seed=1)["auc"]
+    assert iv[0] < point < iv[1] and iv[1] - iv[0] < 0.3
+    # 40 patients drawn each round, a patient drawn twice counted twice, all 5 slices of each
+    assert all(n == 40 and m == 200 for n, m in seen)
+    # more patients with the same signal: a narrower interval
+    pat2, lab2 = np.repeat(np.arange(400), 5), np.repeat(np.arange(400) % 2, 5)
+    prob2 = np.clip(lab2 * 0.3 + rng.random(2000) * 0.7, 0, 1)
+    iv2 = patient_bootstrap(pat2, lambda i, g: {"auc": roc_auc(lab2[i], prob2[i])}, rounds=300)["auc"]
+    assert iv2[1] - iv2[0] < 0.6 * (iv[1] - iv[0])

@@ -30,6 +30,16 @@ def test_segmenters(arch, encoder):
         assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 3, 64, 64)
 
 
+def test_linear_head_is_torchvisions_single_layer():
+    model = build_model(ModelConfig(backbone="resnet18", head="linear", dropout=0.0)).eval()
+    linears = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(512, 2)]
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 2)
+    with pytest.raises(ValueError, match="head"):
+        ModelConfig(head="mlp")
+
+
 def test_unknown_names_raise():
     with pytest.raises(ValueError):
         build_model(ModelConfig(backbone="alexnet"))

@@ -6,7 +6,7 @@ import torch
 
 from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.models import ModelConfig, build_model
-from strokeray.learn.steps import TaskSteps
+from strokeray.learn.steps import TaskSteps, lr_factor
 from strokeray.learn.tasks import CLASSIFY, SEGMENT, get_task
 
 CPU = torch.device("cpu")
@@ -126,3 +126,13 @@ def test_recalibrate_bn_makes_eval_mode_match_the_current_weights():
         model.train()
         batch_stats = model(x)
     assert torch.allclose(fresh, batch_stats, atol=2e-2) and not torch.allclose(stale, batch_stats, atol=2e-2)
+
+
+def test_cosine_schedule_warms_up_then_anneals_without_reaching_zero():
+    f = [lr_factor("cosine", e, 6) for e in range(6)]
+    assert f[0] == pytest.approx(0.1) and f[1] == 1.0
+    assert all(a > b for a, b in zip(f[1:], f[2:])) and f[-1] > 0.05
+    assert [lr_factor("constant", e, 6) for e in range(6)] == [1.0] * 6
+    assert lr_factor("cosine", 0, 1) == 1.0  # one epoch: no warm-up
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor("step", 0, 6)

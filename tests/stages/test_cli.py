@@ -4,7 +4,7 @@ import pytest
 
 from strokeray.cli import build_parser, main
 
-SUBCOMMANDS = ["synth", "decode", "preview", "ingest", "train", "tune", "evaluate", "score", "pipeline", "report",
+SUBCOMMANDS = ["synth", "decode", "preview", "ingest", "train", "crossval", "tune", "evaluate", "score", "pipeline", "report",
                "benchmark"]
 
 
@@ -53,8 +53,9 @@ def test_pipeline_arguments_shape_every_stage():
 
 def test_options_left_out_take_the_config_defaults():
     """The CLI repeats no default: with no options each stage gets its config's defaults."""
-    from strokeray.cli import ingest_config, score_config, search_config, train_config
+    from strokeray.cli import crossval_config, ingest_config, score_config, search_config, train_config
     from strokeray.learn.models import ModelConfig
+    from strokeray.stages.crossval import CrossvalConfig
     from strokeray.stages.ingest import IngestConfig
     from strokeray.stages.score import ScoreConfig
     from strokeray.stages.train import TrainConfig
@@ -69,6 +70,11 @@ def test_options_left_out_take_the_config_defaults():
     assert ingest_config(parse(["ingest", "SRC", "OUT"])) == IngestConfig()
     given = train_config(parse(["train", "segment", "S", "--epochs", "3", "--augment", "0", "--workers", "1"]))
     assert (given.epochs, given.augment.strength, given.num_workers, given.batch_size) == (3, 0.0, 1, 16)
+    assert crossval_config(parse(["crossval", "classify", "S"])) == CrossvalConfig(train=TrainConfig(task="classify"))
+    cv = crossval_config(parse(["crossval", "classify", "S", "--folds", "3", "--head", "linear", "--schedule", "cosine",
+                                "--no-class-weights", "--fold-seed", "2"]))
+    assert (cv.folds, cv.seed, cv.val_share, cv.train.model.head, cv.train.schedule, cv.train.balance_classes) == (
+        3, 2, 0.15, "linear", "cosine", False)
 
 
 def test_the_cli_offers_exactly_the_tasks_there_are():

@@ -1,0 +1,71 @@
+"""Cross-validation on phantom shards: every patient tested once, pooled metrics with patient
+intervals, resume and refusal; and how many folds a cluster runs at once."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from strokeray.learn.augment import AugmentConfig
+from strokeray.learn.models import ModelConfig
+from strokeray.stages.crossval import CrossvalConfig, parallel_folds, run_crossval
+from strokeray.stages.stage_dir import OutputError
+from strokeray.stages.train import TrainConfig
+
+from ..conftest import phantom_shards
+
+
+def quick(task: str, **kw) -> CrossvalConfig:
+    train = TrainConfig(task=task, model=ModelConfig(backbone="resnet18", head="linear", dropout=0.0), epochs=1,
+                        batch_size=8, input_size=64, lr=1e-3, num_workers=1, augment=AugmentConfig(strength=0.0),
+                        bn_recalibration_batches=2)
+    return CrossvalConfig(train=train, folds=2, val_share=0.25, bootstrap=200, **kw)
+
+
+def test_parallel_folds_fit_the_cluster():
+    cfg = quick("classify")
+    assert parallel_folds(cfg, {"CPU": 2}) == (1, None)  # train's own CPU sharing
+    assert parallel_folds(CrossvalConfig(train=cfg.train, folds=5), {"CPU": 16}) == (5, 1.0)
+    assert parallel_folds(CrossvalConfig(train=cfg.train, folds=5, parallel=2), {"CPU": 16}) == (2, 1.0)
+    gpu = CrossvalConfig(train=TrainConfig(num_workers=2, use_gpu=True), folds=5)
+    assert parallel_folds(gpu, {"CPU": 32, "GPU": 4}) == (2, None)
+
+
+@pytest.fixture(scope="module")
+def shards(ray_local, tmp_path_factory) -> str:
+    return phantom_shards(tmp_path_factory.mktemp("crossval"), seed=11)
+
+
+@pytest.mark.ray
+def test_classifier_crossval_tests_every_patient_once_and_pools_with_intervals(shards, tmp_path):
+    out = str(tmp_path / "cv")
+    r = run_crossval(shards, out, quick("classify"), name="cv", log=lambda *_: None)
+    assert not r.reused and [f["fold"] for f in r.folds] == [1, 2]
+    assert sum(f["test_patients"] for f in r.folds) == 16 and all(f["val_patients"] == 2 for f in r.folds)
+    pred = pq.read_table(f"{r.path}/predictions.parquet")
+    patients = pred["patient"].to_pylist()
+    folds_of = {p: {f for q, f in zip(patients, pred["fold"].to_pylist()) if q == p} for p in set(patients)}
+    assert len(folds_of) == 16 and all(len(f) == 1 for f in folds_of.values())  # one fold tests a patient
+    assert len(set(pred["id"].to_pylist())) == pred.num_rows
+    for k in ("slice_auc", "patient_auc", "slice_sensitivity", "patient_specificity"):
+        lo, hi = r.intervals[k]
+        assert 0.0 <= lo <= hi <= 1.0 and (np.isnan(r.pooled[k]) or lo - 1e-9 <= r.pooled[k] <= hi + 1e-9), k
+    # each slice is called at its own fold's threshold, the one its bundle carries
+    thresholds = {f["fold"]: json.load(open(f"{f['bundle']}/model.json"))["threshold"] for f in r.folds}
+    assert all(thresholds[f] == t for f, t in zip(pred["fold"].to_pylist(), pred["threshold"].to_pylist()))
+    # a finished cross-validation is reused, not re-run; other settings under its name are refused
+    again = run_crossval(shards, out, quick("classify"), name="cv", log=lambda *_: None)
+    assert again.reused and again.pooled == pytest.approx(r.pooled, nan_ok=True)
+    with pytest.raises(OutputError, match="other inputs or settings"):
+        run_crossval(shards, out, quick("classify", seed=1), name="cv", log=lambda *_: None)
+
+
+@pytest.mark.ray
+def test_segmenter_crossval_reports_each_fold_and_their_mean(shards, tmp_path):
+    r = run_crossval(shards, str(tmp_path / "cv"), quick("segment"), log=lambda *_: None)
+    assert r.path.endswith("segment-resnet18-2fold") and r.intervals == {}
+    ious = [f["metrics"]["competition_iou"] for f in r.folds]
+    assert r.pooled["competition_iou"] == pytest.approx(np.nanmean(ious))

@@ -222,6 +222,49 @@ def search_section(layout: RunLayout, task: Task) -> Section:
     return s
 
 
+def _interval(doc: dict, key: str) -> str:
+    value, iv = doc["pooled"].get(key), doc["intervals"].get(key)
+    return cell(value) + (f" [{cell(iv[0])}, {cell(iv[1])}]" if iv else "")
+
+
+def crossval_section(layout: RunLayout) -> Section:
+    """Every cross-validation under RUN_DIR/crossval: pooled out-of-fold metrics with their intervals."""
+    from strokeray.stages.crossval import PREDICTIONS, SUMMARY
+
+    s = Section("Cross-validation")
+    fs, base = fsspec.core.url_to_fs(layout.crossval)
+    names = sorted(p.rstrip("/").split("/")[-2] for p in fs.glob(f"{base}/*/{SUMMARY}"))
+    if not names:
+        s.missing = (f"No finished cross-validation under {layout.crossval}: run "
+                     f"`strokeray crossval classify {layout.shards} --out {layout.crossval}`.")
+        return s
+    s.paragraphs.append("Patient-grouped, stratified folds; every patient is tested once, by the model of the fold "
+                        "that held it out. Intervals: 95 %, resampling patients.")
+    rows, curves = [], {}
+    for name in names:
+        doc = read_json(f"{layout.crossval}/{name}/{SUMMARY}")
+        train = doc["config"]["train"]
+        recipe = f"{train['model']['backbone']} {train['input_size'] or ''}px, {train['epochs']} epochs"
+        if doc["task"] == CLASSIFY.name:
+            rows.append([name, doc["task"], recipe, len(doc["folds"]), sum(f["test_patients"] for f in doc["folds"]),
+                         *(_interval(doc, k) for k in ("slice_auc", "patient_auc", "patient_sensitivity",
+                                                       "patient_specificity"))])
+            t = _parquet(f"{layout.crossval}/{name}/{PREDICTIONS}", ["label", "probability"])
+            lab, prob = np.asarray(t["label"]), np.asarray(t["probability"])
+            if 0 < lab.sum() < len(lab):
+                fpr, tpr, _ = roc_curve(lab, prob)
+                curves[name] = (fpr, tpr, roc_auc(lab, prob))
+        else:
+            rows.append([name, doc["task"], recipe, len(doc["folds"]), sum(f["test_patients"] for f in doc["folds"]),
+                         "", "", "", f"competition IoU {cell(doc['pooled'].get('competition_iou'))} (fold mean)"])
+    s.tables.append(Table(["name", "task", "recipe", "folds", "patients", "slice AUC", "patient AUC",
+                           "patient sensitivity", "patient specificity"], rows, text_columns=3))
+    if curves:
+        s.figures.append(Figure("crossval-roc", figures.roc_curves(curves, "ROC, out-of-fold slices"),
+                                "Slice-level ROC of the pooled out-of-fold predictions of each cross-validation."))
+    return s
+
+
 def _param(v):
     if isinstance(v, float):
         return f"{v:.1e}" if abs(v) < 0.01 else f"{v:g}"
@@ -272,7 +315,7 @@ def run_report(run_dir: str, out: str | None = None, log=print) -> ReportResult:
     for task in TASKS.values():
         train_section, doc = training_section(layout, task)
         sections += [train_section, test_sections[task](layout, doc), search_section(layout, task)]
-    sections.append(scoring_section(layout))
+    sections += [crossval_section(layout), scoring_section(layout)]
     from strokeray import __version__
 
     intro = [f"Run {run_dir}, reported {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by strokeray {__version__}.",

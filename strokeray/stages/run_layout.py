@@ -35,6 +35,10 @@ class RunLayout:
         return self.path("tune", f"{task.name}-search")
 
     @property
+    def crossval(self) -> str:  # cross-validations: crossval/<name>/crossval.json (`strokeray crossval --out`)
+        return self.path("crossval")
+
+    @property
     def registry(self) -> str:
         return self.path("registry")
 

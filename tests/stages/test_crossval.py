@@ -11,7 +11,10 @@ import pytest
 
 from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.models import ModelConfig
+from strokeray.report.page import cell
 from strokeray.stages.crossval import CrossvalConfig, parallel_folds, run_crossval
+from strokeray.stages.report import crossval_section
+from strokeray.stages.run_layout import RunLayout
 from strokeray.stages.stage_dir import OutputError
 from strokeray.stages.train import TrainConfig
 
@@ -41,7 +44,7 @@ def shards(ray_local, tmp_path_factory) -> str:
 
 @pytest.mark.ray
 def test_classifier_crossval_tests_every_patient_once_and_pools_with_intervals(shards, tmp_path):
-    out = str(tmp_path / "cv")
+    out = str(tmp_path / "run" / "crossval")  # where the report looks
     r = run_crossval(shards, out, quick("classify"), name="cv", log=lambda *_: None)
     assert not r.reused and [f["fold"] for f in r.folds] == [1, 2]
     assert sum(f["test_patients"] for f in r.folds) == 16 and all(f["val_patients"] == 2 for f in r.folds)
@@ -56,6 +59,13 @@ def test_classifier_crossval_tests_every_patient_once_and_pools_with_intervals(s
     # each slice is called at its own fold's threshold, the one its bundle carries
     thresholds = {f["fold"]: json.load(open(f"{f['bundle']}/model.json"))["threshold"] for f in r.folds}
     assert all(thresholds[f] == t for f, t in zip(pred["fold"].to_pylist(), pred["threshold"].to_pylist()))
+    # the report's section shows it: pooled values with their intervals, and the out-of-fold ROC
+    section = crossval_section(RunLayout(str(tmp_path / "run")))
+    (row,) = section.tables[0].rows
+    assert row[:5] == ["cv", "classify", "resnet18 64px, 1 epochs", 2, 16]
+    assert row[5] == f"{cell(r.pooled['slice_auc'])} [{cell(r.intervals['slice_auc'][0])}, " \
+                     f"{cell(r.intervals['slice_auc'][1])}]"
+    assert [f.name for f in section.figures] == ["crossval-roc"]
     # a finished cross-validation is reused, not re-run; other settings under its name are refused
     again = run_crossval(shards, out, quick("classify"), name="cv", log=lambda *_: None)
     assert again.reused and again.pooled == pytest.approx(r.pooled, nan_ok=True)

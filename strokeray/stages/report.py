@@ -227,17 +227,16 @@ def _interval(doc: dict, key: str) -> str:
     return cell(value) + (f" [{cell(iv[0])}, {cell(iv[1])}]" if iv else "")
 
 
-def crossval_section(layout: RunLayout) -> Section:
-    """Every cross-validation under RUN_DIR/crossval: pooled out-of-fold metrics with their intervals."""
+def crossval_section(layout: RunLayout) -> Section | None:
+    """Every cross-validation under RUN_DIR/crossval: pooled out-of-fold metrics with their
+    intervals. None when there is none: cross-validation is not a pipeline stage, so it is no gap."""
     from strokeray.stages.crossval import PREDICTIONS, SUMMARY
 
     s = Section("Cross-validation")
     fs, base = fsspec.core.url_to_fs(layout.crossval)
     names = sorted(p.rstrip("/").split("/")[-2] for p in fs.glob(f"{base}/*/{SUMMARY}"))
     if not names:
-        s.missing = (f"No finished cross-validation under {layout.crossval}: run "
-                     f"`strokeray crossval classify {layout.shards} --out {layout.crossval}`.")
-        return s
+        return None
     s.paragraphs.append("Patient-grouped, stratified folds; every patient is tested once, by the model of the fold "
                         "that held it out. Intervals: 95 %, resampling patients.")
     rows, curves = [], {}
@@ -315,7 +314,9 @@ def run_report(run_dir: str, out: str | None = None, log=print) -> ReportResult:
     for task in TASKS.values():
         train_section, doc = training_section(layout, task)
         sections += [train_section, test_sections[task](layout, doc), search_section(layout, task)]
-    sections += [crossval_section(layout), scoring_section(layout)]
+    crossval = crossval_section(layout)
+    sections += [crossval] if crossval else []
+    sections.append(scoring_section(layout))
     from strokeray import __version__
 
     intro = [f"Run {run_dir}, reported {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by strokeray {__version__}.",

@@ -24,8 +24,10 @@ def apply_splits(table: pa.Table, splits: dict[str, str] | None) -> pa.Table:
     patient it leaves out); unchanged when ``splits`` is None."""
     if splits is None or "split" not in table.column_names:
         return table
-    new = pa.array([splits.get(p, "") for p in table["patient"].to_pylist()], pa.string())
-    return table.set_column(table.column_names.index("split"), "split", new)
+    keys = pa.array(list(splits), pa.string())
+    values = pa.array([*splits.values(), ""], pa.string())  # the last: patients the override leaves out
+    index = pc.fill_null(pc.index_in(table["patient"], value_set=keys), len(keys))
+    return table.set_column(table.column_names.index("split"), "split", values.take(index))
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,17 @@ class ShardSet:
         if card is None:
             raise FileNotFoundError(f"{url} holds no card.json: not a finished ingest output (run `strokeray ingest`)")
         return cls(url, card)
+
+    @classmethod
+    def of(cls, shards: str | ShardSet) -> ShardSet:
+        """``shards`` itself, or the ingest output at that URL."""
+        return shards if isinstance(shards, ShardSet) else cls.open(shards)
+
+    def read_columns(self, columns: list[str]) -> list[str]:
+        """The shard columns reading ``columns`` takes: the patient too when a split override applies."""
+        if self.splits is not None and "split" in columns and "patient" not in columns:
+            return [*columns, "patient"]
+        return list(columns)
 
     def with_splits(self, splits: dict[str, str]) -> ShardSet:
         """These shards with the patients' splits replaced by ``splits`` (patients left out are in none)."""
@@ -75,11 +88,9 @@ class ShardSet:
     def tables(self, columns: list[str], filters=None) -> Iterator[pa.Table]:
         """Each shard file's ``columns``, one table at a time (memory stays one shard), with the split
         override applied (its patient column then comes along)."""
-        if self.splits is not None and "split" in columns and "patient" not in columns:
-            columns = [*columns, "patient"]
         for url in self.files():
             with fsspec.open(url, "rb") as fh:
-                yield apply_splits(pq.read_table(fh, columns=columns, filters=filters), self.splits)
+                yield apply_splits(pq.read_table(fh, columns=self.read_columns(columns), filters=filters), self.splits)
 
     def rows(self, split: str, task, columns: list[str] | None = None) -> pa.Table:
         """The rows of ``split`` with a truth for ``task`` (a ``learn.tasks.Task``), in memory."""

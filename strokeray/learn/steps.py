@@ -7,6 +7,7 @@ uint8 masks (N, H, W). AMP and pinned host memory switch on when the device is a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,8 +35,6 @@ def lr_factor(schedule: str, epoch: int, epochs: int, warmup_epochs: int = 1, st
     """The learning rate of ``epoch`` as a fraction of the base rate, set once per epoch as
     torchvision's references do: ``cosine`` warms up linearly from ``start`` over
     ``warmup_epochs``, then anneals by a half cosine (never reaching 0 on the last epoch)."""
-    import math
-
     if schedule == "constant":
         return 1.0
     if schedule != "cosine":

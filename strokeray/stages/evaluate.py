@@ -55,7 +55,7 @@ def run_evaluate(bundle: str, shards: str | ShardSet, split: str = "test", batch
     from strokeray.learn.predict import BundlePredictor
 
     predictor = BundlePredictor(bundle)
-    data = shards if isinstance(shards, ShardSet) else ShardSet.open(shards)
+    data = ShardSet.of(shards)
     task = predictor.task
     size = predictor.doc["preprocess"][task.view]["size"]  # the bundle's view (masks are scored at it)
     shape = (len(predictor.doc["windows"]), size, size)

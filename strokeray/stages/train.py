@@ -101,7 +101,7 @@ def datasets_for(shards: ShardSet, task: Task, cache: bool | None = None):
     """
     import ray
 
-    columns = list(task.columns) + (["patient"] if shards.splits is not None and "patient" not in task.columns else [])
+    columns = shards.read_columns(list(task.columns))
     base = ray.data.read_parquet(shards.files(), num_cpus=DATA_TASK_CPUS).select_columns(columns)
     if cache is None:
         cache = shards.column_bytes(columns) < 0.25 * ray.cluster_resources().get("object_store_memory", 0)
@@ -389,7 +389,7 @@ def run_train(shards: str | ShardSet, out: str, cfg: TrainConfig, name: str | No
     from strokeray.stages.runtime import ensure_ray
 
     # a missing or unfinished ingest fails here, before Ray starts
-    shard_set = shards if isinstance(shards, ShardSet) else ShardSet.open(shards)
+    shard_set = ShardSet.of(shards)
     ensure_ray()
     run = prepare_run(shard_set, out, cfg, name)
     result = run.trainer.fit()

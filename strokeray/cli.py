@@ -223,14 +223,17 @@ def _add_benchmark(sub) -> None:
         "model, batch and data in memory, for both tasks; then both models trained on phantom shards "
         "and scored on their test split against the quality targets. score: slices/s of (a) the models' "
         "batched forward passes on views in memory, (b) the original study's per-file scoring loop, "
-        "(c) strokeray score, plus peak memory at N and 4N slices.",
+        "(c) strokeray score, plus peak memory at N and 4N slices. demo: the demo's classifier path (phantom "
+        "archive, stratified shards, the demo's search, test split) on several seeds side by side, against "
+        "test slice AUC >= 0.95 on every seed.",
     )
-    p.add_argument("which", choices=("ingest", "train", "score"), help="the stage to benchmark")
+    p.add_argument("which", choices=("ingest", "train", "score", "demo"), help="the stage to benchmark")
     p.add_argument("--workdir", help="where archives and runs are generated and kept (default runs/benchmark[-train])")
     p.add_argument("--slices", type=int, help="ingest, score: synthetic 512x512 slices (default 1024, 512)")
     p.add_argument("--no-memory", action="store_true", help="ingest, score: skip the peak-memory comparison")
     p.add_argument("--epochs", type=int, default=4, help="train: epochs per throughput run, the first is warm-up")
     p.add_argument("--no-quality", action="store_true", help="train: skip the phantom quality runs")
+    p.add_argument("--seeds", default="0,1,2", help="demo: the seeds, comma-separated (default 0,1,2)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=_cmd_benchmark)
 
@@ -239,7 +242,7 @@ def _cmd_benchmark(args) -> int:
     from strokeray.stages.stage_dir import StageDir
 
     workdir = args.workdir or {"ingest": "runs/benchmark", "train": "runs/benchmark-train",
-                               "score": "runs/benchmark-score"}[args.which]
+                               "score": "runs/benchmark-score", "demo": "runs/benchmark-demo"}[args.which]
     # The benchmarks reuse and replace what they generated there: never in a folder of the user's.
     StageDir(workdir, f"benchmark-{args.which}", ()).claim()
     bench: Any
@@ -248,6 +251,10 @@ def _cmd_benchmark(args) -> int:
 
         bench = run_score_benchmark(workdir, args.slices or 512,
                                     memory=not args.no_memory)
+    elif args.which == "demo":
+        from strokeray.benchmarks.demo import run_demo_benchmark
+
+        bench = run_demo_benchmark(workdir, tuple(int(s) for s in args.seeds.split(",")))
     elif args.which == "train":
         from strokeray.benchmarks.train import run_train_benchmark
 
@@ -297,6 +304,8 @@ def _train_arguments(p) -> None:
     p.add_argument("--no-class-weights", action="store_true", help="unweighted cross-entropy for the classifier")
     p.add_argument("--input-size", type=int, help="resize the views to this size (default: as ingested)")
     p.add_argument("--augment", type=float, help="augmentation strength (0 turns it off)")
+    p.add_argument("--augment-preset", choices=("full", "flips"), default="full",
+                   help="full: every transform (default); flips: left-right mirror only")
     p.add_argument("--workers", type=int, help="training workers (one per GPU)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker, AMP and pinned memory")
     p.add_argument("--metric", help="validation metric that picks the best checkpoint (default val_accuracy / "
@@ -313,7 +322,7 @@ def train_config(args):
     model = ModelConfig(backbone=args.backbone or get_task(args.task).default_backbone,
                         **_given(args, arch="arch", weights="weights", dropout="dropout", head="head"),
                         freeze_features=args.freeze_features)
-    return TrainConfig(task=args.task, model=model, augment=AugmentConfig(**_given(args, strength="augment")),
+    return TrainConfig(task=args.task, model=model, augment=AugmentConfig.preset(args.augment_preset, **_given(args, strength="augment")),
                        **_given(args, epochs="epochs", batch_size="batch_size", lr="lr", weight_decay="weight_decay",
                                 input_size="input_size", num_workers="workers", score_metric="metric",
                                 schedule="schedule"),

@@ -40,6 +40,20 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         check_range("augment strength", self.strength, 0.0, 5.0)
 
+    @classmethod
+    def preset(cls, name: str, **overrides) -> AugmentConfig:
+        """A named recipe: "full" (every transform) or "flips" (left-right mirror only: the plain
+        baseline's, which leaves intensities untouched, the hyperdense-bleed signal included)."""
+        if name not in AUGMENT_PRESETS:
+            raise ValueError(f"unknown augmentation preset {name!r}; one of {sorted(AUGMENT_PRESETS)}")
+        return cls(**{**AUGMENT_PRESETS[name], **overrides})
+
+
+AUGMENT_PRESETS: dict[str, dict] = {
+    "full": {},
+    "flips": {"p_rot90": 0.0, "p_affine": 0.0, "p_elastic": 0.0, "p_grid": 0.0, "p_intensity": 0.0},
+}
+
 
 def _identity_grid(n: int, h: int, w: int, device, dtype) -> torch.Tensor:
     theta = torch.eye(2, 3, device=device, dtype=dtype).unsqueeze(0).expand(n, 2, 3)

@@ -42,3 +42,18 @@ def test_strength_zero_is_identity_and_intensity_spares_masks():
     xi, mi = augment_batch(x, m, cfg, torch.Generator().manual_seed(1))
     assert torch.equal(mi, m) and not torch.equal(xi, x)
     assert xi.min() >= 0 and xi.max() <= 1
+
+
+def test_flips_preset_only_mirrors_left_right():
+    x, m = _scene(n=16)
+    cfg = AugmentConfig.preset("flips", p_flip=1.0)
+    xa, ma = augment_batch(x, m, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(xa, torch.flip(x, dims=(-1,))) and torch.equal(ma, torch.flip(m, dims=(-1,)))
+    assert AugmentConfig.preset("full") == AugmentConfig()
+    assert AugmentConfig.preset("flips", strength=0.5).strength == 0.5
+    try:
+        AugmentConfig.preset("heavy")
+    except ValueError as err:
+        assert "flips" in str(err)
+    else:
+        raise AssertionError("an unknown preset was accepted")

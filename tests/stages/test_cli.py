@@ -54,6 +54,7 @@ def test_pipeline_arguments_shape_every_stage():
 def test_options_left_out_take_the_config_defaults():
     """The CLI repeats no default: with no options each stage gets its config's defaults."""
     from strokeray.cli import crossval_config, ingest_config, score_config, search_config, train_config
+    from strokeray.learn.augment import AugmentConfig
     from strokeray.learn.models import ModelConfig
     from strokeray.stages.crossval import CrossvalConfig
     from strokeray.stages.ingest import IngestConfig
@@ -72,7 +73,8 @@ def test_options_left_out_take_the_config_defaults():
     assert (given.epochs, given.augment.strength, given.num_workers, given.batch_size) == (3, 0.0, 1, 16)
     assert crossval_config(parse(["crossval", "classify", "S"])) == CrossvalConfig(train=TrainConfig(task="classify"))
     cv = crossval_config(parse(["crossval", "classify", "S", "--folds", "3", "--head", "linear", "--schedule", "cosine",
-                                "--no-class-weights", "--fold-seed", "2"]))
+                                "--no-class-weights", "--fold-seed", "2", "--augment-preset", "flips"]))
+    assert cv.train.augment == AugmentConfig.preset("flips")
     assert (cv.folds, cv.seed, cv.val_share, cv.train.model.head, cv.train.schedule, cv.train.balance_classes) == (
         3, 2, 0.15, "linear", "cosine", False)
 

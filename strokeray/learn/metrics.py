@@ -199,6 +199,19 @@ def pooled_binary(prob: np.ndarray, labels: np.ndarray, patients: np.ndarray, de
     return out
 
 
+def pooled_overlap(inter: dict[str, np.ndarray], true: dict[str, np.ndarray], pred: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per lesion class IoU and Dice of pooled pixel counts (each dict: class name -> per-slice
+    counts), and their mean lesion IoU: the same numbers a SegmentationMeter gives over all slices."""
+    out: dict[str, float] = {}
+    for name in inter:
+        i, t, p = (float(np.sum(d[name])) for d in (inter, true, pred))
+        out[f"iou_{name}"] = i / (t + p - i) if t + p - i > 0 else float("nan")
+        out[f"dice_{name}"] = 2 * i / (t + p) if t + p > 0 else float("nan")
+    ious = [v for k, v in out.items() if k.startswith("iou_") and v == v]
+    out["mean_lesion_iou"] = float(np.mean(ious)) if ious else float("nan")
+    return out
+
+
 def patient_bootstrap(patients: np.ndarray, statistic, rounds: int = 2000, seed: int = 0,
                       level: float = 0.95) -> dict[str, tuple[float, float]]:
     """Percentile intervals of ``statistic(index, groups) -> dict`` over resamples of whole

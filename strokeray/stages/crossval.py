@@ -30,7 +30,7 @@ from strokeray.checks import check_positive, check_range
 from strokeray.datasets.shard_set import ShardSet
 from strokeray.datasets.splits import assign_folds, fold_splits
 from strokeray.io.json_files import read_json, write_json
-from strokeray.learn.metrics import patient_bootstrap, pooled_binary
+from strokeray.learn.metrics import patient_bootstrap, pooled_binary, pooled_overlap
 from strokeray.learn.tasks import get_task
 from strokeray.stages.stage_dir import StageDir
 from strokeray.stages.train import TrainConfig
@@ -144,10 +144,19 @@ def pooled_predictions(path: str, rows: list[dict]) -> pa.Table:
 
 
 def summarise(table: pa.Table, rows: list[dict], cfg: CrossvalConfig) -> tuple[dict, dict]:
-    """(pooled metrics, 95 % patient-bootstrap intervals); the segmenter: the folds' mean, no interval."""
-    if get_task(cfg.train.task).dense:
-        keys = rows[0]["metrics"].keys()
-        return {k: float(np.nanmean([r["metrics"][k] for r in rows])) for k in keys}, {}
+    """(pooled metrics, 95 % patient-bootstrap intervals). The segmenter's IoU and Dice pool the
+    folds' pixel counts; its competition IoU (dilated/eroded truth) is the folds' mean, no interval."""
+    task = get_task(cfg.train.task)
+    if task.dense:
+        names = task.class_names[1:]
+        counts = {kind: {n: np.asarray(table[f"{kind}_{n}_pixels"], np.float64) for n in names}
+                  for kind in ("inter", "true", "pred")}
+        pooled = pooled_overlap(counts["inter"], counts["true"], counts["pred"])
+        pooled["competition_iou"] = float(np.nanmean([r["metrics"]["competition_iou"] for r in rows]))
+        intervals = patient_bootstrap(np.asarray(table["patient"]), lambda i, _: pooled_overlap(
+            *({n: c[n][i] for n in names} for c in (counts["inter"], counts["true"], counts["pred"]))),
+            cfg.bootstrap, cfg.seed)
+        return pooled, {k: list(v) for k, v in intervals.items()}
     prob, lab = np.asarray(table["probability"]), np.asarray(table["label"])
     pat, call = np.asarray(table["patient"]), prob >= np.asarray(table["threshold"])
     pooled = pooled_binary(prob, lab, pat, call)

@@ -40,10 +40,13 @@ def prediction_rows(task, part, outputs: np.ndarray, truth: np.ndarray) -> dict[
     if not task.dense:
         rows.update(patient=part["patient"].to_pylist(), label=truth.tolist(), probability=outputs.tolist())
         return rows
-    rows.update(lesion=part["lesion"].to_pylist(), mask_rle=[encode_rle(m) for m in outputs])
+    rows.update(patient=part["patient"].to_pylist(), lesion=part["lesion"].to_pylist(),
+                mask_rle=[encode_rle(m) for m in outputs])
     for c, name in list(enumerate(task.class_names))[1:]:
-        rows[f"true_{name}_pixels"] = (truth == c).reshape(len(outputs), -1).sum(1).tolist()
-        rows[f"pred_{name}_pixels"] = (outputs == c).reshape(len(outputs), -1).sum(1).tolist()
+        t, p = (truth == c).reshape(len(outputs), -1), (outputs == c).reshape(len(outputs), -1)
+        rows[f"true_{name}_pixels"] = t.sum(1).tolist()
+        rows[f"pred_{name}_pixels"] = p.sum(1).tolist()
+        rows[f"inter_{name}_pixels"] = (t & p).sum(1).tolist()  # pooled IoU/Dice across runs (crossval)
     return rows
 
 
@@ -51,7 +54,8 @@ def run_evaluate(bundle: str, shards: str | ShardSet, split: str = "test", batch
                  predictions: str | None = None, log=print) -> EvaluationResult:
     """Metrics of ``bundle`` on ``split``; written as JSON to ``out`` when given, and one row per
     slice to the Parquet file ``predictions`` (classifier: id, patient, label, probability;
-    segmenter: id, lesion, predicted mask as RLE, truth and predicted lesion pixels)."""
+    segmenter: id, patient, lesion, predicted mask as RLE, truth, predicted and overlapping lesion
+    pixels per class)."""
     from strokeray.learn.predict import BundlePredictor
 
     predictor = BundlePredictor(bundle)
@@ -61,7 +65,7 @@ def run_evaluate(bundle: str, shards: str | ShardSet, split: str = "test", batch
     shape = (len(predictor.doc["windows"]), size, size)
     meter = task.val_meter(threshold=predictor.threshold if not task.dense else None)
     columns: dict[str, list] = {}
-    for table in data.tables([task.image_column, "id", "split", *task.truth_columns]):
+    for table in data.tables(list(dict.fromkeys([task.image_column, "id", "split", "patient", *task.truth_columns]))):
         table = task.rows(table, split)
         for start in range(0, table.num_rows, batch_size):
             part = table.slice(start, batch_size)

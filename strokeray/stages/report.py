@@ -255,7 +255,8 @@ def crossval_section(layout: RunLayout) -> Section | None:
                 curves[name] = (fpr, tpr, roc_auc(lab, prob))
         else:
             rows.append([name, doc["task"], recipe, len(doc["folds"]), sum(f["test_patients"] for f in doc["folds"]),
-                         "", "", "", f"competition IoU {cell(doc['pooled'].get('competition_iou'))} (fold mean)"])
+                         "", "", "", f"mean lesion IoU {_interval(doc, 'mean_lesion_iou')}; competition IoU "
+                         f"{cell(doc['pooled'].get('competition_iou'))} (fold mean)"])
     s.tables.append(Table(["name", "task", "recipe", "folds", "patients", "slice AUC", "patient AUC",
                            "patient sensitivity", "patient specificity"], rows, text_columns=3))
     if curves:

@@ -9,6 +9,7 @@ from strokeray.learn.metrics import (
     patient_bootstrap,
     patient_level,
     pooled_binary,
+    pooled_overlap,
     roc_auc,
     roc_curve,
 )
@@ -125,3 +126,24 @@ def test_patient_bootstrap_resamples_whole_patients():
     prob2 = np.clip(lab2 * 0.3 + rng.random(2000) * 0.7, 0, 1)
     iv2 = patient_bootstrap(pat2, lambda i, g: {"auc": roc_auc(lab2[i], prob2[i])}, rounds=300)["auc"]
     assert iv2[1] - iv2[0] < 0.6 * (iv[1] - iv[0])
+
+
+def test_pooled_overlap_equals_the_meter_over_the_same_slices(rng):
+    """Summing per-slice counts gives the split-level IoU and Dice the evaluation meter gives."""
+    truth = rng.integers(0, 3, (5, 16, 16)) * (rng.random((5, 16, 16)) < 0.3)
+    pred = np.where(rng.random((5, 16, 16)) < 0.7, truth, rng.integers(0, 3, (5, 16, 16)))
+    m = SegmentationMeter(3)
+    m.update(pred, truth)
+    names = {1: "ischemic", 2: "hemorrhagic"}
+
+    def per_slice(mask):
+        return mask.reshape(len(mask), -1).sum(1)
+
+    pooled = pooled_overlap({n: per_slice((truth == c) & (pred == c)) for c, n in names.items()},
+                            {n: per_slice(truth == c) for c, n in names.items()},
+                            {n: per_slice(pred == c) for c, n in names.items()})
+    rep = m.report()
+    for key in ("iou_ischemic", "iou_hemorrhagic", "dice_ischemic", "dice_hemorrhagic", "mean_lesion_iou"):
+        assert pooled[key] == pytest.approx(rep[key])
+    empty = pooled_overlap({"ischemic": np.zeros(2)}, {"ischemic": np.zeros(2)}, {"ischemic": np.zeros(2)})
+    assert math.isnan(empty["iou_ischemic"]) and math.isnan(empty["mean_lesion_iou"])

@@ -75,8 +75,17 @@ def test_classifier_crossval_tests_every_patient_once_and_pools_with_intervals(s
 
 
 @pytest.mark.ray
-def test_segmenter_crossval_reports_each_fold_and_their_mean(shards, tmp_path):
-    r = run_crossval(shards, str(tmp_path / "cv"), quick("segment"), log=lambda *_: None)
-    assert r.path.endswith("segment-resnet18-2fold") and r.intervals == {}
+def test_segmenter_crossval_pools_pixel_counts_with_patient_intervals(shards, tmp_path):
+    r = run_crossval(shards, RunLayout(str(tmp_path / "run")).crossval, quick("segment"), log=lambda *_: None)
+    assert r.path.endswith("segment-resnet18-2fold")
     ious = [f["metrics"]["competition_iou"] for f in r.folds]
     assert r.pooled["competition_iou"] == pytest.approx(np.nanmean(ious))
+    t = pq.read_table(f"{r.path}/predictions.parquet").to_pydict()
+    assert len(set(t["patient"])) == sum(f["test_patients"] for f in r.folds)
+    i, tr, p = (sum(t[f"{k}_hemorrhagic_pixels"]) for k in ("inter", "true", "pred"))
+    assert r.pooled["iou_hemorrhagic"] == pytest.approx(i / (tr + p - i))
+    for key in ("iou_ischemic", "iou_hemorrhagic", "dice_hemorrhagic", "mean_lesion_iou"):
+        lo, hi = r.intervals[key]
+        assert lo <= r.pooled[key] + 1e-9 and r.pooled[key] <= hi + 1e-9
+    (row,) = crossval_section(RunLayout(str(tmp_path / "run"))).tables[0].rows
+    assert f"mean lesion IoU {cell(r.pooled['mean_lesion_iou'])} [" in row[-1]

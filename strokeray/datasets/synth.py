@@ -67,10 +67,19 @@ def patient_kind(index: int) -> int:
     return (BACKGROUND, ISCHEMIC, HEMORRHAGIC)[index % 3]
 
 
-def patient_split(index: int, seed: int, test_fraction: float) -> str:
-    """Training or Test, drawn per patient (never per slice) and stable for a seed."""
-    rng = np.random.default_rng([seed, index, 7])
-    return SPLIT_FOLDERS[1] if rng.random() < test_fraction else SPLIT_FOLDERS[0]
+def held_out_patients(patients: int, seed: int, test_fraction: float) -> set[int]:
+    """The patients in Test: ``test_fraction`` of each lesion class (rounded, at least one of a
+    class with two or more patients when the fraction is above 0), drawn per seed. Stratified, so a
+    small archive's test split holds every class and its AUCs are defined."""
+    rng = np.random.default_rng([seed, 7])
+    chosen: set[int] = set()
+    for kind in range(3):
+        members = [i for i in range(patients) if i % 3 == kind]
+        n = round(test_fraction * len(members))
+        if test_fraction > 0 and len(members) >= 2:
+            n = min(max(n, 1), len(members) - 1)
+        chosen.update(int(i) for i in rng.permutation(members)[:n])
+    return chosen
 
 
 def _write(fs, path: str, data: bytes) -> None:
@@ -86,11 +95,12 @@ def write_archive(root: str, cfg: SynthConfig = SynthConfig()) -> SynthSummary:
     summary = SynthSummary(root=root)
     pc = cfg.phantom
     good_example: tuple[str, bytes, CTHeader, np.ndarray] | None = None
+    testing = held_out_patients(cfg.patients, cfg.seed, cfg.test_fraction)
     for i in range(cfg.patients):
         rng = np.random.default_rng([cfg.seed, i])
         kind = patient_kind(i)
         spec = draw_patient(i, kind, rng, pc)
-        split = patient_split(i, cfg.seed, cfg.test_fraction)
+        split = SPLIT_FOLDERS[1] if i in testing else SPLIT_FOLDERS[0]
         syntax = cfg.syntaxes[int(rng.integers(len(cfg.syntaxes)))]
         pid = f"SYN{cfg.seed}-{i:05d}"
         study = uid_from(f"{pid}/study")

@@ -45,6 +45,10 @@ class SearchSpace:
     # segmenter loss weights (dice, cross-entropy, focal); the classifier ignores them
     seg_loss: tuple[tuple[float, float, float], ...] = ((1.0, 1.0, 0.0), (1.0, 0.0, 1.0), (1.0, 0.5, 0.5))
 
+    def __post_init__(self) -> None:
+        if len(self.lr) != 2 or not 0 < self.lr[0] <= self.lr[1]:
+            raise ValueError(f"lr must be a range (low, high) with 0 < low <= high, got {self.lr}")
+
     @classmethod
     def from_json(cls, text: str) -> SearchSpace:
         """A space from JSON with any of the field names as keys (lists for tuples)."""
@@ -103,7 +107,7 @@ def param_space(cfg: SearchConfig) -> dict:
     s = cfg.space
     space = {
         "backbone": tune.grid_search(list(cfg.backbones())),
-        "lr": tune.loguniform(*s.lr),
+        "lr": tune.loguniform(*s.lr) if s.lr[0] < s.lr[1] else s.lr[0],
         "weight_decay": tune.choice(list(s.weight_decay)),
         "batch_size": tune.choice(list(s.batch_size)),
         "augment": tune.choice(list(s.augment)),

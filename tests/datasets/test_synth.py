@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from strokeray.datasets.phantom import PhantomConfig
-from strokeray.datasets.synth import CLASS_FOLDERS, SynthConfig, write_archive
+from strokeray.datasets.synth import CLASS_FOLDERS, SynthConfig, held_out_patients, patient_kind, write_archive
 from strokeray.datasets.teknofest import CLASS_NAMES
 from strokeray.imaging.overlay import lesion_mask_from_overlay
 from strokeray.io.decode import decode_slices
@@ -102,3 +102,13 @@ def test_same_seed_same_bytes(tmp_path):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
 
 
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_test_folder_is_stratified_by_class(seed):
+    held = held_out_patients(24, seed, 0.25)
+    assert sorted(sum(patient_kind(i) == k for i in held) for k in range(3)) == [2, 2, 2]
+    assert held != held_out_patients(24, seed + 1, 0.25)  # drawn per seed
+    small = held_out_patients(8, seed, 0.25)  # 3/3/2 patients per class: one of each held out
+    assert sorted(patient_kind(i) for i in small) == [0, 1, 2]
+    assert held_out_patients(8, seed, 0.0) == set()

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from strokeray.io.shard_schema import tensor_array
 from strokeray.learn.bundle import load_bundle
 from strokeray.stages import registry
-from strokeray.stages.tune import SearchConfig, SearchSpace, concurrency, run_search
+from strokeray.stages.tune import SearchConfig, SearchSpace, concurrency, param_space, run_search
 
 from ..conftest import phantom_shards
 
@@ -56,6 +56,11 @@ def test_search_space_from_json_rejects_unknown_keys():
     assert s.backbones == ("resnet18",) and s.lr == (0.001, 0.01) and s.seg_loss == ((1, 1, 0),)
     with pytest.raises(ValueError, match="unknown"):
         SearchSpace.from_json('{"learning_rate": [1, 2]}')
+    with pytest.raises(ValueError, match="lr must be a range"):
+        SearchSpace.from_json('{"lr": [0.001]}')
+    with pytest.raises(ValueError, match="lr must be a range"):
+        SearchSpace(lr=(1e-2, 1e-3))
+    assert param_space(SearchConfig(space=SearchSpace(lr=(1e-3, 1e-3))))["lr"] == 1e-3  # a fixed rate, not sampled
 
 
 def test_search_stops_early_exports_the_best_trial_and_reuses_a_finished_search(shards, tmp_path):

@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 from strokeray.imaging.views import PreprocessConfig
 from strokeray.io.json_files import read_json
 
+CARD = "card.json"  # the dataset card, written last by ingest: the shards are complete
+
 
 def apply_splits(table: pa.Table, splits: dict[str, str] | None) -> pa.Table:
     """``table`` with its ``split`` column replaced by each patient's split in ``splits`` ("" for a
@@ -41,9 +43,9 @@ class ShardSet:
     def open(cls, url: str) -> ShardSet:
         """The ingest output at ``url``; a clear error when it holds no finished ingest."""
         url = str(url).rstrip("/")
-        card = read_json(f"{url}/card.json")
+        card = read_json(f"{url}/{CARD}")
         if card is None:
-            raise FileNotFoundError(f"{url} holds no card.json: not a finished ingest output (run `strokeray ingest`)")
+            raise FileNotFoundError(f"{url} holds no {CARD}: not a finished ingest output (run `strokeray ingest`)")
         return cls(url, card)
 
     @classmethod

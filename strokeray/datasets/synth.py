@@ -30,6 +30,7 @@ from strokeray.io.raster import encode_png
 
 CLASS_FOLDERS = {BACKGROUND: "Non-Stroke", ISCHEMIC: "Ischemic", HEMORRHAGIC: "Hemorrhagic"}
 SPLIT_FOLDERS = ("Training", "Test")
+SYNTH_JSON = "synth.json"
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def write_archive(root: str, cfg: SynthConfig = SynthConfig()) -> SynthSummary:
         "per_split": summary.per_split,
         "planted": summary.planted,
     }
-    _write(fs, f"{base}/synth.json", json.dumps(meta, indent=2).encode())
+    _write(fs, f"{base}/{SYNTH_JSON}", json.dumps(meta, indent=2).encode())  # last: the archive is whole
     return summary
 
 

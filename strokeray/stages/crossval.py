@@ -15,7 +15,6 @@ again resumes unfinished folds; other settings under the same name are refused u
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -32,7 +31,7 @@ from strokeray.datasets.splits import assign_folds, fold_splits
 from strokeray.io.json_files import read_json, write_json
 from strokeray.learn.metrics import patient_bootstrap, pooled_binary, pooled_overlap
 from strokeray.learn.tasks import get_task
-from strokeray.stages.stage_dir import StageDir
+from strokeray.stages.stage_dir import StageDir, settings_digest
 from strokeray.stages.train import TrainConfig
 
 SUMMARY, PREDICTIONS = "crossval.json", "predictions.parquet"
@@ -174,10 +173,10 @@ def run_crossval(shards: str, out: str, cfg: CrossvalConfig, name: str | None = 
     name = name or f"{task.name}-{cfg.train.model.backbone}-{cfg.folds}fold"
     path = f"{(os.path.abspath(out) if '://' not in out else out).rstrip('/')}/{name}"
     settings = {"shards": data.url, "shards_version": data.version, "config": json.loads(json.dumps(asdict(cfg)))}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    stage = StageDir(path, "crossval", (SUMMARY, PREDICTIONS, *(f"fold-{k + 1}" for k in range(cfg.folds))))
-    stage.claim(inputs=(data.url,), digest=digest, overwrite=overwrite)
-    done = read_json(f"{path}/{SUMMARY}")
+    stage = StageDir(path, "crossval", (SUMMARY, PREDICTIONS, *(f"fold-{k + 1}" for k in range(cfg.folds))),
+                     done=SUMMARY)
+    stage.claim(inputs=(data.url,), digest=settings_digest(settings), overwrite=overwrite)
+    done = stage.finished()
     if done is not None:
         log(f"[crossval] {path} finished earlier")
         return CrossvalResult(path, done["folds"], done["pooled"], done["intervals"], reused=True)
@@ -187,8 +186,8 @@ def run_crossval(shards: str, out: str, cfg: CrossvalConfig, name: str | None = 
     with fsspec.open(f"{path}/{PREDICTIONS}", "wb") as fh:
         pq.write_table(table, fh)
     pooled, intervals = summarise(table, rows, cfg)
-    write_json(f"{path}/{SUMMARY}", {**settings, "task": task.name, "folds": rows, "pooled": pooled,
-                                     "intervals": intervals, "slices": table.num_rows})
+    stage.finish({**settings, "task": task.name, "folds": rows, "pooled": pooled, "intervals": intervals,
+                  "slices": table.num_rows})
     log(f"[crossval] {task.name}, {cfg.folds} folds: " + ", ".join(
         f"{k}={v:.3f}" + (" [{:.3f}, {:.3f}]".format(*intervals[k]) if k in intervals else "")
         for k, v in pooled.items() if k.endswith(("auc", "sensitivity", "specificity", "iou"))))

@@ -32,16 +32,16 @@ import pyarrow.parquet as pq
 
 from strokeray import __version__
 from strokeray.checks import check_positive
+from strokeray.datasets.shard_set import CARD
 from strokeray.datasets.slice_records import RecordConfig, records_for, stack_records
-from strokeray.io.json_files import write_json
 from strokeray.io.shard_schema import QUARANTINE_COLUMNS, SCHEMA_VERSION
 from strokeray.io.sources import read_bytes
 from strokeray.stages.manifest import Manifest, ManifestConfig, build_manifest, check_source, options_digest
 from strokeray.stages.runtime import arrow_filesystem, ensure_ray
-from strokeray.stages.stage_dir import StageDir
+from strokeray.stages.stage_dir import StageDir, settings_digest
 
 # Everything ingest writes in OUT (what --overwrite may remove); anything else there is left alone.
-INGEST_OUTPUTS = ("manifest.parquet", "manifest.json", "shards", "quarantine.parquet", "card.json", "_state")
+INGEST_OUTPUTS = ("manifest.parquet", "manifest.json", "shards", "quarantine.parquet", CARD, "_state")
 
 
 @dataclass(frozen=True)
@@ -102,12 +102,8 @@ def process_batch(batch: pa.Table, records_cfg: RecordConfig, quarantine_dir: st
 
 
 def _config_digest(options: str, cfg: IngestConfig) -> str:
-    blob = json.dumps(
-        {"manifest": options, "records": asdict(cfg.records), "chunk": cfg.files_per_chunk,
-         "task": cfg.files_per_task, "schema": SCHEMA_VERSION},
-        sort_keys=True, default=str,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return settings_digest({"manifest": options, "records": asdict(cfg.records), "chunk": cfg.files_per_chunk,
+                            "task": cfg.files_per_task, "schema": SCHEMA_VERSION})
 
 
 def _tag(number: int) -> str:
@@ -281,7 +277,7 @@ def run_ingest(src: str, out: str, cfg: IngestConfig = IngestConfig(), log=print
     check_source(src)
     labels = read_bytes(cfg.manifest.labels) if cfg.manifest.labels else None
     digest = _config_digest(options_digest(src, cfg.manifest, labels), cfg)
-    stage = StageDir(out, "ingest", INGEST_OUTPUTS)
+    stage = StageDir(out, "ingest", INGEST_OUTPUTS, done=CARD)
     stage.claim([src, *([cfg.manifest.labels] if cfg.manifest.labels else [])], digest, cfg.overwrite)
     fs, base = stage.fs, stage.base
     manifest = build_manifest(src, out, cfg.manifest, log, cfg.files_per_chunk, cfg.num_cpus)
@@ -291,7 +287,7 @@ def run_ingest(src: str, out: str, cfg: IngestConfig = IngestConfig(), log=print
         manifest, out, lambda index, table, run: run_chunk(index, table, out, run, cfg), "ingest", "shards", log)
     quarantine = merge_quarantine(fs, base, manifest)
     card = _card(fs, base, src, manifest, quarantine, cfg, digest)
-    write_json(stage.url_of("card.json"), card)
+    stage.finish(card)
     summary.slices = card["slices"]
     summary.quarantined = card["quarantined"]
     summary.reasons = card["quarantine_reasons"]

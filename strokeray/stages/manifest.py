@@ -26,6 +26,7 @@ from strokeray.io.decode import is_raster
 from strokeray.io.pseudonym import pseudonym
 from strokeray.io.raster import RASTER_SUFFIXES
 from strokeray.io.sources import SourceLimits, list_inputs, read_bytes, read_head
+from strokeray.stages.stage_dir import settings_digest
 
 HEADER_BYTES = 64 * 1024
 MANIFEST_COLUMNS = [f for f in ManifestRow.__dataclass_fields__]
@@ -68,7 +69,7 @@ class Manifest:
 
 
 def _digest_of(items) -> str:
-    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return settings_digest(items)
 
 
 def options_digest(src: str, cfg: ManifestConfig, labels: bytes | None) -> str:

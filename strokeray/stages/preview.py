@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -27,7 +26,7 @@ from strokeray.io.sources import list_inputs
 from strokeray.stages.stage_dir import StageDir
 
 TILE = 256
-PREVIEW_OUTPUTS = ("slices", "quarantine.csv", "summary.json")
+PREVIEW_OUTPUTS = ("slices", "quarantine.csv", "summary.json")  # summary.json last
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ def render_preview(record: dict) -> np.ndarray:
 def run_preview(src: str, out: str, cfg: PreviewConfig = PreviewConfig()) -> PreviewSummary:
     """Preview every image under ``src`` (local path, archive or fsspec URL) into ``out``."""
     started = time.perf_counter()
-    stage = StageDir(out, "preview", PREVIEW_OUTPUTS)
+    stage = StageDir(out, "preview", PREVIEW_OUTPUTS, done="summary.json")
     stage.claim([src])
     fs = stage.fs
     fs.makedirs(stage.path("slices"), exist_ok=True)
@@ -110,6 +109,5 @@ def run_preview(src: str, out: str, cfg: PreviewConfig = PreviewConfig()) -> Pre
     writer.writerows(quarantine)
     with fs.open(stage.path("quarantine.csv"), "w") as fh:
         fh.write(text.getvalue())
-    with fs.open(stage.path("summary.json"), "w") as fh:
-        fh.write(json.dumps({"source": src, **asdict(summary)}, indent=2))
+    stage.finish({"source": src, **asdict(summary)})
     return summary

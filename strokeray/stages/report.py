@@ -15,7 +15,7 @@ import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 
-from strokeray.datasets.shard_set import ShardSet
+from strokeray.datasets.shard_set import CARD, ShardSet
 from strokeray.imaging.rle import decode_rle
 from strokeray.io.json_files import read_json
 from strokeray.io.shard_schema import tensor_array
@@ -23,7 +23,7 @@ from strokeray.learn.metrics import binary_report, operating_threshold, patient_
 from strokeray.learn.tasks import CLASSIFY, LESION_NAMES, SEGMENT, TASKS, Task
 from strokeray.report import figures
 from strokeray.report.page import Figure, Section, Table, cell, render_page
-from strokeray.stages import tune
+from strokeray.stages import score, tune
 from strokeray.stages.run_layout import RunLayout
 from strokeray.stages.stage_dir import StageDir
 
@@ -47,7 +47,7 @@ def _parquet(url: str, columns=None):
 
 def data_section(layout: RunLayout) -> Section:
     s = Section("Data")
-    if not _exists(f"{layout.shards}/card.json"):
+    if not _exists(f"{layout.shards}/{CARD}"):
         s.missing = f"No ingest found ({layout.shards}/card.json): run `strokeray ingest` or the pipeline."
         return s
     card = ShardSet.open(layout.shards).card
@@ -275,10 +275,10 @@ def _param(v):
 
 def scoring_section(layout: RunLayout) -> Section:
     s = Section("Scoring the archive")
-    if not _exists(f"{layout.score}/summary.json"):
+    if not _exists(f"{layout.score}/{score.SUMMARY}"):
         s.missing = f"No finished scoring run under {layout.score}."
         return s
-    summary = read_json(f"{layout.score}/summary.json")
+    summary = read_json(f"{layout.score}/{score.SUMMARY}")
     s.paragraphs.append(
         f"{summary['objects']} objects: {summary['slices']} slices scored ({summary['positive_slices']} positive) in "
         f"{summary['studies']} studies ({summary['positive_studies']} positive); {summary['quarantined']} objects "

@@ -21,9 +21,7 @@ OUT/
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -38,15 +36,16 @@ import pyarrow.parquet as pq
 from strokeray.checks import check_positive, check_range
 from strokeray.datasets.slice_records import RecordConfig
 from strokeray.io.csv_cells import safe_cell
-from strokeray.io.json_files import read_json, write_json
 from strokeray.learn.tasks import CLASSIFY, LESION_NAMES, SEGMENT, Task
+from strokeray.stages.stage_dir import StageDir, settings_digest
 
 # Per-slice columns carried from decoding into the output (identifiers are pseudonyms).
 CARRIED = ("id", "source", "patient", "study", "series", "instance_number", "frame", "z_mm", "thickness_mm",
            "seg_spacing_mm", "brain_found")
 # Everything score writes in OUT (what --overwrite may remove); anything else there is left alone.
+SUMMARY = "summary.json"  # written last: the run is complete
 SCORE_OUTPUTS = ("manifest.parquet", "manifest.json", "_parts", "_state", "slices.parquet", "studies.parquet",
-                 "submission.csv", "quarantine.parquet", "overlays", "summary.json")
+                 "submission.csv", "quarantine.parquet", "overlays", SUMMARY)
 STUDY_SCHEMA = pa.schema([("study", pa.string()), ("series", pa.string()), ("patient", pa.string()),
                           ("slices", pa.int64()), ("max_probability", pa.float64()),
                           ("most_suspicious_id", pa.string()), ("most_suspicious_source", pa.string()),
@@ -172,8 +171,7 @@ def resolve_models(classifier: str | None, segmenter: str | None, registry: str 
 def _digest(manifest_digest: str, versions: dict, cfg: ScoreConfig) -> str:
     keep = {k: v for k, v in asdict(cfg).items() if k not in ("overwrite", "num_cpus", "actors", "use_gpu",
                                                              "cpus_per_actor", "batch_size")}
-    blob = json.dumps({"manifest": manifest_digest, "models": versions, "cfg": keep}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return settings_digest({"manifest": manifest_digest, "models": versions, "cfg": keep})
 
 
 def submission_ids(sources: list[str], frames: list[int]) -> list[str]:
@@ -257,10 +255,10 @@ def check_bundles(classifier: str, segmenter: str | None, cfg: ScoreConfig) -> S
 def finished_summary(stage, same: bool, listing, log) -> ScoreSummary | None:
     """The summary of a finished run over the same listing, models and settings, else None (and a
     summary over another listing is removed: the run is incomplete until rewritten)."""
-    done = read_json(stage.url_of("summary.json")) if same else None
+    done = stage.finished() if same else None
     if done is None or done.get("listing") != listing:
         if done is not None:
-            stage.fs.rm(stage.path("summary.json"))
+            stage.fs.rm(stage.path(SUMMARY))
         return None
     log(f"[score] {stage.url} is complete ({done['slices']} slices); nothing to do")
     known = {f.name for f in fields(ScoreSummary)}
@@ -335,7 +333,6 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
     from strokeray.stages.ingest import IngestConfig, merge_quarantine, run_chunk, run_chunks
     from strokeray.stages.manifest import ManifestConfig, build_manifest, check_source, options_digest
     from strokeray.stages.runtime import absolute, ensure_ray
-    from strokeray.stages.stage_dir import StageDir
 
     started = time.perf_counter()
     check_source(src)
@@ -345,7 +342,7 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
     cfg = check_bundles(classifier, segmenter, cfg)
     versions = {"classifier": bundle_version(classifier), "segmenter": bundle_version(segmenter) if segmenter else ""}
     labels = ManifestConfig()
-    stage = StageDir(out, "score", SCORE_OUTPUTS)
+    stage = StageDir(out, "score", SCORE_OUTPUTS, done=SUMMARY)
     same = stage.claim([src, classifier, *([segmenter] if segmenter else [])],
                        _digest(options_digest(src, labels, None), versions, cfg), cfg.overwrite)
     manifest = build_manifest(src, out, labels, log, cfg.files_per_chunk, cfg.num_cpus)
@@ -373,8 +370,7 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
     summary.quarantined = quarantine.num_rows
     summary.reasons = dict(Counter(quarantine.column("reason").to_pylist()))
     summary.seconds = round(time.perf_counter() - started, 2)
-    # written last: marks the run complete
-    write_json(stage.url_of("summary.json"), {**asdict(summary), "threshold": cfg.threshold, "listing": manifest.listing})
+    stage.finish({**asdict(summary), "threshold": cfg.threshold, "listing": manifest.listing})
     log(f"[score] {summary.slices} slices ({summary.positive_slices} positive) in {summary.studies} studies "
         f"({summary.positive_studies} positive), {summary.quarantined} quarantined {summary.reasons}, "
         f"{summary.chunks_skipped} chunks already done -> {out} in {summary.seconds:.1f}s")

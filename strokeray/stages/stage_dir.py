@@ -5,11 +5,14 @@ stage's inputs, when it is a file, or when it is a non-empty folder that stroker
 (no marker). The marker (``.strokeray.json``) is written first and names the stage and the digest
 of its settings; a later run with other settings is refused unless it asks to overwrite, and
 overwriting removes only the entries the stage names as its own outputs, never the folder itself
-nor anything a user put beside them.
+nor anything a user put beside them. A stage that names a ``done`` document writes it last
+(``finish``): a run is finished exactly when ``finished()`` returns it, so an interrupted run is
+resumed or redone, never mistaken for a complete one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -18,8 +21,14 @@ from datetime import UTC, datetime
 import fsspec
 
 from strokeray import __version__
+from strokeray.io.json_files import read_json, write_json
 
 MARKER = ".strokeray.json"
+
+
+def settings_digest(settings) -> str:
+    """16 hex digits naming a stage's inputs and settings (sorted JSON, other values by str)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class OutputError(ValueError):
@@ -56,6 +65,7 @@ class StageDir:
     url: str
     stage: str
     outputs: tuple[str, ...]
+    done: str | None = None  # the JSON document written last, whose presence means finished
 
     @property
     def fs(self):
@@ -118,6 +128,16 @@ class StageDir:
                 json.dump({"stage": self.stage, "digest": digest, "strokeray_version": __version__,
                            "claimed": datetime.now(UTC).isoformat(timespec="seconds")}, fh, indent=1)
         return same
+
+    def finished(self) -> dict | None:
+        """The done document of a finished run here, else None."""
+        return read_json(self.url_of(self.done)) if self.done else None
+
+    def finish(self, doc: dict) -> None:
+        """Write the done document: the stage's last write, after every output is in place."""
+        if not self.done:
+            raise ValueError(f"the {self.stage} stage names no done document")
+        write_json(self.url_of(self.done), doc)
 
     def clear(self) -> list[str]:
         """Remove this stage's own outputs (never the folder, never other entries); returns what went."""

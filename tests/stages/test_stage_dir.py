@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from strokeray.cli import main
-from strokeray.stages.stage_dir import MARKER, OutputError, StageDir, overlap
+from strokeray.stages.stage_dir import MARKER, OutputError, StageDir, overlap, settings_digest
 
 from ..conftest import tiny_bundle
 
@@ -125,3 +125,23 @@ def test_train_and_tune_refuse_a_folder_that_is_no_ingest_before_ray(tmp_path, c
     assert main(["tune", "classify", "--data", str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("not a finished ingest output") == 2
     assert ray.is_initialized() == started
+
+
+def test_a_run_is_finished_exactly_when_its_done_document_is_there(tmp_path):
+    stage = StageDir(str(tmp_path / "out"), "demo", ("result.parquet", "done.json"), done="done.json")
+    assert stage.claim(digest=settings_digest({"a": 1})) is False
+    assert stage.finished() is None  # claimed, nothing finished
+    stage.finish({"rows": 3})
+    assert stage.finished() == {"rows": 3}
+    # the same settings find the finished run; others (with overwrite) clear it first
+    again = StageDir(stage.url, "demo", stage.outputs, done="done.json")
+    assert again.claim(digest=settings_digest({"a": 1})) is True and again.finished() == {"rows": 3}
+    assert again.claim(digest=settings_digest({"a": 2}), overwrite=True) is False and again.finished() is None
+    with pytest.raises(ValueError, match="names no done document"):
+        StageDir(stage.url, "demo", ()).finish({})
+
+
+def test_settings_digest_ignores_key_order_and_sees_every_value():
+    assert settings_digest({"a": 1, "b": [1, 2]}) == settings_digest({"b": [1, 2], "a": 1})
+    assert settings_digest({"a": 1, "b": [1, 2]}) != settings_digest({"a": 1, "b": [2, 1]})
+    assert len(settings_digest({"path": Path("/x")})) == 16  # values JSON cannot hold count by their text

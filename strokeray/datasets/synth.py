@@ -74,8 +74,8 @@ def held_out_patients(patients: int, seed: int, test_fraction: float) -> set[int
     small archive's test split holds every class and its AUCs are defined."""
     rng = np.random.default_rng([seed, 7])
     chosen: set[int] = set()
-    for kind in range(3):
-        members = [i for i in range(patients) if i % 3 == kind]
+    for kind in (BACKGROUND, ISCHEMIC, HEMORRHAGIC):
+        members = [i for i in range(patients) if patient_kind(i) == kind]
         n = round(test_fraction * len(members))
         if test_fraction > 0 and len(members) >= 2:
             n = min(max(n, 1), len(members) - 1)

@@ -138,6 +138,46 @@ def _cmd_preview(args) -> int:
     return 0
 
 
+def _add_synth_lesions(sub) -> None:
+    p = sub.add_parser(
+        "synth-lesions",
+        help="draw synthetic lesions into the lesion-free slices of a real archive (TEKNOFEST layout)",
+        description="For every slice of SRC labelled lesion-free (label 0 by its class folder or --labels) "
+        "with enough brain, write OUT/Hemorrhagic (a hemorrhage drawn in: intraparenchymal, subdural, "
+        "epidural or intraventricular), OUT/Ischemic (an infarct drawn in) and OUT/Non-Stroke (the slice "
+        "unchanged), each as PNG/<patient>_<slice>.png with MASK/ beside, and OUT/provenance.csv. "
+        "Deterministic by seed. " + CONFIG_DEFAULTS,
+    )
+    p.add_argument("src", help="input folder, archive or URL")
+    p.add_argument("out", help="output folder or URL (outside SRC)")
+    p.add_argument("--labels", help="labels CSV; its label 0 rows are the lesion-free slices")
+    p.add_argument("--labels-path-col", help="path column of the labels CSV (default path)")
+    p.add_argument("--labels-label-col", help="label column (default label)")
+    p.add_argument("--labels-patient-col", help="patient column (default patient)")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--limit", type=int, help="use at most this many source slices (in name order)")
+    p.add_argument("--pixel-mm", type=float, help="pixel size assumed where files carry none (default 0.34)")
+    p.add_argument("--workers", type=int, help="processes (default: all CPUs)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a lesion synthesis made with other settings (only strokeray's own files)")
+    p.set_defaults(func=_cmd_synth_lesions)
+
+
+def _cmd_synth_lesions(args) -> int:
+    from strokeray.datasets.layouts import LabelsTable
+    from strokeray.datasets.lesion_synth import LesionSynthConfig
+    from strokeray.stages.synth import run_lesion_synth
+
+    cfg = LesionSynthConfig(
+        labels=args.labels,
+        labels_table=LabelsTable(**_given(args, path_col="labels_path_col", label_col="labels_label_col",
+                                          patient_col="labels_patient_col")),
+        **_given(args, seed="seed", limit="limit", pixel_mm="pixel_mm", workers="workers"))
+    s = run_lesion_synth(args.src, args.out, cfg, overwrite=args.overwrite)
+    print(json.dumps({"out": args.out, "reused": True} if s is None else dataclasses.asdict(s)))
+    return 0
+
+
 def _add_ingest(sub) -> None:
     from strokeray.imaging.windows import DEFAULT_WINDOWS, NAMED_WINDOWS
 
@@ -157,6 +197,8 @@ def _add_ingest(sub) -> None:
     p.add_argument("--labels-label-col", help="label column: 0/1, normal/stroke, ich/no_ich, ... (default label)")
     p.add_argument("--labels-lesion-col", help="lesion column: 0/1/2 (default lesion)")
     p.add_argument("--labels-patient-col", help="patient column, the split group (default patient)")
+    p.add_argument("--mask-lesion", choices=("ischemic", "hemorrhagic"),
+                   help="lesion class of binary masks in a mask folder beside the images (masks/, Masks_subset/)")
     p.add_argument("--split", help="train,val,test ratios, e.g. 0.7,0.15,0.15")
     p.add_argument("--split-mode", choices=("hash", "stratified"),
                    help="hash (default): stable when files are added; stratified: exact class balance per split")
@@ -179,6 +221,7 @@ def ingest_config(args):
     from strokeray.datasets.layouts import LabelsTable
     from strokeray.datasets.slice_records import RecordConfig
     from strokeray.datasets.splits import SplitConfig
+    from strokeray.imaging.overlay import HEMORRHAGIC, ISCHEMIC
     from strokeray.imaging.views import PreprocessConfig
     from strokeray.imaging.windows import parse_window
     from strokeray.stages.ingest import IngestConfig
@@ -198,6 +241,7 @@ def ingest_config(args):
             labels_table=LabelsTable(**_given(args, path_col="labels_path_col", label_col="labels_label_col",
                                               lesion_col="labels_lesion_col", patient_col="labels_patient_col")),
             split=SplitConfig(**split, use_layout_splits=not args.ignore_layout_splits),
+            mask_lesion={"ischemic": ISCHEMIC, "hemorrhagic": HEMORRHAGIC}.get(args.mask_lesion or ""),
         ),
         records=RecordConfig(preprocess=PreprocessConfig(**preprocess)),
         **_given(args, files_per_chunk="files_per_chunk", files_per_task="files_per_task", num_cpus="num_cpus"),
@@ -467,6 +511,8 @@ def _add_score(sub) -> None:
     p.add_argument("--cpus-per-actor", type=float, help="CPUs each scoring actor reserves")
     p.add_argument("--threads-per-actor", type=int, help="torch threads of a CPU actor (default: the CPUs / actors)")
     p.add_argument("--overlays", action="store_true", help="write PNG overlays of positive slices")
+    p.add_argument("--source-masks", action="store_true",
+                   help="write each positive slice's predicted classes (0/1/2) on its source pixel grid as PNG")
     p.add_argument("--files-per-chunk", type=int, help="files per resumable chunk")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     p.add_argument("--overwrite", action="store_true",
@@ -481,7 +527,8 @@ def score_config(args):
     return ScoreConfig(**_given(args, threshold="threshold", batch_size="batch_size", actors="actors",
                                 cpus_per_actor="cpus_per_actor", threads_per_actor="threads_per_actor",
                                 files_per_chunk="files_per_chunk", num_cpus="num_cpus"),
-                       use_gpu=args.gpu, overlays=args.overlays, overwrite=args.overwrite)
+                       use_gpu=args.gpu, overlays=args.overlays, source_masks=args.source_masks,
+                       overwrite=args.overwrite)
 
 
 def _cmd_score(args) -> int:
@@ -501,11 +548,13 @@ def _add_evaluate(sub) -> None:
         "evaluate",
         help="metrics of a model bundle on one split of ingest shards (test by default)",
         description="Classifier: slice- and patient-level accuracy, sensitivity, specificity, F1, "
-        "ROC AUC. Segmenter: per-class IoU and Dice, mean lesion IoU, competition IoU.",
+        "ROC AUC. Segmenter: per-class IoU and Dice, mean lesion IoU, competition IoU, and the pooled "
+        "IoU and Dice with 95 %% patient-bootstrap intervals.",
     )
     p.add_argument("bundle", help="a model bundle folder")
     _shards_argument(p)
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
+                   help="all: every split, for shards no model was trained on (external data)")
     p.add_argument("--out", help="also write the metrics to this JSON file")
     p.add_argument("--predictions", help="also write one row per slice to this Parquet file")
     p.set_defaults(func=_cmd_evaluate)
@@ -515,7 +564,8 @@ def _cmd_evaluate(args) -> int:
     from strokeray.stages.evaluate import run_evaluate
 
     r = run_evaluate(args.bundle, _shards_of(args), args.split, out=args.out, predictions=args.predictions)
-    print(json.dumps({"task": r.task, "split": r.split, "slices": r.slices, "metrics": r.metrics}))
+    print(json.dumps({"task": r.task, "split": r.split, "slices": r.slices, "metrics": r.metrics,
+                      "intervals": r.intervals}))
     return 0
 
 
@@ -612,7 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"strokeray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_synth, _add_decode, _add_preview, _add_ingest, _add_train, _add_crossval, _add_tune, _add_evaluate,
+    for add in (_add_synth, _add_synth_lesions, _add_decode, _add_preview, _add_ingest, _add_train, _add_crossval, _add_tune, _add_evaluate,
                 _add_score, _add_pipeline, _add_report, _add_benchmark):
         add(sub)
     return parser

@@ -9,6 +9,12 @@ Layouts, recognised from folder names alone:
   DICOM/PNG subfolders, as in the CT-ICH Kaggle release.
 - ``unlabelled``: anything else; every object gets label -1.
 
+Outside TEKNOFEST, a folder whose name holds "mask" (``masks/``, ``Masks_subset/``) beside an image
+folder pairs its files with the images of the same stem (``hemo/049_21.dcm`` with
+``masks/049_21.dcm``), as CT-ICH's DICOM release and most segmentation sets are laid out. Binary
+masks (DICOM or greyscale) need the lesion class they mark (``mask_lesion``); a slice with a mask
+is then a stroke slice of that class.
+
 Patient group keys (for splitting), first rule that applies: the labels CSV's patient column;
 DICOM PatientID (read from the header later, see stages.manifest, and overriding the file-name
 rules set here); the CT-ICH file name rule ``<patient> (<slice>).jpg``; the phantom/TEKNOFEST rule
@@ -46,6 +52,7 @@ LABEL_WORDS = {
 }
 CTICH_NAME = re.compile(r"^(?P<patient>.+?)\s*\((?P<slice>\d+)\)$")
 UNDERSCORE_NAME = re.compile(r"^(?P<patient>\d+)_(?P<slice>\d+)$")
+MASK_FOLDER = re.compile(r"mask", re.IGNORECASE)
 
 
 @dataclass
@@ -132,15 +139,39 @@ def file_group(name: str) -> tuple[str, str]:
     return "", ""
 
 
+def paired_masks(entries: list[SourceEntry]) -> dict[str, SourceEntry]:
+    """Image name -> its mask, for masks in a "mask" folder beside the image's folder (same stem)."""
+    masks: dict[tuple[PurePosixPath, str], SourceEntry] = {}
+    for e in entries:
+        p = PurePosixPath(e.name)
+        if len(p.parts) > 1 and MASK_FOLDER.search(p.parent.name):
+            masks[(p.parent.parent, p.stem)] = e
+    pairs = {}
+    for e in entries:
+        p = PurePosixPath(e.name)
+        if len(p.parts) > 1 and not MASK_FOLDER.search(p.parent.name):
+            mask = masks.get((p.parent.parent, p.stem))
+            if mask is not None:
+                pairs[e.name] = mask
+    return pairs
+
+
 def label_listing(entries: list[SourceEntry], labels_csv: bytes | None = None, table: LabelsTable = LabelsTable(),
-                  labels_source: str = "labels CSV") -> Labelled:
-    """Manifest rows for a listing: layout labels, masks, file-name patient keys, CSV overrides."""
+                  labels_source: str = "labels CSV", mask_lesion: int | None = None) -> Labelled:
+    """Manifest rows for a listing: layout labels, masks, file-name patient keys, CSV overrides.
+
+    ``mask_lesion`` (ISCHEMIC or HEMORRHAGIC) is the class of paired binary masks outside TEKNOFEST.
+    """
     names = [e.name for e in entries]
     layout = detect_layout(names)
     by_name = {e.name: e for e in entries}
+    pairs = paired_masks(entries) if layout != "teknofest" else {}
+    mask_names = {m.name for m in pairs.values()}
     rows: list[ManifestRow] = []
     dropped: list[str] = []
     for e in entries:
+        if e.name in mask_names:
+            continue  # attached to its image below
         parts = _parts(e.name)
         upper = [p.upper() for p in parts]
         row = ManifestRow(uri=e.uri, name=e.name, size=e.size, layout_split=_layout_split(parts), stamp=e.stamp)
@@ -165,6 +196,11 @@ def label_listing(entries: list[SourceEntry], labels_csv: bytes | None = None, t
             cls = _class_of(parts, FOLDER_CLASSES)
             if cls is not None:
                 row.label, row.lesion = cls
+        if e.name in pairs:
+            mask = pairs[e.name]
+            row.mask_uri, row.mask_kind, row.stamp = mask.uri, "MASK", f"{e.stamp}|{mask.stamp}"
+            if mask_lesion is not None and row.label != 0:
+                row.label, row.lesion = 1, mask_lesion
         raw, rule = file_group(e.name)
         if raw:
             row.group, row.group_rule = pseudonym(raw, "patient"), rule

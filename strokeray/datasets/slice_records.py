@@ -13,8 +13,8 @@ import numpy as np
 from strokeray.imaging.overlay import BACKGROUND, lesion_mask_from_overlay
 from strokeray.imaging.views import PreprocessConfig, preprocess
 from strokeray.imaging.windows import BRAIN, apply_window
-from strokeray.io.decode import decode_slices
-from strokeray.io.dicom_decode import DecodeConfig
+from strokeray.io.decode import decode_slices, is_raster
+from strokeray.io.dicom_decode import DecodeConfig, decode_dicom_mask
 from strokeray.io.errors import DecodeError
 from strokeray.io.raster import decode_image, decode_mask_image
 from strokeray.io.sources import SourceError, read_bytes
@@ -43,6 +43,12 @@ def _mask(row: dict, shape: tuple[int, int]) -> tuple[np.ndarray | None, dict | 
         data = read_bytes(row["mask_uri"])
         if row.get("mask_kind") == "OVERLAY":
             mask = lesion_mask_from_overlay(decode_image(data, row["mask_uri"]), lesion_class=lesion)
+        elif not is_raster(data, row["mask_uri"]):  # a DICOM mask: binary, its class from the row
+            if lesion is None:
+                return None, _quarantine(row["name"], "mask", "mask_without_lesion_class",
+                                         "a binary DICOM mask needs the lesion class it marks (--mask-lesion, or a"
+                                         " labels CSV lesion column)")
+            mask = decode_dicom_mask(data, row["mask_uri"]).astype(np.uint8) * np.uint8(lesion)
         else:
             mask = decode_mask_image(data, lesion, row["mask_uri"])
     except DecodeError as err:
@@ -120,6 +126,7 @@ def _records(row: dict, cfg: RecordConfig, with_source: bool) -> tuple[list[dict
                 "brain_area_mm2": _nan(pre.brain_area_mm2),
                 "seg_box": np.asarray(seg.box.as_list(), dtype=np.int32),
                 "cls_box": np.asarray(pre.classification.box.as_list(), dtype=np.int32),
+                "source_shape": np.asarray(ct.hu.shape[:2], dtype=np.int32),
                 "cls_image": pre.classification.image,
                 "seg_image": seg.image,
                 "seg_mask": seg.mask if seg.mask is not None else np.zeros(seg.image.shape[1:], np.uint8),

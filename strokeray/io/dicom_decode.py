@@ -493,11 +493,10 @@ def decode_dicom_mask(data: bytes, source: str = "") -> np.ndarray:
     return stored > stored.min() if stored.max() > stored.min() else np.zeros(stored.shape, dtype=bool)
 
 
-def dicom_patient_key(data: bytes) -> str:
-    """Pseudonymous patient key from a DICOM header (the first bytes of a file suffice).
-
-    Falls back to the study, then the series UID, when PatientID is empty; "" when none parses.
-    """
+def dicom_patient_key(data: bytes) -> tuple[str, str]:
+    """(pseudonymous patient key, the tag it came from) from a DICOM header (the first bytes of a
+    file suffice): PatientID, else the study, else the series UID; ("", "") when none parses.
+    Only a PatientID names a patient; the UIDs are a fallback for files with nothing better."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -505,7 +504,8 @@ def dicom_patient_key(data: bytes) -> str:
             for tag, kind in (("PatientID", "patient"), ("StudyInstanceUID", "study"), ("SeriesInstanceUID", "series")):
                 value = str(ds.get(tag, "") or "").strip()
                 if value:
-                    return pseudonym(value, "patient") if kind == "patient" else pseudonym(f"{kind}:{value}", "patient")
+                    key = pseudonym(value, "patient") if kind == "patient" else pseudonym(f"{kind}:{value}", "patient")
+                    return key, tag
         except Exception:  # a header we cannot parse has no patient; decoding will say why
-            return ""
-    return ""
+            return "", ""
+    return "", ""

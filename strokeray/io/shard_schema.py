@@ -6,7 +6,7 @@ fixed-size list that any Arrow reader can open). Identifiers are pseudonyms, nev
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: source_shape (a version-1 ingest is redone with --overwrite)
 
 # Scalar columns in order, with their meaning; the tensor columns follow.
 SCALAR_COLUMNS = {
@@ -33,6 +33,7 @@ SCALAR_COLUMNS = {
     "brain_area_mm2": "brain area in the source slice (NaN when the spacing is unknown)",
     "seg_box": "segmentation view box in source pixels: row0, col0, height, width",
     "cls_box": "classification view box in source pixels",
+    "source_shape": "source slice rows, columns: with seg_box, maps a view mask back to the source grid",
 }
 TENSOR_COLUMNS = {
     "cls_image": "classification view, (channels, 224, 224) uint8, channels = HU windows",

@@ -230,3 +230,15 @@ def patient_bootstrap(patients: np.ndarray, statistic, rounds: int = 2000, seed:
             draws.setdefault(k, []).append(v)
     tail = (1.0 - level) / 2.0
     return {k: (float(np.nanquantile(v, tail)), float(np.nanquantile(v, 1.0 - tail))) for k, v in draws.items()}
+
+
+def overlap_summary(columns, names: tuple[str, ...], rounds: int = 2000, seed: int = 0,
+                    ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """(pooled IoU/Dice per lesion class and their mean, 95 % patient-bootstrap intervals) from
+    per-slice prediction columns: ``patient`` and ``inter_/true_/pred_<class>_pixels``."""
+    counts = {kind: {n: np.asarray(columns[f"{kind}_{n}_pixels"], np.float64) for n in names}
+              for kind in ("inter", "true", "pred")}
+    pooled = pooled_overlap(counts["inter"], counts["true"], counts["pred"])
+    intervals = patient_bootstrap(np.asarray(columns["patient"]), lambda i, _: pooled_overlap(
+        *({n: c[n][i] for n in names} for c in (counts["inter"], counts["true"], counts["pred"]))), rounds, seed)
+    return pooled, intervals

@@ -22,6 +22,8 @@ from strokeray.imaging.overlay import CLASS_NAMES as LESION_CLASSES
 from strokeray.learn.losses import SegLossConfig, segmentation_loss
 from strokeray.learn.metrics import SegmentationMeter, binary_report, operating_threshold, patient_level
 
+ALL_SPLITS = "all"  # evaluate on every split: a shard set no model was trained on (external test data)
+
 
 class AccuracyMeter:
     """Slice accuracy at 0.5 (the classifier's fit on augmented training batches)."""
@@ -139,7 +141,9 @@ class Task(ABC):
         """Implemented by each task."""
 
     def rows(self, table: pa.Table, split: str) -> pa.Table:
-        """The rows of a shard table in ``split`` that carry a truth for this task."""
+        """The rows of a shard table in ``split`` (``all``: every split) that carry a truth for this task."""
+        if split == ALL_SPLITS:
+            return table.filter(self.has_truth(table))
         return table.filter(pc.and_(pc.equal(table["split"], split), self.has_truth(table)))
 
     @abstractmethod

@@ -29,7 +29,7 @@ from strokeray.checks import check_positive, check_range
 from strokeray.datasets.shard_set import ShardSet
 from strokeray.datasets.splits import assign_folds, fold_splits
 from strokeray.io.json_files import read_json, write_json
-from strokeray.learn.metrics import patient_bootstrap, pooled_binary, pooled_overlap
+from strokeray.learn.metrics import overlap_summary, patient_bootstrap, pooled_binary
 from strokeray.learn.tasks import get_task
 from strokeray.stages.stage_dir import StageDir, settings_digest
 from strokeray.stages.train import TrainConfig
@@ -147,14 +147,8 @@ def summarise(table: pa.Table, rows: list[dict], cfg: CrossvalConfig) -> tuple[d
     folds' pixel counts; its competition IoU (dilated/eroded truth) is the folds' mean, no interval."""
     task = get_task(cfg.train.task)
     if task.dense:
-        names = task.class_names[1:]
-        counts = {kind: {n: np.asarray(table[f"{kind}_{n}_pixels"], np.float64) for n in names}
-                  for kind in ("inter", "true", "pred")}
-        pooled = pooled_overlap(counts["inter"], counts["true"], counts["pred"])
+        pooled, intervals = overlap_summary(table.to_pydict(), task.class_names[1:], cfg.bootstrap, cfg.seed)
         pooled["competition_iou"] = float(np.nanmean([r["metrics"]["competition_iou"] for r in rows]))
-        intervals = patient_bootstrap(np.asarray(table["patient"]), lambda i, _: pooled_overlap(
-            *({n: c[n][i] for n in names} for c in (counts["inter"], counts["true"], counts["pred"]))),
-            cfg.bootstrap, cfg.seed)
         return pooled, {k: list(v) for k, v in intervals.items()}
     prob, lab = np.asarray(table["probability"]), np.asarray(table["label"])
     pat, call = np.asarray(table["patient"]), prob >= np.asarray(table["threshold"])

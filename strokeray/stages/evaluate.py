@@ -8,7 +8,7 @@ confusion matrix and overlays.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
@@ -30,6 +30,7 @@ class EvaluationResult:
     split: str
     slices: int
     metrics: dict
+    intervals: dict = field(default_factory=dict)  # segmenter: pooled IoU/Dice, 95 % patient bootstrap
 
 
 def prediction_rows(task, part, outputs: np.ndarray, truth: np.ndarray) -> dict[str, list]:
@@ -79,6 +80,11 @@ def run_evaluate(bundle: str, shards: str | ShardSet, split: str = "test", batch
     if n == 0:
         raise EmptySplitError(f"{data.url} has no {split} slices with a truth for the {task.name} task")
     result = EvaluationResult(task=task.name, split=split, slices=n, metrics=meter.report(""))
+    if task.dense:
+        from strokeray.learn.metrics import overlap_summary
+
+        pooled, intervals = overlap_summary(columns, task.class_names[1:])
+        result.intervals = {k: [pooled[k], *v] for k, v in intervals.items()}  # value, low, high
     if predictions:
         with fsspec.open(predictions, "wb") as fh:
             pq.write_table(pa.table(columns), fh)
@@ -86,5 +92,7 @@ def run_evaluate(bundle: str, shards: str | ShardSet, split: str = "test", batch
         write_json(out, {"bundle": bundle, "bundle_version": predictor.version, "shards": data.url,
                          "shards_version": data.version, **result.__dict__})
     log(f"[evaluate] {task.name} on {split} ({n} slices): "
-        + ", ".join(f"{k}={result.metrics[k]:.3f}" for k in task.headline))
+        + ", ".join(f"{k}={result.metrics[k]:.3f}" for k in task.headline)
+        + "".join(f", {k}={v:.3f} [{lo:.3f}, {hi:.3f}]" for k, (v, lo, hi) in result.intervals.items()
+                  if k.startswith("iou_") and v == v))
     return result

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from strokeray.datasets.layouts import LabelsTable, ManifestRow, label_listing
 from strokeray.datasets.splits import SplitConfig, assign_splits
+from strokeray.imaging.overlay import HEMORRHAGIC, ISCHEMIC
 from strokeray.io.decode import is_raster
 from strokeray.io.pseudonym import pseudonym
 from strokeray.io.raster import RASTER_SUFFIXES
@@ -39,6 +40,11 @@ class ManifestConfig:
     labels_table: LabelsTable = field(default_factory=LabelsTable)
     split: SplitConfig = field(default_factory=SplitConfig)
     limits: SourceLimits = field(default_factory=SourceLimits)
+    mask_lesion: int | None = None  # class of paired binary masks (1 ischemic, 2 hemorrhagic); layouts
+
+    def __post_init__(self) -> None:
+        if self.mask_lesion not in (None, ISCHEMIC, HEMORRHAGIC):
+            raise ValueError(f"mask_lesion must be {ISCHEMIC} (ischemic) or {HEMORRHAGIC} (hemorrhagic), not {self.mask_lesion}")
 
 
 @dataclass
@@ -73,7 +79,10 @@ def _digest_of(items) -> str:
 
 
 def options_digest(src: str, cfg: ManifestConfig, labels: bytes | None) -> str:
-    return _digest_of({"src": src, "cfg": asdict(cfg), "labels": hashlib.sha256(labels or b"").hexdigest()})
+    options = asdict(cfg)
+    if options["mask_lesion"] is None:
+        del options["mask_lesion"]  # added later: manifests made before keep their digest
+    return _digest_of({"src": src, "cfg": options, "labels": hashlib.sha256(labels or b"").hexdigest()})
 
 
 # Up to this many headers to read are read in the driver (about 1 ms each from disk).
@@ -86,23 +95,25 @@ def _header_groups(batch: dict) -> dict:
 
     from strokeray.io.dicom_decode import dicom_patient_key
 
-    keys = []
+    keys, tags = [], []
     for uri in batch["uri"]:
         try:
             head = read_head(uri, HEADER_BYTES)
-            key = "" if is_raster(head, uri) else dicom_patient_key(head)
+            key, tag = ("", "") if is_raster(head, uri) else dicom_patient_key(head)
             if not key and len(head) == HEADER_BYTES:
-                key = dicom_patient_key(read_bytes(uri))  # a header longer than 64 KiB
+                key, tag = dicom_patient_key(read_bytes(uri))  # a header longer than 64 KiB
         except Exception:  # noqa: BLE001 - any unreadable object: decoding will quarantine it with its reason
-            key = ""
+            key, tag = "", ""
         keys.append(key)
-    return {"uri": batch["uri"], "group": np.array(keys, dtype=object)}
+        tags.append(tag)
+    return {"uri": batch["uri"], "group": np.array(keys, dtype=object), "tag": np.array(tags, dtype=object)}
 
 
 def _fill_dicom_groups(rows: list[ManifestRow], known: dict[tuple[str, str], tuple[str, str]],
                        num_cpus: int | None = None) -> None:
-    """DICOM PatientID wins over the file-name rules (only a labels CSV's patient column beats it);
-    headers already read for the same object and stamp are reused."""
+    """DICOM PatientID wins over the file-name rules (only a labels CSV's patient column beats it),
+    a study or series UID only over no rule at all; headers already read for the same object and
+    stamp are reused."""
     need = []
     for r in rows:
         if r.group_rule == "labels_csv" or r.name.lower().endswith(RASTER_SUFFIXES):
@@ -110,13 +121,13 @@ def _fill_dicom_groups(rows: list[ManifestRow], known: dict[tuple[str, str], tup
         hit = known.get((r.uri, r.stamp))
         if hit is None:
             need.append(r)
-        elif hit[1] == "dicom_patient_id":
+        elif hit[1].startswith("dicom_"):
             r.group, r.group_rule = hit
     if not need:
         return
     if len(need) <= LOCAL_HEADER_READS:  # a few new files: reading them here beats starting a Ray Data job
         batch = _header_groups({"uri": [r.uri for r in need]})
-        found = dict(zip(batch["uri"], batch["group"]))
+        found = {u: (g, t) for u, g, t in zip(batch["uri"], batch["group"], batch["tag"])}
     else:
         import ray
 
@@ -125,10 +136,13 @@ def _fill_dicom_groups(rows: list[ManifestRow], known: dict[tuple[str, str], tup
         ensure_ray(num_cpus)
         ds = ray.data.from_items([{"uri": r.uri} for r in need]).map_batches(_header_groups, batch_size=64,
                                                                               batch_format="numpy")
-        found = {rec["uri"]: rec["group"] for rec in ds.iter_rows()}
+        found = {rec["uri"]: (rec["group"], rec["tag"]) for rec in ds.iter_rows()}
     for r in need:
-        if found.get(r.uri):
-            r.group, r.group_rule = found[r.uri], "dicom_patient_id"
+        key, tag = found.get(r.uri, ("", ""))
+        # A study or series UID stands in for an empty PatientID only where the file name names
+        # no patient: CT-ICH's Secondary Captures carry one series per slice, their names the patient.
+        if key and (tag == "PatientID" or not r.group):
+            r.group, r.group_rule = key, "dicom_patient_id" if tag == "PatientID" else f"dicom_{tag}"
 
 
 def _row_key(row: dict) -> str:
@@ -216,7 +230,7 @@ def build_manifest(src: str, out: str, cfg: ManifestConfig = ManifestConfig(), l
     if not listing.entries and not listing.problems:
         raise ValueError(f"{src} holds no input files"
                          + (f" ({len(listing.skipped)} tables or notes skipped)" if listing.skipped else ""))
-    labelled = label_listing(listing.entries, labels, cfg.labels_table, cfg.labels or "")
+    labelled = label_listing(listing.entries, labels, cfg.labels_table, cfg.labels or "", cfg.mask_lesion)
     if labels is not None and labelled.labels_matched < len(labelled.rows):
         log(f"[manifest] labels CSV matched {labelled.labels_matched} of {len(labelled.rows)} objects")
     rows = labelled.rows

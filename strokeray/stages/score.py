@@ -15,6 +15,7 @@ OUT/
   submission.csv      ID (file stem; the path where stems repeat), label: the competition's shape
   quarantine.parquet  every object that could not be scored, with its reason
   overlays/<id>.png   positive slices with the predicted lesion painted (--overlays)
+  source_masks/<id>.png  positive slices' classes (0/1/2) on the source pixel grid (--source-masks)
   summary.json        counts, timings, models, settings
 """
 
@@ -24,6 +25,7 @@ import csv
 import io
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import PurePosixPath
 
@@ -41,11 +43,11 @@ from strokeray.stages.stage_dir import StageDir, settings_digest
 
 # Per-slice columns carried from decoding into the output (identifiers are pseudonyms).
 CARRIED = ("id", "source", "patient", "study", "series", "instance_number", "frame", "z_mm", "thickness_mm",
-           "seg_spacing_mm", "brain_found")
+           "seg_spacing_mm", "brain_found", "seg_box", "source_shape")
 # Everything score writes in OUT (what --overwrite may remove); anything else there is left alone.
 SUMMARY = "summary.json"  # written last: the run is complete
 SCORE_OUTPUTS = ("manifest.parquet", "manifest.json", "_parts", "_state", "slices.parquet", "studies.parquet",
-                 "submission.csv", "quarantine.parquet", "overlays", SUMMARY)
+                 "submission.csv", "quarantine.parquet", "overlays", "source_masks", SUMMARY)
 STUDY_SCHEMA = pa.schema([("study", pa.string()), ("series", pa.string()), ("patient", pa.string()),
                           ("slices", pa.int64()), ("max_probability", pa.float64()),
                           ("most_suspicious_id", pa.string()), ("most_suspicious_source", pa.string()),
@@ -66,6 +68,7 @@ class ScoreConfig:
     # reserves on purpose: the models are the bottleneck and decoding needs a fraction of a core.
     threads_per_actor: int | None = None
     overlays: bool = False
+    source_masks: bool = False  # source_masks/<id>.png: a positive slice's classes on its source pixel grid
     files_per_chunk: int = 1000  # the work an interruption can lose
     files_per_task: int = 64
     num_cpus: int | None = None  # for the local Ray; ignored on a cluster
@@ -100,7 +103,7 @@ class CascadeScorer:
     """Ray Data actor: classifier on every slice, segmenter on the positive ones."""
 
     def __init__(self, classifier: str, segmenter: str | None, threshold: float, overlays: str | None,
-                 use_gpu: bool, threads: int) -> None:
+                 use_gpu: bool, threads: int, source_masks: str | None = None) -> None:
         import torch
 
         from strokeray.learn.predict import BundlePredictor
@@ -112,6 +115,7 @@ class CascadeScorer:
         self.segmenter = BundlePredictor(segmenter, device) if segmenter else None
         self.threshold = threshold
         self.overlays = overlays
+        self.source_masks = source_masks
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from strokeray.imaging.rle import encode_rle
@@ -138,7 +142,19 @@ class CascadeScorer:
         out["segmenter_version"] = np.full(n, self.segmenter.version if self.segmenter else "", dtype=object)
         if self.overlays:
             self._write_overlays(batch, masks, positive)
+        if self.source_masks:
+            self._write_source_masks(out, positive)
         return out
+
+    def _write_source_masks(self, out, positive) -> None:
+        from strokeray.io.raster import encode_png
+
+        fs, base = fsspec.core.url_to_fs(self.source_masks)
+        fs.makedirs(base, exist_ok=True)
+        for i in np.flatnonzero(positive):
+            mask = source_mask({k: out[k][i] for k in ("mask_rle", "seg_box", "source_shape")})
+            with fs.open(f"{base}/{out['id'][i]}.png", "wb") as fh:
+                fh.write(encode_png(mask))
 
     def _write_overlays(self, batch, masks, positive) -> None:
         from strokeray.imaging.overlay import paint_overlay
@@ -150,6 +166,17 @@ class CascadeScorer:
             grey = batch["seg_image"][i, 0]  # the first window (brain)
             with fs.open(f"{base}/{batch['id'][i]}.png", "wb") as fh:
                 fh.write(encode_png(np.concatenate([np.stack([grey] * 3, -1), paint_overlay(grey, masks[i])], 1)))
+
+
+def source_mask(row: Mapping) -> np.ndarray:
+    """A slices.parquet row's predicted classes on its source pixel grid (uint8: 0 background,
+    1 ischemic, 2 hemorrhagic), from the view mask (``mask_rle``) and the view's box."""
+    from strokeray.imaging.geometry import Box, mask_to_source
+    from strokeray.imaging.rle import decode_rle
+
+    rows, cols = (int(v) for v in row["source_shape"])
+    view = decode_rle(row["mask_rle"]) if row["mask_rle"] else np.zeros((1, 1), np.uint8)
+    return mask_to_source(view, Box(*(int(v) for v in row["seg_box"])), (rows, cols))
 
 
 def resolve_models(classifier: str | None, segmenter: str | None, registry: str | None,
@@ -265,7 +292,7 @@ def finished_summary(stage, same: bool, listing, log) -> ScoreSummary | None:
     return ScoreSummary(**{k: v for k, v in done.items() if k in known and k != "reused"}, reused=True)
 
 
-def cascade_stage(classifier: str, segmenter: str | None, cfg: ScoreConfig, overlays: str | None):
+def cascade_stage(classifier: str, segmenter: str | None, cfg: ScoreConfig, out: str):
     """The scoring step appended to each chunk's decode: a pool of ``CascadeScorer`` actors (one per
     GPU with ``use_gpu``), each using its share of the cluster's CPUs for torch threads."""
     import ray
@@ -273,7 +300,10 @@ def cascade_stage(classifier: str, segmenter: str | None, cfg: ScoreConfig, over
     resources = ray.cluster_resources()
     actors = cfg.actors or (max(1, int(resources.get("GPU", 0))) if cfg.use_gpu else 1)
     threads = cfg.threads_per_actor or max(1, int(resources.get("CPU", 1) // actors))
-    kwargs = {"classifier": classifier, "segmenter": segmenter, "threshold": cfg.threshold, "overlays": overlays,
+    out = out.rstrip("/")
+    kwargs = {"classifier": classifier, "segmenter": segmenter, "threshold": cfg.threshold,
+              "overlays": f"{out}/overlays" if cfg.overlays else None,
+              "source_masks": f"{out}/source_masks" if cfg.source_masks else None,
               "use_gpu": cfg.use_gpu, "threads": threads}
 
     def extend(ds):
@@ -350,7 +380,7 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
     if done:
         return done
     ensure_ray(cfg.num_cpus)
-    extend = cascade_stage(classifier, segmenter, cfg, f"{out.rstrip('/')}/overlays" if cfg.overlays else None)
+    extend = cascade_stage(classifier, segmenter, cfg, out)
     ingest_cfg = IngestConfig(records=cfg.records, files_per_chunk=cfg.files_per_chunk,
                               files_per_task=cfg.files_per_task)
     summary = ScoreSummary(out=out, objects=manifest.rows, models={"classifier": classifier, "segmenter": segmenter or "",

@@ -56,6 +56,23 @@ def test_class_folders_and_ctich_names():
     assert file_group("x/scan.dcm") == ("", "")
 
 
+def test_masks_in_a_mask_folder_pair_with_their_images():
+    """CT-ICH's DICOM release: hemo_subset/<p>_<s>.dcm beside Masks_subset/<p>_<s>.dcm."""
+    names = ("hemo_subset/049_21.dcm", "Masks_subset/049_21.dcm", "hemo_subset/050_24.dcm", "other/050_24.dcm")
+    lab = label_listing(entries(*names), mask_lesion=2)
+    by = {r.name: r for r in lab.rows}
+    assert set(by) == {"hemo_subset/049_21.dcm", "hemo_subset/050_24.dcm", "other/050_24.dcm"}  # masks are no images
+    paired = by["hemo_subset/049_21.dcm"]
+    assert (paired.label, paired.lesion, paired.mask_uri, paired.mask_kind) == (1, 2, "/r/Masks_subset/049_21.dcm", "MASK")
+    assert (by["hemo_subset/050_24.dcm"].mask_uri, by["hemo_subset/050_24.dcm"].label) == ("", -1)
+    # Without a class the pairing still holds; the records say the mask needs one.
+    plain = {r.name: r for r in label_listing(entries(*names)).rows}["hemo_subset/049_21.dcm"]
+    assert (plain.label, plain.lesion, plain.mask_kind) == (-1, -1, "MASK")
+    # TEKNOFEST keeps its own MASK/ siblings and does not pair across class folders.
+    tek = label_listing(entries("KANAMA/DICOM/1_1.dcm", "KANAMA/MASK/1_1.png", "masks/1_1.png"), mask_lesion=1)
+    assert {r.name: r.lesion for r in tek.rows}["KANAMA/DICOM/1_1.dcm"] == 2
+
+
 def test_labels_csv_overrides_by_path_suffix():
     lab = label_listing(entries("root/Dataset/Normal/49 (1).jpg", "root/Dataset/Normal/50 (1).jpg"))
     csv = b"path,status,pid\nDataset/Normal/49 (1).jpg,ICH,49\n"

@@ -39,3 +39,12 @@ def test_image_and_mask_resample_align():
     vi = resample(img, box, 100, fill=0)
     vm = resample((img > 0).astype(np.uint8), box, 100, fill=0, nearest=True)
     assert np.all(vi[vm == 1] > 0.4)
+
+
+def test_mask_to_source_keeps_classes_and_leaves_outside_the_box_background():
+    view = np.full((8, 8), 2, np.uint8)
+    view[:, :4] = 1  # no background pixel in the view at all
+    back = mask_to_source(view, Box(10, 20, 16, 16), (40, 50))
+    assert back.dtype == np.uint8 and set(np.unique(back)) == {0, 1, 2}
+    assert (back[10:26, 20:36] > 0).all() and (back[:10] == 0).all() and (back[:, 36:] == 0).all()
+    assert (back[10:26, 20:28] == 1).all() and (back[10:26, 28:36] == 2).all()

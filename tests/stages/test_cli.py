@@ -69,6 +69,8 @@ def test_options_left_out_take_the_config_defaults():
     assert search_config(parse(["tune", "segment", "S"])) == SearchConfig(task="segment")
     assert score_config(parse(["score", "SRC", "OUT"])) == ScoreConfig()
     assert ingest_config(parse(["ingest", "SRC", "OUT"])) == IngestConfig()
+    assert ingest_config(parse(["ingest", "SRC", "OUT", "--mask-lesion", "hemorrhagic"])).manifest.mask_lesion == 2
+    assert score_config(parse(["score", "SRC", "OUT", "--source-masks"])).source_masks
     given = train_config(parse(["train", "segment", "S", "--epochs", "3", "--augment", "0", "--workers", "1"]))
     assert (given.epochs, given.augment.strength, given.num_workers, given.batch_size) == (3, 0.0, 1, 16)
     assert crossval_config(parse(["crossval", "classify", "S"])) == CrossvalConfig(train=TrainConfig(task="classify"))

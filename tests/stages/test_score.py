@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from strokeray.imaging.rle import decode_rle
+from strokeray.io.raster import decode_image
 from strokeray.stages import registry
-from strokeray.stages.score import ScoreConfig, run_score
+from strokeray.stages.score import ScoreConfig, run_score, source_mask
 
 from ..conftest import kill_after_first_chunk, shared_data, tiny_bundle
 
@@ -36,7 +37,7 @@ def scored(planted_zip, bundles, ray_local, tmp_path_factory):
     target, summary = planted_zip
     out = tmp_path_factory.mktemp("score") / "out"
     # Threshold 0: every slice is positive, so the segmenter and the volumes are exercised.
-    cfg = ScoreConfig(threshold=0.0, batch_size=8, files_per_chunk=24, overlays=True)
+    cfg = ScoreConfig(threshold=0.0, batch_size=8, files_per_chunk=24, overlays=True, source_masks=True)
     s = run_score(str(target), str(out), *bundles, registry=None, cfg=cfg, log=lambda *_: None)
     return out, s, summary, cfg
 
@@ -58,6 +59,13 @@ def test_every_good_slice_scored_once_every_bad_file_quarantined(scored):
     assert (mask == 2).sum() == row["hemorrhagic_pixels"] and (mask == 1).sum() == row["ischemic_pixels"]
     assert row["hemorrhagic_area_mm2"] == pytest.approx(row["hemorrhagic_pixels"] * row["seg_spacing_mm"] ** 2)
     assert s.chunks_done >= 2 and len(list((out / "overlays").glob("*.png"))) == len(ids)
+    # The predicted mask on the slice's own pixel grid, as a function of the row and as a file.
+    on_source = source_mask(row)
+    assert on_source.shape == tuple(row["source_shape"]) and len(row["seg_box"]) == 4
+    assert np.array_equal(decode_image((out / "source_masks" / f"{row['id']}.png").read_bytes()), on_source)
+    assert len(list((out / "source_masks").glob("*.png"))) == len(ids)
+    if row["hemorrhagic_pixels"]:
+        assert (on_source == 2).any()
 
 
 def test_study_volumes_are_area_times_thickness(scored):

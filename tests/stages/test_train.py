@@ -75,6 +75,11 @@ def test_ddp_training_learns_and_bundles(shards, tmp_path, task):
         assert "threshold" not in doc and "train_mean_lesion_iou" in r.history[-1]
         masks = [decode_rle(t) for t in pred["mask_rle"].to_pylist()]
         assert [int((m == 2).sum()) for m in masks] == pred["pred_hemorrhagic_pixels"].to_pylist()
+        # The pooled IoU with its patient interval is the meter's IoU over the same slices.
+        value, low, high = ev.intervals["iou_hemorrhagic"]
+        assert value == pytest.approx(ev.metrics["iou_hemorrhagic"]) and low <= value <= high
+        every = run_evaluate(r.bundle, shards, "all", log=lambda *_: None)  # external data: every split
+        assert every.slices > ev.slices
     # The benchmark's plain loop iterates the same training rows the workers shared (Ray's equal
     # split may drop fewer rows than there are workers) and runs the same steps.
     rows = training_rows(shards, task)

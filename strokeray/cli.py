@@ -138,6 +138,22 @@ def _cmd_preview(args) -> int:
     return 0
 
 
+def _labels_arguments(p, what: str) -> None:
+    p.add_argument("--labels", help=what)
+    p.add_argument("--labels-path-col", help="path column of the labels CSV (default path)")
+    p.add_argument("--labels-label-col", help="label column: 0/1, normal/stroke, ich/no_ich, ... (default label)")
+    p.add_argument("--labels-patient-col", help="patient column, the split group (default patient)")
+
+
+def _labels_table(args):
+    """The LabelsTable that the --labels-*-col arguments name (those a command has)."""
+    from strokeray.datasets.layouts import LabelsTable
+
+    names = {"path_col": "labels_path_col", "label_col": "labels_label_col", "lesion_col": "labels_lesion_col",
+             "patient_col": "labels_patient_col"}
+    return LabelsTable(**_given(args, **{f: a for f, a in names.items() if hasattr(args, a)}))
+
+
 def _add_synth_lesions(sub) -> None:
     p = sub.add_parser(
         "synth-lesions",
@@ -150,10 +166,7 @@ def _add_synth_lesions(sub) -> None:
     )
     p.add_argument("src", help="input folder, archive or URL")
     p.add_argument("out", help="output folder or URL (outside SRC)")
-    p.add_argument("--labels", help="labels CSV; its label 0 rows are the lesion-free slices")
-    p.add_argument("--labels-path-col", help="path column of the labels CSV (default path)")
-    p.add_argument("--labels-label-col", help="label column (default label)")
-    p.add_argument("--labels-patient-col", help="patient column (default patient)")
+    _labels_arguments(p, "labels CSV; its label 0 rows are the lesion-free slices")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--limit", type=int, help="use at most this many source slices (in name order)")
     p.add_argument("--pixel-mm", type=float, help="pixel size assumed where files carry none (default 0.34)")
@@ -164,14 +177,11 @@ def _add_synth_lesions(sub) -> None:
 
 
 def _cmd_synth_lesions(args) -> int:
-    from strokeray.datasets.layouts import LabelsTable
     from strokeray.datasets.lesion_synth import LesionSynthConfig
     from strokeray.stages.synth import run_lesion_synth
 
     cfg = LesionSynthConfig(
-        labels=args.labels,
-        labels_table=LabelsTable(**_given(args, path_col="labels_path_col", label_col="labels_label_col",
-                                          patient_col="labels_patient_col")),
+        labels=args.labels, labels_table=_labels_table(args),
         **_given(args, seed="seed", limit="limit", pixel_mm="pixel_mm", workers="workers"))
     s = run_lesion_synth(args.src, args.out, cfg, overwrite=args.overwrite)
     print(json.dumps({"out": args.out, "reused": True} if s is None else dataclasses.asdict(s)))
@@ -192,11 +202,8 @@ def _add_ingest(sub) -> None:
     )
     p.add_argument("src", help="input folder, archive or URL")
     p.add_argument("out", help="output folder or URL")
-    p.add_argument("--labels", help="labels CSV (columns path, label, lesion, patient; see --labels-*-col)")
-    p.add_argument("--labels-path-col", help="path column of the labels CSV (default path)")
-    p.add_argument("--labels-label-col", help="label column: 0/1, normal/stroke, ich/no_ich, ... (default label)")
+    _labels_arguments(p, "labels CSV (columns path, label, lesion, patient; see --labels-*-col)")
     p.add_argument("--labels-lesion-col", help="lesion column: 0/1/2 (default lesion)")
-    p.add_argument("--labels-patient-col", help="patient column, the split group (default patient)")
     p.add_argument("--mask-lesion", choices=("ischemic", "hemorrhagic"),
                    help="lesion class of binary masks in a mask folder beside the images (masks/, Masks_subset/)")
     p.add_argument("--split", help="train,val,test ratios, e.g. 0.7,0.15,0.15")
@@ -218,7 +225,6 @@ def _add_ingest(sub) -> None:
 
 def ingest_config(args):
     """The IngestConfig that `strokeray ingest` arguments describe."""
-    from strokeray.datasets.layouts import LabelsTable
     from strokeray.datasets.slice_records import RecordConfig
     from strokeray.datasets.splits import SplitConfig
     from strokeray.imaging.overlay import HEMORRHAGIC, ISCHEMIC
@@ -238,8 +244,7 @@ def ingest_config(args):
     return IngestConfig(
         manifest=ManifestConfig(
             labels=args.labels,
-            labels_table=LabelsTable(**_given(args, path_col="labels_path_col", label_col="labels_label_col",
-                                              lesion_col="labels_lesion_col", patient_col="labels_patient_col")),
+            labels_table=_labels_table(args),
             split=SplitConfig(**split, use_layout_splits=not args.ignore_layout_splits),
             mask_lesion={"ischemic": ISCHEMIC, "hemorrhagic": HEMORRHAGIC}.get(args.mask_lesion or ""),
         ),

@@ -4,10 +4,12 @@ density change, the TEKNOFEST layout ingest reads, the same bytes for the same s
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
 
+from strokeray.cli import main
 from strokeray.datasets.layouts import LabelsTable, label_listing
 from strokeray.datasets.lesion_synth import LesionSynthConfig, write_lesion_archive
 from strokeray.imaging.overlay import HEMORRHAGIC, ISCHEMIC
@@ -63,12 +65,16 @@ def test_lesions_are_drawn_into_lesion_free_ct_ich_slices(tmp_path):
                for f in files if "MASK" in str(f))
 
 
-def test_the_stage_claims_its_folder_and_reuses_a_finished_run(tmp_path):
+def test_the_stage_claims_its_folder_and_reuses_a_finished_run(tmp_path, capsys):
     root = shared_data("ctich-kaggle-strokect")
     src = str(root)
     with pytest.raises(OutputError, match="input"):
         run_lesion_synth(src, str(root / "out"), _cfg(root, limit=2))
-    assert run_lesion_synth(src, str(tmp_path / "o"), _cfg(root, limit=2)) is not None
+    # The command line makes the same run as the config (so the next call finds it finished).
+    assert main(["synth-lesions", src, str(tmp_path / "o"), "--labels", str(root / "labels.csv"), "--limit", "2",
+                 "--labels-label-col", "ctich_patient_level_status", "--labels-patient-col", "ctich_patient_id",
+                 "--workers", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["sources"] == 2
     assert run_lesion_synth(src, str(tmp_path / "o"), _cfg(root, limit=2)) is None  # finished: nothing written
     with pytest.raises(OutputError, match="other inputs or settings"):
         run_lesion_synth(src, str(tmp_path / "o"), _cfg(root, limit=3))

@@ -139,12 +139,22 @@ class StageDir:
             raise ValueError(f"the {self.stage} stage names no done document")
         write_json(self.url_of(self.done), doc)
 
+    def adopt(self, legacy: str, digest: str) -> None:
+        """Mark as this stage's a folder it made before markers existed, recognised by the file
+        ``legacy`` it always wrote first; a folder with a marker, or without that file, is left as is."""
+        if self.marker() is None and self.fs.exists(self.path(legacy)):
+            with self.fs.open(self.path(MARKER), "w") as fh:
+                json.dump({"stage": self.stage, "digest": digest, "strokeray_version": __version__,
+                           "claimed": datetime.now(UTC).isoformat(timespec="seconds"), "adopted": legacy}, fh, indent=1)
+
     def clear(self) -> list[str]:
-        """Remove this stage's own outputs (never the folder, never other entries); returns what went."""
+        """Remove this stage's own outputs (never the folder, never other entries); returns what went.
+        An output with ``*`` is a pattern for entries a library names (Tune's state files)."""
         fs, removed = self.fs, []
         for name in self.outputs:
-            path = self.path(name)
-            if fs.exists(path):
-                fs.rm(path, recursive=True)
-                removed.append(name)
+            paths = fs.glob(self.path(name)) if "*" in name else [self.path(name)]
+            for path in paths:
+                if fs.exists(path):
+                    fs.rm(path, recursive=True)
+                    removed.append(path.rsplit("/", 1)[-1])
         return removed

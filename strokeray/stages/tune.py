@@ -27,6 +27,7 @@ from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.losses import SegLossConfig
 from strokeray.learn.models import ModelConfig
 from strokeray.learn.tasks import CLASSIFY, get_task
+from strokeray.stages.stage_dir import StageDir, settings_digest
 from strokeray.stages.train import TrainConfig
 
 
@@ -251,6 +252,11 @@ def results_table(grid, cfg: SearchConfig, train_storage: str) -> list[dict]:
 
 # What a search writes beside Tune's own files: its settings (first) and what it published (last).
 SETTINGS, PUBLISHED = "strokeray-search.json", "published.json"
+# Everything in a search folder that the search wrote (what --overwrite may remove): Tune's state
+# and trial folders, the trials' Train runs, and the two documents above.
+SEARCH_OUTPUTS = (SETTINGS, PUBLISHED, "train", "tuner.pkl", "trainable.pkl", ".validate_storage_marker",
+                  "driver_artifacts", "experiment_state-*", "basic-variant-state-*", "search_gen_state-*",
+                  "trial_driver_*")
 
 
 def published(path: str) -> dict | None:
@@ -339,11 +345,11 @@ def run_search(shards: str, out: str, cfg: SearchConfig, name: str | None = None
     name = name or f"{cfg.task}-search"
     path = f"{(os.path.abspath(out) if '://' not in out else out).rstrip('/')}/{name}"
     settings = search_settings(data, cfg)
-    if settings_of(path) not in ({}, settings):
-        if not overwrite:
-            raise ValueError(f"{path} holds a search with other settings or data; pass overwrite "
-                             "(--overwrite) to discard it, or choose another name")
-        fsspec.core.url_to_fs(path)[0].rm(fsspec.core.url_to_fs(path)[1], recursive=True)
+    stage = StageDir(path, "tune", SEARCH_OUTPUTS, done=PUBLISHED)
+    stage.adopt(SETTINGS, settings_digest(settings_of(path)))  # a search made before the marker
+    # Another search here is refused, or with overwrite its files (only those) are removed; a
+    # folder strokeray did not make is never written into.
+    stage.claim((data.url,), settings_digest(settings), overwrite)
     ensure_ray()
     max_trials, per_worker = concurrency(cfg, ray.cluster_resources())
     trainable = tune.with_parameters(trial_driver, cfg=cfg, shards=data.url, train_storage=f"{path}/train",

@@ -89,6 +89,31 @@ def test_overwrite_removes_only_the_stages_own_outputs(tmp_path):
     assert json.loads(left[MARKER])["digest"] == "d2"
 
 
+def test_a_search_made_before_markers_is_adopted_and_overwrite_removes_only_tunes_files(tmp_path):
+    from strokeray.stages.tune import PUBLISHED, SEARCH_OUTPUTS, SETTINGS
+
+    path = tmp_path / "tune" / "classify-search"
+    for name in (SETTINGS, "experiment_state-2026.json", "tuner.pkl", "trial_driver_ab_00000/result.json",
+                 "train/ab_00000/checkpoint/state.json", "notes.txt"):
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text("x")
+    stage = StageDir(str(path), "tune", SEARCH_OUTPUTS, done=PUBLISHED)
+    stage.adopt(SETTINGS, "d1")  # it holds the settings file every search writes first: ours
+    assert stage.claim(digest="d1") is True  # the same search: resumed
+    with pytest.raises(OutputError, match="other inputs or settings"):
+        stage.claim(digest="d2")
+    assert stage.claim(digest="d2", overwrite=True) is False
+    assert set(snapshot(path)) == {"notes.txt", MARKER}  # the user's file stays
+    # A folder without a search's settings file is not adopted, so it is refused untouched.
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "tuner.pkl").write_text("a user's file of that name")
+    StageDir(str(user), "tune", SEARCH_OUTPUTS).adopt(SETTINGS, "d1")
+    with pytest.raises(OutputError, match="not made by strokeray"):
+        StageDir(str(user), "tune", SEARCH_OUTPUTS).claim(digest="d1", overwrite=True)
+    assert set(snapshot(user)) == {"tuner.pkl"}
+
+
 def test_another_stages_output_is_refused(tmp_path):
     StageDir(str(tmp_path / "o"), "score", ("slices.parquet",)).claim(digest="x")
     with pytest.raises(OutputError, match="holds a strokeray score output"):

@@ -98,7 +98,7 @@ def test_search_stops_early_exports_the_best_trial_and_reuses_a_finished_search(
     again = run_search(shards, str(tmp_path / "tune"), cfg, registry=reg, log=lambda *_: None)
     assert again.reused and again.version == "v0001" and registry.versions(reg, "classify") == ["v0001"]
     # Other settings under the same name are refused, not silently started over.
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="other inputs or settings"):
         run_search(shards, str(tmp_path / "tune"), SearchConfig(task="classify", space=SPACE, samples=1),
                    registry=reg, log=lambda *_: None)
 

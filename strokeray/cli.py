@@ -556,7 +556,8 @@ def _add_evaluate(sub) -> None:
         "ROC AUC. Segmenter: per-class IoU and Dice, mean lesion IoU, competition IoU, and the pooled "
         "IoU and Dice with 95 %% patient-bootstrap intervals.",
     )
-    p.add_argument("bundle", help="a model bundle folder")
+    p.add_argument("bundle", help="a model bundle folder, or density:<HU> (a training-free segmenter: hemorrhage "
+                   "wherever the brain reads at least HU)")
     _shards_argument(p)
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
                    help="all: every split, for shards no model was trained on (external data)")

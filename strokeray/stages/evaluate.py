@@ -57,10 +57,13 @@ def run_evaluate(bundle: str, shards: str | ShardSet, split: str = "test", batch
     slice to the Parquet file ``predictions`` (classifier: id, patient, label, probability;
     segmenter: id, patient, lesion, predicted mask as RLE, truth, predicted and overlapping lesion
     pixels per class)."""
+    from strokeray.learn.baselines import DensityThreshold
     from strokeray.learn.predict import BundlePredictor
 
-    predictor = BundlePredictor(bundle)
     data = ShardSet.of(shards)
+    pre = data.preprocess
+    predictor = (DensityThreshold.parse(bundle, pre.windows, pre.segmentation.size)  # a training-free baseline
+                 or BundlePredictor(bundle))
     task = predictor.task
     size = predictor.doc["preprocess"][task.view]["size"]  # the bundle's view (masks are scored at it)
     shape = (len(predictor.doc["windows"]), size, size)

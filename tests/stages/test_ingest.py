@@ -170,6 +170,24 @@ def test_ctich_patient_grouped_ingest(ray_local, tmp_path):
 
 
 @pytest.mark.realdata
+def test_ctich_dicom_mask_pairs_ingest_to_masked_shards_and_the_density_baseline_scores_them(
+        ray_local, tmp_path, capsys):
+    """The 26 CT-ICH image/mask DICOM pairs through the ingest command: masked shards of 16 patients,
+    then the training-free density baseline through evaluate on every split, with patient intervals."""
+    root = shared_data("ctich-dicom-masks-26")
+    out = tmp_path / "masks"
+    assert main(["ingest", str(root), str(out), "--mask-lesion", "hemorrhagic"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert (card["slices"], card["with_mask"], card["patients"], card["quarantined"]) == (26, 26, 16, 0)
+    capsys.readouterr()
+    assert main(["evaluate", "density:50", str(out), "--split", "all"]) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    value, low, high = doc["intervals"]["iou_hemorrhagic"]
+    assert doc["slices"] == 26 and low < value < high and value == pytest.approx(doc["metrics"]["iou_hemorrhagic"])
+    assert value > 0.25  # acute blood is hyperdense: a plain 50 HU threshold finds much of it
+
+
+@pytest.mark.realdata
 def test_ctich_relabel_through_labels_csv(ray_local, tmp_path):
     root = shared_data("ctich-kaggle-strokect")
     cfg = ManifestConfig(

@@ -1,7 +1,7 @@
 """Synthetic lesions drawn into a real slice: soft shapes on its brain mask, blended in HU.
 
 Each shape is an alpha map in [0, 1] (1 inside the lesion, a partial-volume ramp at the edge);
-the lesion mask is alpha >= 0.5. Hemorrhages are hyperdense (50-90 HU): intraparenchymal blobs,
+the lesion mask is alpha >= 0.5. Hemorrhages are hyperdense (42-72 HU): intraparenchymal blobs,
 subdural crescents and epidural lenses along the inner table, intraventricular casts in the CSF
 of the ventricles. Infarcts are hypodense (10-25 HU) wedges of a vascular territory that reach the
 cortex, the grey-white pattern inside them replaced by one density. The slice's own noise stays on top, so
@@ -22,7 +22,10 @@ HEMORRHAGE_KINDS = ("intraparenchymal", "subdural", "epidural", "intraventricula
 class LesionRanges:
     """What synthetic lesions are drawn from."""
 
-    hemorrhage_hu: tuple[float, float] = (50.0, 90.0)
+    # A lesion's density, drawn once per lesion: the 26 real CT-ICH bleeds have medians of 39-72 HU
+    # (5-95 % of their pixels 34-75 HU). Denser ones would also saturate a 0-80 HU export, which
+    # preprocessing then strips as bone.
+    hemorrhage_hu: tuple[float, float] = (42.0, 72.0)
     infarct_hu: tuple[float, float] = (10.0, 25.0)
     blob_radius_mm: tuple[float, float] = (5.0, 22.0)
     subdural_mm: tuple[float, float] = (3.0, 10.0)  # greatest thickness
@@ -91,7 +94,8 @@ def crescent(brain: np.ndarray, rng: np.random.Generator, px_mm: float, r: Lesio
     across = _sector(angle, middle, half)
     # Thickness falls to zero at the sector's ends: steeply (lens) or gently (crescent).
     profile = np.clip(1 - across**2, 0, None) ** (0.5 if lens else 1.0)
-    return brain & (depth < thick * profile)
+    rim = 1.5 / px_mm  # the brain mask's outermost ~1.5 mm is partial-volume bone: blood lies inside it
+    return brain & (depth >= rim) & (depth < rim + thick * profile)
 
 
 def ventricle_cast(hu: np.ndarray, brain: np.ndarray, rng: np.random.Generator, px_mm: float,
@@ -135,15 +139,16 @@ def blend(hu: np.ndarray, alpha: np.ndarray, target_hu: float, flatten: float = 
           brain: np.ndarray | None = None) -> np.ndarray:
     """Move ``hu`` towards ``target_hu`` by ``alpha``, keeping the slice's fine noise.
 
-    The local mean (a 4 px blur: anatomy such as the grey-white pattern) is replaced by the target
-    and the residual kept, so the lesion has the scanner's noise; ``flatten`` (0-1) also shrinks
-    the residual.
+    The local mean (a 1.5 px blur: anatomy such as the grey-white pattern) is replaced by the target
+    and the residual, clipped to +-10 HU, kept, so the lesion has the scanner's noise and not the
+    anatomy beneath; ``flatten`` (0-1) also shrinks the residual.
     Only brain pixels are averaged, so bone or air next to a lesion does not leak into it.
     """
     hu = np.asarray(hu, np.float32)
     weight = np.ones_like(hu) if brain is None else brain.astype(np.float32)
-    mean = cv2.GaussianBlur(hu * weight, (0, 0), 4.0) / np.maximum(cv2.GaussianBlur(weight, (0, 0), 4.0), 1e-3)
-    residual = np.clip(hu - mean, -40, 40) * (1 - flatten * alpha)
+    mean = cv2.GaussianBlur(hu * weight, (0, 0), 1.5) / np.maximum(cv2.GaussianBlur(weight, (0, 0), 1.5), 1e-3)
+    # Pixel-scale noise only: anatomy (a ventricle's edge, the grey-white pattern) must not show through.
+    residual = np.clip(hu - mean, -10, 10) * (1 - flatten * alpha)
     lesion = target_hu + residual
     return (hu * (1 - alpha) + lesion * alpha).astype(np.float32)
 
@@ -160,7 +165,9 @@ def insert_hemorrhage(hu: np.ndarray, brain: np.ndarray, kind: str, rng: np.rand
         shape = ventricle_cast(hu, brain, rng, px_mm, r)
     else:
         raise ValueError(f"hemorrhage kind {kind!r} is not one of {HEMORRHAGE_KINDS}")
-    return _finish(hu, shape, brain, rng.uniform(*r.hemorrhage_hu), 0.0, px_mm, r)
+    # At least 15 HU above the brain's median: a bleed as dense as the brain around it teaches nothing.
+    target = max(rng.uniform(*r.hemorrhage_hu), float(np.median(hu[brain])) + 15.0)
+    return _finish(hu, shape, brain, target, 0.0, px_mm, r)
 
 
 def insert_infarct(hu: np.ndarray, brain: np.ndarray, rng: np.random.Generator, px_mm: float,

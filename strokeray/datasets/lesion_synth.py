@@ -23,7 +23,7 @@ import numpy as np
 
 from strokeray.checks import check_positive
 from strokeray.datasets.layouts import LabelsTable, label_listing
-from strokeray.datasets.synth import CLASS_FOLDERS
+from strokeray.datasets.synth import CLASS_FOLDERS, write_file
 from strokeray.imaging.brain_mask import BrainMaskConfig, brain_mask, for_export
 from strokeray.imaging.lesion_insert import HEMORRHAGE_KINDS, LesionRanges, insert_hemorrhage, insert_infarct
 from strokeray.imaging.overlay import BACKGROUND, HEMORRHAGIC, ISCHEMIC
@@ -140,18 +140,13 @@ def write_lesion_archive(src: str, out: str, cfg: LesionSynthConfig = LesionSynt
             stem = f"{patients[group]:05d}_{counter[group]:03d}"
             for lesion, (grey, mask, kind) in drawn.items():
                 folder = f"{base}/{CLASS_FOLDERS[lesion]}"
-                _write(fs, f"{folder}/PNG/{stem}.png", grey)
+                write_file(fs, f"{folder}/PNG/{stem}.png", grey)
                 if mask is not None:
-                    _write(fs, f"{folder}/MASK/{stem}.png", mask)
+                    write_file(fs, f"{folder}/MASK/{stem}.png", mask)
                 summary.written[CLASS_FOLDERS[lesion]] = summary.written.get(CLASS_FOLDERS[lesion], 0) + 1
                 if kind and lesion == HEMORRHAGIC:
                     summary.kinds[kind] = summary.kinds.get(kind, 0) + 1
                 log.writerow([f"{CLASS_FOLDERS[lesion]}/PNG/{stem}.png", name, CLASS_FOLDERS[lesion], kind])
-    _write(fs, f"{base}/{PROVENANCE}", provenance.getvalue().encode())
+    write_file(fs, f"{base}/{PROVENANCE}", provenance.getvalue().encode())
     return summary
 
-
-def _write(fs, path: str, data: bytes) -> None:
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(path, "wb") as fh:
-        fh.write(data)

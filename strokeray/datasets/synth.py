@@ -83,7 +83,8 @@ def held_out_patients(patients: int, seed: int, test_fraction: float) -> set[int
     return chosen
 
 
-def _write(fs, path: str, data: bytes) -> None:
+def write_file(fs, path: str, data: bytes) -> None:
+    """Write ``data`` at ``path`` on ``fs``, making its folder first."""
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     with fs.open(path, "wb") as fh:
         fh.write(data)
@@ -123,14 +124,14 @@ def write_archive(root: str, cfg: SynthConfig = SynthConfig()) -> SynthSummary:
                 thickness_mm=pc.thickness_mm,
             )
             dcm = encode_ct(hu, header, syntax)
-            _write(fs, f"{folder}/DICOM/{name}.dcm", dcm)
+            write_file(fs, f"{folder}/DICOM/{name}.dcm", dcm)
             grey = apply_window(hu, BRAIN)
             if cfg.png:
-                _write(fs, f"{folder}/PNG/{name}.png", encode_png(grey))
+                write_file(fs, f"{folder}/PNG/{name}.png", encode_png(grey))
             if cls != BACKGROUND and cfg.overlays:
-                _write(fs, f"{folder}/OVERLAY/{name}.png", encode_png(paint_overlay(grey, mask)))
+                write_file(fs, f"{folder}/OVERLAY/{name}.png", encode_png(paint_overlay(grey, mask)))
             if cls != BACKGROUND and cfg.masks:
-                _write(fs, f"{folder}/MASK/{name}.png", encode_png(mask))
+                write_file(fs, f"{folder}/MASK/{name}.png", encode_png(mask))
             summary.slices += 1
             summary.per_class[CLASS_FOLDERS[cls]] = summary.per_class.get(CLASS_FOLDERS[cls], 0) + 1
             summary.per_split[split] = summary.per_split.get(split, 0) + 1
@@ -148,7 +149,7 @@ def write_archive(root: str, cfg: SynthConfig = SynthConfig()) -> SynthSummary:
         "per_split": summary.per_split,
         "planted": summary.planted,
     }
-    _write(fs, f"{base}/{SYNTH_JSON}", json.dumps(meta, indent=2).encode())  # last: the archive is whole
+    write_file(fs, f"{base}/{SYNTH_JSON}", json.dumps(meta, indent=2).encode())  # last: the archive is whole
     return summary
 
 
@@ -165,7 +166,7 @@ def plant_bad_files(fs, base: str, example: tuple[str, bytes, CTHeader, np.ndarr
     planted: list[dict] = []
 
     def plant(name: str, data: bytes, expect: str, why: str) -> None:
-        _write(fs, f"{dicom_dir}/{name}", data)
+        write_file(fs, f"{dicom_dir}/{name}", data)
         planted.append({"path": f"{dicom_dir}/{name}", "expect": expect, "why": why})
 
     plant("zz_truncated.dcm", good[: len(good) * 2 // 3], "corrupt_pixel_data", "file cut short")

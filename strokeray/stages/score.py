@@ -143,16 +143,18 @@ class CascadeScorer:
         if self.overlays:
             self._write_overlays(batch, masks, positive)
         if self.source_masks:
-            self._write_source_masks(out, positive)
+            self._write_source_masks(out, masks, positive)
         return out
 
-    def _write_source_masks(self, out, positive) -> None:
+    def _write_source_masks(self, out, masks, positive) -> None:
+        from strokeray.imaging.geometry import Box, mask_to_source
         from strokeray.io.raster import encode_png
 
         fs, base = fsspec.core.url_to_fs(self.source_masks)
         fs.makedirs(base, exist_ok=True)
         for i in np.flatnonzero(positive):
-            mask = source_mask({k: out[k][i] for k in ("mask_rle", "seg_box", "source_shape")})
+            rows, cols = (int(v) for v in out["source_shape"][i])
+            mask = mask_to_source(masks[i], Box(*(int(v) for v in out["seg_box"][i])), (rows, cols))
             with fs.open(f"{base}/{out['id'][i]}.png", "wb") as fh:
                 fh.write(encode_png(mask))
 

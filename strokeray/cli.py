@@ -456,6 +456,8 @@ def _add_tune(sub) -> None:
                    "e.g. val_auc, val_patient_auc, val_mean_lesion_iou)")
     _workers_argument(p, "Ray Train workers per trial (GPUs per trial with --gpu)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--gpus-per-trial", type=float, help="with --gpu: GPUs a trial reserves (default one per worker); "
+                   "a fraction such as 0.25 packs small one-worker trials onto one GPU")
     p.add_argument("--seed", type=int)
     p.add_argument("--overwrite", action="store_true", help="discard a search of the same name made with other settings")
     p.set_defaults(func=_cmd_tune)
@@ -477,7 +479,7 @@ def search_config(args):
     return SearchConfig(task=args.task, space=space, use_gpu=args.gpu,
                         **_given(args, samples="samples", max_epochs="max_epochs", grace_period="grace_period",
                                  reduction_factor="reduction_factor", metric="metric", workers_per_trial="workers",
-                                 seed="seed"))
+                                 gpus_per_trial="gpus_per_trial", seed="seed"))
 
 
 def _cmd_tune(args) -> int:

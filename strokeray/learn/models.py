@@ -132,6 +132,31 @@ def build_segmenter(cfg: ModelConfig) -> nn.Module:
 BUILDERS = {CLASSIFY.name: build_classifier, SEGMENT.name: build_segmenter}
 
 
+def freeze_unused(model: nn.Module, in_channels: int, size: int = 64) -> list[str]:
+    """Freeze the parameters no forward pass reaches; their names.
+
+    Some encoders keep layers their forward skips (segmentation-models-pytorch's efficientnet keeps
+    its classifier's ``_conv_head`` and ``_bn1``). Such parameters never get a gradient, and DDP's
+    default (``find_unused_parameters=False``) then fails on the second step with more than one
+    process. Frozen, DDP leaves them out; searching for unused parameters every step instead would
+    cost a graph walk per step. Probed with one eval-mode pass, so running statistics stay as they are.
+    """
+    was_training = model.training
+    model.eval()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    saved = {n: p.grad for n, p in trainable}
+    for _, p in trainable:
+        p.grad = None
+    model(torch.zeros(1, in_channels, size, size)).float().sum().backward()
+    unused = [n for n, p in trainable if p.grad is None]
+    for n, p in trainable:
+        p.grad = saved[n]
+        if n in unused:
+            p.requires_grad_(False)
+    model.train(was_training)
+    return unused
+
+
 def build_model(cfg: ModelConfig) -> nn.Module:
     """A fresh model for ``cfg``; a local .safetensors ``weights`` file is loaded into it."""
     model = BUILDERS[get_task(cfg.task).name](cfg)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from strokeray.learn.accel import for_device, precision_name, uses_amp
 from strokeray.learn.bundle import load_bundle
 from strokeray.learn.tasks import CLASSIFY, SEGMENT, Task, get_task
 
@@ -29,11 +30,12 @@ class BundlePredictor:
     def __init__(self, path: str, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
         model, self.doc = load_bundle(path)
-        self.model = model.to(self.device).eval()
+        self.model = for_device(model, self.device).eval()
         self.task = get_task(self.doc["task"])
         self.size = int(self.doc["input_size"])
         self.version = bundle_version(path)
-        self.use_amp = self.device.type == "cuda"
+        self.use_amp = uses_amp(self.device)
+        self.precision = precision_name(self.device)
         # a classifier's operating point, chosen on its validation split (0.5 for older bundles)
         self.threshold = float(self.doc.get("threshold", 0.5))
 

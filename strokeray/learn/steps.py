@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import update_bn
 
+from strokeray.learn.accel import uses_amp
 from strokeray.learn.augment import AugmentConfig, augment_batch
 from strokeray.learn.losses import SegLossConfig
 from strokeray.learn.tasks import Task, get_task
@@ -58,7 +59,7 @@ class TaskSteps:
     def __post_init__(self) -> None:
         self.task = get_task(self.task)  # a name given for the task
         self.generator = torch.Generator().manual_seed(self.seed)
-        self.use_amp = self.device.type == "cuda"
+        self.use_amp = uses_amp(self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self._weights = (torch.tensor(self.class_weights, dtype=torch.float32, device=self.device)
                          if self.class_weights else None)

@@ -33,3 +33,37 @@ def arrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 def absolute(uri: str) -> str:
     """A local path made absolute (URLs unchanged): Ray workers and Tune trials may run elsewhere."""
     return uri if "://" in uri else os.path.abspath(uri)
+
+
+def capacity(now: dict, autoscaler_max: dict | None) -> dict[str, float]:
+    """Per resource, the most the cluster can hold: what is up now, or what its autoscaler's node
+    types can add, whichever is larger. Sizing GPU work from ``now`` alone finds 0 GPUs on a
+    cluster whose GPU group scales from zero, and then refuses or under-sizes the work."""
+    most = autoscaler_max or {}
+    return {k: float(max(now.get(k, 0), most.get(k, 0))) for k in {*now, *most}}
+
+
+def cluster_capacity() -> dict[str, float]:
+    """``capacity`` of the connected cluster. The autoscaler's maxima come from the node types it
+    reports to the GCS (read through Ray's own state API, as Ray Data's autoscaler reads them);
+    a cluster without an autoscaler has only what is up."""
+    import ray
+
+    try:
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config()
+    except Exception:  # a private API: if it moves, size from what is up
+        most = None
+    return capacity(ray.cluster_resources(), most)
+
+
+def need_gpus(capacity: dict, per_unit: float, what: str) -> int:
+    """How many ``what`` (each holding ``per_unit`` GPUs) ``capacity`` holds at once; a clear
+    error where it holds none, instead of work that waits forever for a GPU no node can have."""
+    gpus = float(capacity.get("GPU", 0))
+    if gpus < per_unit:
+        raise RuntimeError(f"a {what} needs {per_unit:g} GPU(s); the cluster has {gpus:g}, counting what its "
+                           "autoscaler can add (none reports a GPU node type): run without --gpu, or on a "
+                           "cluster with GPU nodes")
+    return int(gpus // per_unit + 1e-9)

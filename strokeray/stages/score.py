@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from strokeray.checks import check_positive, check_range
 from strokeray.datasets.slice_records import RecordConfig
 from strokeray.io.csv_cells import safe_cell
+from strokeray.learn.accel import precision_name
 from strokeray.learn.tasks import CLASSIFY, LESION_NAMES, SEGMENT, Task
 from strokeray.stages.stage_dir import StageDir, settings_digest
 
@@ -61,7 +62,7 @@ class ScoreConfig:
     # chosen on its validation split; 0.5 for bundles without one)
     threshold: float | None = None
     batch_size: int = 16  # slices per model call
-    actors: int | None = None  # scoring actors (None: one per GPU with use_gpu, else 1)
+    actors: int | None = None  # scoring actors (None: up to one per GPU the cluster can hold with use_gpu, else 1)
     use_gpu: bool = False
     cpus_per_actor: float = 1.0  # CPUs each scoring actor reserves
     # Torch threads of a CPU actor (None: the cluster's CPUs shared by the actors). More than it
@@ -198,9 +199,13 @@ def resolve_models(classifier: str | None, segmenter: str | None, registry: str 
 
 
 def _digest(manifest_digest: str, versions: dict, cfg: ScoreConfig) -> str:
+    """What a finished or resumed run must share. The device counts through its arithmetic: GPU
+    actors score under fp16 autocast, CPU ones in fp32, and slices near the operating point can
+    change sides, so a run is not resumed on the other kind (CPU runs keep their digest of before)."""
     keep = {k: v for k, v in asdict(cfg).items() if k not in ("overwrite", "num_cpus", "actors", "use_gpu",
                                                              "cpus_per_actor", "batch_size")}
-    return settings_digest({"manifest": manifest_digest, "models": versions, "cfg": keep})
+    precision = {"precision": precision_name("cuda")} if cfg.use_gpu else {}
+    return settings_digest({"manifest": manifest_digest, "models": versions, "cfg": keep, **precision})
 
 
 def submission_ids(sources: list[str], frames: list[int]) -> list[str]:
@@ -294,14 +299,33 @@ def finished_summary(stage, same: bool, listing, log) -> ScoreSummary | None:
     return ScoreSummary(**{k: v for k, v in done.items() if k in known and k != "reused"}, reused=True)
 
 
+def scorer_pool(cfg: ScoreConfig, capacity: dict, now: dict) -> tuple[int, int, int]:
+    """(fewest, most scoring actors, torch threads each) on a cluster of ``capacity`` (what is up
+    or can be added: ``runtime.capacity``) with ``now`` up.
+
+    GPU: from one actor up to one per GPU the cluster can hold, so a GPU group scaling from zero
+    gets an actor per node as its nodes come (sized from what is up, it got one for good); the
+    model runs on the GPU, so the actor's own CPUs are its threads. CPU: a fixed pool sharing the
+    CPUs that are up (more threads than the actor reserves, on purpose: the model is the bottleneck
+    and decoding needs a fraction of a core).
+    """
+    from strokeray.stages.runtime import need_gpus
+
+    if cfg.use_gpu:
+        most = cfg.actors or need_gpus(capacity, 1, "scoring actor")
+        return 1, most, cfg.threads_per_actor or max(1, int(cfg.cpus_per_actor))
+    actors = cfg.actors or 1
+    return actors, actors, cfg.threads_per_actor or max(1, int(now.get("CPU", 1) // actors))
+
+
 def cascade_stage(classifier: str, segmenter: str | None, cfg: ScoreConfig, out: str):
-    """The scoring step appended to each chunk's decode: a pool of ``CascadeScorer`` actors (one per
-    GPU with ``use_gpu``), each using its share of the cluster's CPUs for torch threads."""
+    """The scoring step appended to each chunk's decode: a pool of ``CascadeScorer`` actors
+    (``scorer_pool``), each using its share of the cluster's CPUs for torch threads."""
     import ray
 
-    resources = ray.cluster_resources()
-    actors = cfg.actors or (max(1, int(resources.get("GPU", 0))) if cfg.use_gpu else 1)
-    threads = cfg.threads_per_actor or max(1, int(resources.get("CPU", 1) // actors))
+    from strokeray.stages.runtime import cluster_capacity
+
+    fewest, most, threads = scorer_pool(cfg, cluster_capacity(), ray.cluster_resources())
     out = out.rstrip("/")
     kwargs = {"classifier": classifier, "segmenter": segmenter, "threshold": cfg.threshold,
               "overlays": f"{out}/overlays" if cfg.overlays else None,
@@ -310,7 +334,7 @@ def cascade_stage(classifier: str, segmenter: str | None, cfg: ScoreConfig, out:
 
     def extend(ds):
         return ds.map_batches(CascadeScorer, fn_constructor_kwargs=kwargs, batch_size=cfg.batch_size,
-                              batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+                              batch_format="numpy", compute=ray.data.ActorPoolStrategy(min_size=fewest, max_size=most),
                               num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0)
 
     return extend
@@ -361,6 +385,7 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
               registry: str | None = "runs/registry", cfg: ScoreConfig = ScoreConfig(), segment: bool = True,
               log=print) -> ScoreSummary:
     """Score ``src`` into ``out``; see the module docstring."""
+    from strokeray.learn.bundle import read_bundle_doc
     from strokeray.learn.predict import bundle_version
     from strokeray.stages.ingest import IngestConfig, merge_quarantine, run_chunk, run_chunks
     from strokeray.stages.manifest import ManifestConfig, build_manifest, check_source, options_digest
@@ -382,6 +407,11 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
     if done:
         return done
     ensure_ray(cfg.num_cpus)
+    precision = precision_name("cuda" if cfg.use_gpu else "cpu")
+    chosen_in = read_bundle_doc(classifier).get("precision", precision_name("cpu"))
+    if chosen_in != precision:
+        log(f"[score] the classifier's operating point was chosen on {chosen_in} validation scores and this run "
+            f"scores in {precision}: slices within rounding of the threshold can change sides")
     extend = cascade_stage(classifier, segmenter, cfg, out)
     ingest_cfg = IngestConfig(records=cfg.records, files_per_chunk=cfg.files_per_chunk,
                               files_per_task=cfg.files_per_task)
@@ -402,7 +432,7 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
     summary.quarantined = quarantine.num_rows
     summary.reasons = dict(Counter(quarantine.column("reason").to_pylist()))
     summary.seconds = round(time.perf_counter() - started, 2)
-    stage.finish({**asdict(summary), "threshold": cfg.threshold, "listing": manifest.listing})
+    stage.finish({**asdict(summary), "threshold": cfg.threshold, "precision": precision, "listing": manifest.listing})
     log(f"[score] {summary.slices} slices ({summary.positive_slices} positive) in {summary.studies} studies "
         f"({summary.positive_studies} positive), {summary.quarantined} quarantined {summary.reasons}, "
         f"{summary.chunks_skipped} chunks already done -> {out} in {summary.seconds:.1f}s")

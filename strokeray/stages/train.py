@@ -46,6 +46,7 @@ class TrainConfig:
     balance_classes: bool = True  # inverse-frequency class weights in the classifier's loss
     num_workers: int = 2  # one per GPU on a GPU cluster
     use_gpu: bool = False
+    gpus_per_worker: float = 1.0  # with use_gpu; under 1 (one worker only) shares a GPU with other runs
     # CPUs each worker reserves; None: 1 with GPUs, else a share that leaves one CPU to the Ray
     # Data tasks feeding the workers (reserve every CPU for training and the data never comes).
     cpus_per_worker: float | None = None
@@ -69,6 +70,9 @@ class TrainConfig:
         check_range("weight_decay", self.weight_decay, 0.0, 1.0)
         lr_factor(self.schedule, 0, self.epochs)  # a clear error for an unknown schedule
         check_range("input_size", self.input_size, 32, 4096)
+        check_range("gpus_per_worker", self.gpus_per_worker, 0.01, 64)
+        if self.gpus_per_worker < 1 and self.num_workers > 1:
+            raise ValueError("a fraction of a GPU per worker needs num_workers=1: DDP ranks cannot share a GPU")
         check_range("max_failures", self.max_failures, 0, 100)
         check_range("bn_recalibration_batches", self.bn_recalibration_batches, 0, 1e9)
 
@@ -134,18 +138,36 @@ class LoopState:
     history: list = field(default_factory=list)
 
 
-def restore(model, checkpoint) -> tuple[LoopState, dict | None]:
-    """Load a Ray Train checkpoint into ``model``: (loop state, optimizer state or None)."""
+def restore(model, checkpoint) -> tuple[LoopState, dict | None, dict | None]:
+    """Load a Ray Train checkpoint into ``model``: (loop state, optimizer state, AMP scaler state).
+
+    Everything is read onto the CPU: a GPU run's checkpoint resumes anywhere, and each rank's
+    optimizer moves its state to its own device on loading (not all to the saving rank's GPU).
+    """
     import torch
     from safetensors.torch import load_file
 
     if not checkpoint:
-        return LoopState(), None
+        return LoopState(), None, None
     with checkpoint.as_directory() as d:
         model.load_state_dict(load_file(os.path.join(d, "model.safetensors")))
         optimizer_state = torch.load(os.path.join(d, "optimizer.pt"), map_location="cpu", weights_only=True)
         state = json.loads(open(os.path.join(d, "state.json")).read())
-    return LoopState(state["epoch"], state["best"], state["history"]), optimizer_state
+    return LoopState(state["epoch"], state["best"], state["history"]), optimizer_state, state.get("scaler")
+
+
+def write_checkpoint(folder: str, model, optimizer, scaler, state: LoopState, epoch: int) -> None:
+    """A checkpoint's files in ``folder``: safetensors weights, optimizer state, loop and AMP scaler state."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()},
+              os.path.join(folder, "model.safetensors"))
+    torch.save(optimizer.state_dict(), os.path.join(folder, "optimizer.pt"))
+    # the scaler's loss scale and growth tracker: without them a resumed AMP run starts again at
+    # 2**16 and skips steps until the scale has come down
+    with open(os.path.join(folder, "state.json"), "w") as fh:
+        json.dump({"epoch": epoch, "best": state.best, "history": state.history, "scaler": scaler.state_dict()}, fh)
 
 
 def train_one_epoch(model, optimizer, steps, shard, cfg: TrainConfig, epoch: int) -> dict:
@@ -229,20 +251,14 @@ def epoch_metrics(gathered: list[dict], cfg: TrainConfig, epoch: int, start_epoc
     return metrics
 
 
-def save_checkpoint(model, optimizer, state: LoopState, metrics: dict, rank: int) -> None:
-    """Report ``metrics`` with, from rank 0, a checkpoint (weights, optimizer, loop state)."""
+def save_checkpoint(model, optimizer, scaler, state: LoopState, metrics: dict, rank: int) -> None:
+    """Report ``metrics`` with, from rank 0, a checkpoint (``write_checkpoint``)."""
     import ray.train
-    import torch
-    from safetensors.torch import save_file
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = None
         if rank == 0:
-            save_file({k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()},
-                      os.path.join(tmp, "model.safetensors"))
-            torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
-            with open(os.path.join(tmp, "state.json"), "w") as fh:
-                json.dump({"epoch": metrics["epoch"], "best": state.best, "history": state.history}, fh)
+            write_checkpoint(tmp, model, optimizer, scaler, state, metrics["epoch"])
             ckpt = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=ckpt)
 
@@ -253,7 +269,8 @@ def train_loop(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from strokeray.learn.models import build_model
+    from strokeray.learn.accel import for_device
+    from strokeray.learn.models import build_model, freeze_unused
     from strokeray.learn.steps import TaskSteps
 
     cfg: TrainConfig = config["cfg"]
@@ -261,14 +278,19 @@ def train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed + rank)
     model = build_model(cfg.model)
-    state, optimizer_state = restore(model, ray.train.get_checkpoint())
-    model = ray.train.torch.prepare_model(model)
+    state, optimizer_state, scaler_state = restore(model, ray.train.get_checkpoint())
+    unused = freeze_unused(model, cfg.model.in_channels)  # else DDP fails on their missing gradients
+    if unused and rank == 0:
+        print(f"[train] {len(unused)} parameters no forward pass reaches are frozen: {', '.join(unused)}", flush=True)
+    model = ray.train.torch.prepare_model(for_device(model, ray.train.torch.get_device()))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
     steps = TaskSteps(get_task(cfg.task), ray.train.torch.get_device(), cfg.input_size, cfg.augment, cfg.seg_loss,
                       config.get("class_weights"), seed=cfg.seed * 1000 + rank)
+    if scaler_state:
+        steps.scaler.load_state_dict(scaler_state)
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     for epoch in range(state.start_epoch, cfg.epochs):
         for group in optimizer.param_groups:
@@ -285,7 +307,7 @@ def train_loop(config: dict) -> None:
                   f"val_loss={metrics['val_loss']:.4f} {cfg.score_name()}="
                   f"{metrics.get(cfg.score_name(), float('nan')):.4f} ({metrics['train_images_per_s']:.1f} images/s)",
                   flush=True)
-        save_checkpoint(model, optimizer, state, metrics, rank)
+        save_checkpoint(model, optimizer, steps.scaler, state, metrics, rank)
 
 
 @dataclass
@@ -340,7 +362,7 @@ def prepare_run(shards: ShardSet, out: str, cfg: TrainConfig, name: str | None =
         train_loop,
         train_loop_config={"cfg": cfg, "class_weights": weights},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker={"CPU": cpus, **({"GPU": 1} if cfg.use_gpu else {})}),
+                                               resources_per_worker={"CPU": cpus, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage,
@@ -359,6 +381,7 @@ def export_bundle(checkpoint_dir: str, bundle_dir: str, cfg: TrainConfig, shards
     """Write the model in ``checkpoint_dir`` (a local folder) as a bundle with its provenance."""
     from safetensors.torch import load_file
 
+    from strokeray.learn.accel import precision_name
     from strokeray.learn.bundle import save_bundle
     from strokeray.learn.models import build_model
 
@@ -373,6 +396,8 @@ def export_bundle(checkpoint_dir: str, bundle_dir: str, cfg: TrainConfig, shards
         "class_names": list(task.class_names),
         "preprocess": pre,
         "score_metric": cfg.score_name(),
+        # what validation, and so the operating point, ran in (fp16 autocast on GPUs)
+        "precision": precision_name("cuda" if cfg.use_gpu else "cpu"),
         **task.bundle_fields(metrics),
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         "history": history,

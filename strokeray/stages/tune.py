@@ -72,6 +72,9 @@ class SearchConfig:
     metric: str | None = None  # validation metric to maximise (None: the task's score_metric)
     workers_per_trial: int = 1
     use_gpu: bool = False
+    # GPUs a trial reserves (None: one per worker). Under 1 packs small trials onto one GPU
+    # (one worker per trial then: DDP ranks cannot share a GPU).
+    gpus_per_trial: float | None = None
     cpus_per_worker: float | None = None  # None: 1, or 0.5 when the cluster has under 3 CPUs
     seed: int = 0
 
@@ -80,11 +83,19 @@ class SearchConfig:
         check_positive(samples=self.samples, max_epochs=self.max_epochs, grace_period=self.grace_period,
                        workers_per_trial=self.workers_per_trial, cpus_per_worker=self.cpus_per_worker)
         check_range("reduction_factor", self.reduction_factor, 2, 100)
+        check_positive(gpus_per_trial=self.gpus_per_trial)
+        if self.gpus_per_trial is not None and self.gpus_per_trial != self.workers_per_trial:
+            if self.workers_per_trial != 1 or self.gpus_per_trial > 1:
+                raise ValueError(f"gpus_per_trial ({self.gpus_per_trial:g}) must be one GPU per worker "
+                                 f"({self.workers_per_trial}), or a fraction of one GPU with one worker per trial")
         if self.grace_period > self.max_epochs:
             raise ValueError(f"grace_period ({self.grace_period}) must not exceed max_epochs ({self.max_epochs})")
 
     def metric_name(self) -> str:
         return self.metric or get_task(self.task).score_metric
+
+    def trial_gpus(self) -> float:
+        return self.gpus_per_trial if self.gpus_per_trial is not None else float(self.workers_per_trial)
 
     def backbones(self) -> tuple[str, ...]:
         return self.space.backbones or get_task(self.task).search_backbones
@@ -136,6 +147,7 @@ def trial_train_config(cfg: SearchConfig, params: dict, cpus_per_worker: float) 
         seg_loss=SegLossConfig(dice=float(seg[0]), ce=float(seg[1]), focal=float(seg[2])),
         num_workers=cfg.workers_per_trial,
         use_gpu=cfg.use_gpu,
+        gpus_per_worker=cfg.trial_gpus() / cfg.workers_per_trial,
         cpus_per_worker=cpus_per_worker,
         seed=cfg.seed,
         score_metric=cfg.metric_name(),
@@ -168,19 +180,19 @@ DRIVER_CPUS = 0.01
 
 
 def concurrency(cfg: SearchConfig, resources: dict) -> tuple[int, float]:
-    """(max concurrent trials, CPUs per worker) for a cluster with ``resources``.
+    """(max concurrent trials, CPUs per worker) for a cluster of ``resources`` (``runtime.capacity``:
+    what is up, or what the autoscaler can add).
 
-    GPU: one trial per ``workers_per_trial`` GPUs. CPU: one CPU stays free for the Ray Data tasks
-    feeding the workers and the rest is shared out; on 2 cores, 2 trials of one half-CPU worker
-    (less the drivers' share, so that a whole CPU stays free).
+    GPU: as many trials as the GPUs hold at ``gpus_per_trial`` each. CPU: one CPU stays free for
+    the Ray Data tasks feeding the workers and the rest is shared out; on 2 cores, 2 trials of one
+    half-CPU worker (less the drivers' share, so that a whole CPU stays free).
     """
+    from strokeray.stages.runtime import need_gpus
+
     cpus = float(resources.get("CPU", 1))
     trials = len(cfg.backbones()) * cfg.samples
     if cfg.use_gpu:
-        gpus = int(resources.get("GPU", 0))
-        if gpus < cfg.workers_per_trial:
-            raise RuntimeError(f"the cluster has {gpus} GPU(s); a trial needs {cfg.workers_per_trial}")
-        return max(1, min(trials, gpus // cfg.workers_per_trial)), cfg.cpus_per_worker or 1.0
+        return min(trials, need_gpus(resources, cfg.trial_gpus(), "trial")), cfg.cpus_per_worker or 1.0
     spare = max(cpus - 1.0, 0.5)
     per_worker = cfg.cpus_per_worker or (1.0 if cpus >= 3 else 0.5 - DRIVER_CPUS / cfg.workers_per_trial)
     fits = math.floor(spare / (per_worker * cfg.workers_per_trial + DRIVER_CPUS) + 1e-6)
@@ -334,10 +346,9 @@ def publish_best(best: dict, rows: list[dict], cfg: SearchConfig, shards: ShardS
 def run_search(shards: str, out: str, cfg: SearchConfig, name: str | None = None,
                registry: str = "runs/registry", overwrite: bool = False, log=print) -> SearchResult:
     """Run (or resume) the search and publish its best trial to ``registry``."""
-    import ray
     from ray import tune
 
-    from strokeray.stages.runtime import absolute, ensure_ray
+    from strokeray.stages.runtime import absolute, cluster_capacity, ensure_ray
 
     get_task(cfg.task)
     # Tune runs each trial in its own working directory: a relative local path would not resolve.
@@ -351,7 +362,7 @@ def run_search(shards: str, out: str, cfg: SearchConfig, name: str | None = None
     # folder strokeray did not make is never written into.
     stage.claim((data.url,), settings_digest(settings), overwrite)
     ensure_ray()
-    max_trials, per_worker = concurrency(cfg, ray.cluster_resources())
+    max_trials, per_worker = concurrency(cfg, cluster_capacity())
     trainable = tune.with_parameters(trial_driver, cfg=cfg, shards=data.url, train_storage=f"{path}/train",
                                      cpus_per_worker=per_worker)
     trainable = tune.with_resources(trainable, {"CPU": DRIVER_CPUS})

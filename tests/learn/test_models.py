@@ -2,7 +2,10 @@ import pytest
 import torch
 
 from strokeray.learn.losses import SegLossConfig, segmentation_loss
-from strokeray.learn.models import CLASSIFIER_BACKBONES, ModelConfig, StudyHead, build_model
+from strokeray.learn.models import CLASSIFIER_BACKBONES, ModelConfig, StudyHead, build_model, freeze_unused
+
+# Parameters segmentation-models-pytorch's efficientnet encoder keeps but its forward never uses.
+EFFICIENTNET_LEFTOVERS = ["encoder._conv_head.weight", "encoder._bn1.weight", "encoder._bn1.bias"]
 
 
 @pytest.mark.parametrize("backbone", CLASSIFIER_BACKBONES)
@@ -10,6 +13,7 @@ def test_classifiers(backbone):
     model = build_model(ModelConfig(task="classify", backbone=backbone, in_channels=3)).eval()
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 2)
+    assert freeze_unused(model, 3) == []  # every parameter of every backbone gets a gradient
 
 
 def test_vgg16_study_head_and_freezing():
@@ -28,6 +32,36 @@ def test_segmenters(arch, encoder):
     model = build_model(ModelConfig(task="segment", backbone=encoder, arch=arch, num_classes=3)).eval()
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+    assert freeze_unused(model, 3) == (EFFICIENTNET_LEFTOVERS if encoder == "efficientnet-b0" else [])
+
+
+def test_ddp_trains_an_encoder_with_leftover_layers_once_they_are_frozen(tmp_path):
+    """DDP without ``find_unused_parameters`` fails on the second step where a parameter got no
+    gradient (one process shows it); train_loop freezes those first, and then the steps run."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    def two_steps(model):
+        ddp = DistributedDataParallel(model)
+        optimizer = torch.optim.SGD([p for p in ddp.parameters() if p.requires_grad], lr=0.01)
+        for _ in range(2):
+            optimizer.zero_grad()
+            ddp(torch.rand(2, 3, 64, 64)).sum().backward()
+            optimizer.step()
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        cfg = ModelConfig(task="segment", backbone="efficientnet-b0", num_classes=3)
+        with pytest.raises(RuntimeError, match="parameters that were not used"):
+            two_steps(build_model(cfg))
+        model = build_model(cfg)
+        bn = dict(model.named_buffers())["encoder._bn0.running_mean"].clone()
+        assert freeze_unused(model, 3) == EFFICIENTNET_LEFTOVERS
+        assert torch.equal(dict(model.named_buffers())["encoder._bn0.running_mean"], bn)  # the probe left BN alone
+        assert model.training
+        two_steps(model)
+    finally:
+        dist.destroy_process_group()
 
 
 def test_linear_head_is_torchvisions_single_layer():
@@ -36,6 +70,7 @@ def test_linear_head_is_torchvisions_single_layer():
     assert [(m.in_features, m.out_features) for m in linears] == [(512, 2)]
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 2)
+    assert freeze_unused(model, 3) == []  # every parameter of every backbone gets a gradient
     with pytest.raises(ValueError, match="head"):
         ModelConfig(head="mlp")
 

@@ -174,3 +174,16 @@ def test_real_dicom_tar_gets_a_row_per_slice(bundles, ray_local, tmp_path):
     # These anonymised slices carry pixel spacing but no SliceThickness: areas, but no volumes.
     assert np.isfinite(np.asarray(slices.column("seg_spacing_mm"))).all()
     assert np.isnan(np.asarray(slices.column("thickness_mm"))).all()
+
+
+def test_a_run_is_not_resumed_in_other_arithmetic():
+    """GPU actors score in fp16 autocast, CPU ones in fp32: the settings digest tells them apart (a
+    resumed run cannot mix both), while the pool's size and batch do not change what is computed."""
+    from strokeray.learn.accel import FP16_AUTOCAST, FP32, precision_name
+    from strokeray.stages.score import _digest
+
+    models = {"classifier": "c1", "segmenter": "s1"}
+    cpu = _digest("m", models, ScoreConfig())
+    assert _digest("m", models, ScoreConfig(use_gpu=True)) != cpu
+    assert _digest("m", models, ScoreConfig(actors=3, batch_size=64, cpus_per_actor=2.0)) == cpu
+    assert (precision_name("cpu"), precision_name("cuda")) == (FP32, FP16_AUTOCAST)

@@ -57,6 +57,7 @@ def test_ddp_training_learns_and_bundles(shards, tmp_path, task):
     with torch.no_grad():
         assert torch.equal(model(x), ref(x))
     assert doc["task"] == task and doc["input_size"] == 64 and len(doc["windows"]) == 3
+    assert doc["precision"] == "fp32"  # validated on the CPU: the operating point's arithmetic
     assert doc["dataset_card"]["slices"] > 0 and doc["history"][-1]["epoch"] == 4
     # Evaluating the bundle on val, in one process, agrees with what the DDP workers reported.
     ev = run_evaluate(r.bundle, shards, "val", predictions=str(tmp_path / "pred.parquet"), log=lambda *_: None)
@@ -117,3 +118,36 @@ def test_killed_worker_resumes_from_checkpoint(shards, tmp_path):
     assert r.history[0]["started_at_epoch"] == 0
     assert r.history[-1]["started_at_epoch"] >= 1
     assert np.isfinite(r.history[-1]["train_loss"])
+
+
+def test_a_checkpoint_round_trips_weights_optimizer_loop_and_amp_scaler(tmp_path):
+    """What resuming reads back is what was written: weights, AdamW moments, loop state and the AMP
+    loss scale (lost before, so a resumed AMP run restarted at 2**16), all onto the CPU."""
+    from ray.train import Checkpoint
+
+    from strokeray.stages.train import LoopState, restore, write_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="resnet18", head="linear"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
+    for _ in range(2):
+        optimizer.zero_grad()
+        scaler.scale(model(torch.rand(2, 3, 64, 64)).sum()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    state = LoopState(start_epoch=0, best=0.75, history=[{"epoch": 1, "val_loss": 0.5}])
+    write_checkpoint(str(tmp_path), model, optimizer, scaler, state, epoch=1)
+
+    fresh = build_model(ModelConfig(backbone="resnet18", head="linear"))
+    loop, optimizer_state, scaler_state = restore(fresh, Checkpoint.from_directory(str(tmp_path)))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    assert (loop.start_epoch, loop.best, loop.history) == (1, 0.75, state.history)
+    resumed = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    resumed.load_state_dict(optimizer_state)
+    first = next(iter(optimizer.state.values()))
+    again = resumed.state[resumed.param_groups[0]["params"][0]]
+    assert again["exp_avg"].device.type == "cpu" and torch.equal(again["exp_avg"], first["exp_avg"])
+    resumed_scaler = torch.amp.GradScaler("cpu")
+    resumed_scaler.load_state_dict(scaler_state)
+    assert resumed_scaler.state_dict() == scaler.state_dict() and resumed_scaler.get_scale() != 2.0 ** 16

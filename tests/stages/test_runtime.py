@@ -1,0 +1,46 @@
+"""Sizing work from what a cluster can hold: ``runtime.capacity`` and the GPU sizing of tune and score."""
+
+from __future__ import annotations
+
+import pytest
+
+from strokeray.stages.runtime import capacity, need_gpus
+from strokeray.stages.score import ScoreConfig, scorer_pool
+from strokeray.stages.tune import SearchConfig, concurrency, trial_train_config
+
+# A head with no CPU and nothing else up, with an autoscaler offering 16 CPU nodes of 16 CPUs and
+# 8 GPU nodes of 8 CPUs and one GPU each (the shipped AWS and GCP configs).
+FROM_ZERO = capacity({"CPU": 0.0}, {"CPU": 16 * 16 + 8 * 8, "GPU": 8})
+
+
+def test_capacity_is_the_larger_of_what_is_up_and_what_the_autoscaler_adds():
+    assert FROM_ZERO == {"CPU": 320.0, "GPU": 8.0}
+    assert capacity({"CPU": 2.0, "memory": 1e9}, None) == {"CPU": 2.0, "memory": 1e9}  # no autoscaler
+    assert capacity({"CPU": 4.0, "GPU": 2.0}, {"CPU": 2, "GPU": 1}) == {"CPU": 4.0, "GPU": 2.0}
+
+
+def test_gpu_work_is_sized_from_a_cluster_scaling_from_zero():
+    """Sized from what is up, a search refused ("0 GPUs") and scoring got one actor for good."""
+    search = SearchConfig(samples=4, use_gpu=True)  # 2 backbones x 4 samples, one GPU each
+    assert concurrency(search, FROM_ZERO) == (8, 1.0)
+    assert scorer_pool(ScoreConfig(use_gpu=True), FROM_ZERO, {"CPU": 0.0}) == (1, 8, 1)
+    with pytest.raises(RuntimeError, match="needs 1 GPU.*cluster has 0"):
+        concurrency(search, capacity({"CPU": 2.0}, None))  # no GPU now, no autoscaler: a clear error
+    with pytest.raises(RuntimeError, match="scoring actor"):
+        scorer_pool(ScoreConfig(use_gpu=True), capacity({"CPU": 2.0}, None), {"CPU": 2.0})
+    # CPU scoring keeps its fixed pool, its threads the CPUs that are up
+    assert scorer_pool(ScoreConfig(), capacity({"CPU": 2.0}, None), {"CPU": 2.0}) == (1, 1, 2)
+
+
+def test_fractional_gpus_pack_small_trials_onto_one_gpu():
+    search = SearchConfig(samples=4, use_gpu=True, gpus_per_trial=0.25)
+    assert concurrency(search, {"CPU": 8.0, "GPU": 1.0})[0] == 4
+    assert concurrency(search, {"CPU": 8.0, "GPU": 2.0})[0] == 8  # never more than the trials
+    params = {"backbone": "resnet18", "batch_size": 8, "lr": 1e-3, "weight_decay": 0.0, "input_size": 64, "augment": 0.0}
+    train = trial_train_config(search, params, cpus_per_worker=1.0)
+    assert (train.use_gpu, train.num_workers, train.gpus_per_worker) == (True, 1, 0.25)
+    two = SearchConfig(workers_per_trial=2, use_gpu=True)
+    assert trial_train_config(two, params, 1.0).gpus_per_worker == 1.0 and two.trial_gpus() == 2.0
+    with pytest.raises(ValueError, match="fraction of one GPU with one worker"):
+        SearchConfig(workers_per_trial=2, use_gpu=True, gpus_per_trial=0.5)  # DDP ranks cannot share a GPU
+    assert need_gpus({"GPU": 1.0}, 0.3, "trial") == 3

@@ -111,15 +111,17 @@ def augment_batch(
         x = torch.stack([_rot_flip(x[i], int(k[i]), bool(flip[i])) for i in range(n)])
         m = torch.stack([_rot_flip(m[i], int(k[i]), bool(flip[i])) for i in range(n)]) if m is not None else None
     grid = _identity_grid(n, h, w, dev, dt)
-    use_affine = (torch.rand(n, generator=g) < cfg.p_affine).to(dev)
+    # Which samples get a transform is drawn, and tested with .any(), on the host: a test of a
+    # device tensor would wait for the GPU to finish all queued work, several times a batch.
+    use_affine = torch.rand(n, generator=g) < cfg.p_affine
     if use_affine.any():
         affine = F.affine_grid(_affine_theta(n, cfg, g, dev, dt), [n, 1, h, w], align_corners=False)
-        grid = torch.where(use_affine[:, None, None, None], affine, grid)
-    use_elastic = (torch.rand(n, generator=g) < cfg.p_elastic).to(dev)
+        grid = torch.where(use_affine.to(dev)[:, None, None, None], affine, grid)
+    use_elastic = torch.rand(n, generator=g) < cfg.p_elastic
     if use_elastic.any():
         field = _smooth_field(n, h, w, cfg.elastic_grid, cfg.elastic_alpha * cfg.strength, g, dev, dt)
-        grid = grid + field * use_elastic[:, None, None, None]
-    use_grid = (torch.rand(n, generator=g) < cfg.p_grid).to(dev)
+        grid = grid + field * use_elastic.to(dev)[:, None, None, None]
+    use_grid = torch.rand(n, generator=g) < cfg.p_grid
     if use_grid.any():
         # Grid distortion: 8 row bands and 8 column bands, each stretched by its own factor.
         steps = 1 + (torch.rand(n, 2, 8, generator=g) * 2 - 1) * cfg.grid_distort * cfg.strength
@@ -127,13 +129,13 @@ def augment_batch(
         knots = (knots / knots[..., -1:] * 2 - 1).to(device=dev, dtype=dt)  # (n, 2, 9) in [-1, 1]
         cols = _piecewise(grid[..., 0], knots[:, 0])
         rows = _piecewise(grid[..., 1], knots[:, 1])
-        grid = torch.where(use_grid[:, None, None, None], torch.stack([cols, rows], -1), grid)
+        grid = torch.where(use_grid.to(dev)[:, None, None, None], torch.stack([cols, rows], -1), grid)
     if use_affine.any() or use_elastic.any() or use_grid.any():  # else leave pixels untouched
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if m is not None:
             m = F.grid_sample(m[:, None].to(dt), grid, mode="nearest", padding_mode="zeros",
                               align_corners=False)[:, 0].to(m.dtype)
-    use_int = (torch.rand(n, generator=g) < cfg.p_intensity).to(dev)
+    use_int = torch.rand(n, generator=g) < cfg.p_intensity
     if use_int.any():
         c = x.shape[1]
         s = cfg.strength
@@ -142,5 +144,5 @@ def augment_batch(
         wgain = 1 + ((torch.rand(n, c, 1, 1, generator=g) * 2 - 1) * cfg.window_jitter * s).to(dev, dt)
         wbias = ((torch.rand(n, c, 1, 1, generator=g) * 2 - 1) * cfg.window_jitter * s).to(dev, dt)
         jittered = ((x - 0.5) * gain * wgain + 0.5 + bias + wbias).clamp(0, 1)
-        x = torch.where(use_int[:, None, None, None], jittered, x)
+        x = torch.where(use_int.to(dev)[:, None, None, None], jittered, x)
     return x, m

@@ -89,7 +89,7 @@ def parallel_folds(cfg: CrossvalConfig, resources: dict) -> tuple[int, float | N
 
 def run_fold(data: ShardSet, splits: dict[str, str], path: str, k: int, train: TrainConfig, log=print) -> dict:
     """Train fold ``k`` (resuming its run) and score its test patients; its row of the summary."""
-    from strokeray.stages.evaluate import run_evaluate
+    from strokeray.stages.evaluate import evaluate_on_cluster
     from strokeray.stages.train import run_train
 
     fold_dir = f"{path}/fold-{k + 1}"
@@ -97,7 +97,8 @@ def run_fold(data: ShardSet, splits: dict[str, str], path: str, k: int, train: T
     if done is None:
         fold = data.with_splits(splits)
         result = run_train(fold, path, train, name=f"fold-{k + 1}", log=log)
-        evaluation = run_evaluate(result.bundle, fold, "test", predictions=f"{fold_dir}/{FOLD_PREDICTIONS}", log=log)
+        evaluation = evaluate_on_cluster(result.bundle, fold, "test", train.use_gpu,
+                                         predictions=f"{fold_dir}/{FOLD_PREDICTIONS}")
         done = {"fold": k + 1, "bundle": result.bundle, "best_epoch": result.best_metrics.get("epoch"),
                 "metrics": evaluation.metrics}
         write_json(f"{fold_dir}/{FOLD_METRICS}", done)  # last: the fold is finished

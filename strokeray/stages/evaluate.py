@@ -52,18 +52,18 @@ def prediction_rows(task, part, outputs: np.ndarray, truth: np.ndarray) -> dict[
 
 
 def run_evaluate(bundle: str, shards: str | ShardSet, split: str = "test", batch_size: int = 32, out: str | None = None,
-                 predictions: str | None = None, log=print) -> EvaluationResult:
-    """Metrics of ``bundle`` on ``split``; written as JSON to ``out`` when given, and one row per
-    slice to the Parquet file ``predictions`` (classifier: id, patient, label, probability;
-    segmenter: id, patient, lesion, predicted mask as RLE, truth, predicted and overlapping lesion
-    pixels per class)."""
+                 predictions: str | None = None, log=print, device: str = "cpu") -> EvaluationResult:
+    """Metrics of ``bundle`` on ``split``, the model on ``device``; written as JSON to ``out`` when
+    given, and one row per slice to the Parquet file ``predictions`` (classifier: id, patient, label,
+    probability; segmenter: id, patient, lesion, predicted mask as RLE, truth, predicted and
+    overlapping lesion pixels per class)."""
     from strokeray.learn.baselines import DensityThreshold
     from strokeray.learn.predict import BundlePredictor
 
     data = ShardSet.of(shards)
     pre = data.preprocess
     predictor = (DensityThreshold.parse(bundle, pre.windows, pre.segmentation.size)  # a training-free baseline
-                 or BundlePredictor(bundle))
+                 or BundlePredictor(bundle, device))
     task = predictor.task
     size = predictor.doc["preprocess"][task.view]["size"]  # the bundle's view (masks are scored at it)
     shape = (len(predictor.doc["windows"]), size, size)
@@ -99,3 +99,23 @@ def run_evaluate(bundle: str, shards: str | ShardSet, split: str = "test", batch
         + "".join(f", {k}={v:.3f} [{lo:.3f}, {hi:.3f}]" for k, (v, lo, hi) in result.intervals.items()
                   if k.startswith("iou_") and v == v))
     return result
+
+
+def evaluate_on_cluster(bundle: str, shards: str | ShardSet, split: str, use_gpu: bool = False,
+                        **kwargs) -> EvaluationResult:
+    """``run_evaluate`` as a Ray task that holds a CPU, and with ``use_gpu`` a GPU the model runs on.
+
+    A job's driver may sit on a head that offers no CPU to work (the shipped clusters' heads), and
+    a GPU run's model belongs on a GPU; the task goes where the cluster (or its autoscaler) has them.
+    """
+    import ray
+
+    from strokeray.learn.baselines import PREFIX
+    from strokeray.stages.runtime import absolute
+
+    bundle = bundle if bundle.startswith(PREFIX) else absolute(bundle)
+    data = shards if isinstance(shards, ShardSet) else absolute(shards)  # tasks run in other folders
+    paths = {k: absolute(v) for k, v in kwargs.items() if k in ("out", "predictions") and v}
+    task = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0, max_retries=2)(run_evaluate)
+    return ray.get(task.remote(bundle, data, split,
+                               **{**kwargs, **paths, "log": print, "device": "cuda" if use_gpu else "cpu"}))

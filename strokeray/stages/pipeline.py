@@ -96,11 +96,12 @@ def demo_archive(layout: RunLayout, cfg: SynthConfig, log=print) -> bool:
     return False
 
 
-def evaluate_once(bundle: str, layout: RunLayout, task: Task, log=print) -> dict:
-    """Test-split metrics of ``bundle``, computed unless the stored ones are of the same weights on
-    the same shards ({} when the test split holds nothing to score the task on)."""
+def evaluate_once(bundle: str, layout: RunLayout, task: Task, log=print, use_gpu: bool = False) -> dict:
+    """Test-split metrics of ``bundle``, computed (as a Ray task, on a GPU with ``use_gpu``) unless the
+    stored ones are of the same weights on the same shards ({} when the test split holds nothing to
+    score the task on)."""
     from strokeray.learn.predict import bundle_version
-    from strokeray.stages.evaluate import EmptySplitError, run_evaluate
+    from strokeray.stages.evaluate import EmptySplitError, evaluate_on_cluster
 
     done = read_json(layout.evaluation(task), {})
     predictions = fsspec.core.url_to_fs(layout.predictions(task))
@@ -110,8 +111,8 @@ def evaluate_once(bundle: str, layout: RunLayout, task: Task, log=print) -> dict
         return done["metrics"]
     predictions[0].makedirs(predictions[1].rsplit("/", 1)[0], exist_ok=True)
     try:
-        result = run_evaluate(bundle, layout.shards, "test", out=layout.evaluation(task),
-                              predictions=layout.predictions(task), log=log)
+        result = evaluate_on_cluster(bundle, layout.shards, "test", use_gpu, out=layout.evaluation(task),
+                                     predictions=layout.predictions(task))
     except EmptySplitError as err:
         log(f"[evaluate] {task.name}: skipped, {err}")
         return {}
@@ -170,7 +171,7 @@ def run_pipeline(cfg: PipelineConfig = PipelineConfig(), log=print) -> PipelineR
                            registry=layout.registry, overwrite=True, log=log)
         bundles[task.name] = found.bundle
         lap(f"tune_{task.name}")
-        evaluation[task.name] = evaluate_once(found.bundle, layout, task, log)
+        evaluation[task.name] = evaluate_once(found.bundle, layout, task, log, use_gpu=cfg.search(task).use_gpu)
         lap(f"evaluate_{task.name}")
     scored = run_score(cfg.score_src or archive, layout.score, bundles[CLASSIFY.name], bundles.get(SEGMENT.name),
                        registry=None, cfg=cfg.score, segment=SEGMENT.name in bundles, log=log)

@@ -331,8 +331,14 @@ class PreparedRun:
 
 
 def with_model_shape(cfg: TrainConfig, shards: ShardSet) -> TrainConfig:
-    """``cfg`` with the model's input channels: the shards' HU windows."""
-    return replace(cfg, model=replace(cfg.model, in_channels=len(shards.preprocess.windows)))
+    """``cfg`` with the model's input channels (the shards' HU windows) and a local weights file's
+    absolute path (the workers that load it run in other folders)."""
+    weights = cfg.model.weights
+    if weights and weights.endswith(".safetensors") and "://" not in weights:
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"--weights {weights}: no such file")
+        weights = os.path.abspath(weights)
+    return replace(cfg, model=replace(cfg.model, in_channels=len(shards.preprocess.windows), weights=weights))
 
 
 def cpus_per_worker(cfg: TrainConfig) -> float:

@@ -57,3 +57,14 @@ def test_flips_preset_only_mirrors_left_right():
         assert "flips" in str(err)
     else:
         raise AssertionError("an unknown preset was accepted")
+
+
+def test_augmentation_never_waits_on_the_device():
+    """On a "meta" device a tensor has a shape and no data, so anything that reads a value back to
+    the host (``.any()`` in an ``if``, ``.item()``, ``int()``) raises: on a GPU each of those would be
+    a host-device sync that stalls the queue. Every transform on, masks included."""
+    images = torch.empty(4, 3, 32, 32, device="meta")
+    masks = torch.empty(4, 32, 32, dtype=torch.long, device="meta")
+    cfg = AugmentConfig(p_affine=1.0, p_elastic=1.0, p_grid=1.0, p_intensity=1.0)
+    x, m = augment_batch(images, masks, cfg, torch.Generator().manual_seed(0))
+    assert x.device.type == m.device.type == "meta" and x.shape == images.shape and m.shape == masks.shape

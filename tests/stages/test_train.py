@@ -19,7 +19,7 @@ from strokeray.imaging.rle import decode_rle
 from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.bundle import load_bundle
 from strokeray.learn.models import ModelConfig, build_model
-from strokeray.stages.evaluate import run_evaluate
+from strokeray.stages.evaluate import evaluate_on_cluster, run_evaluate
 from strokeray.stages.train import TrainConfig, run_train
 
 from ..conftest import phantom_shards
@@ -61,6 +61,8 @@ def test_ddp_training_learns_and_bundles(shards, tmp_path, task):
     assert doc["dataset_card"]["slices"] > 0 and doc["history"][-1]["epoch"] == 4
     # Evaluating the bundle on val, in one process, agrees with what the DDP workers reported.
     ev = run_evaluate(r.bundle, shards, "val", predictions=str(tmp_path / "pred.parquet"), log=lambda *_: None)
+    # The same as a Ray task (what the pipeline and crossval run, off a head that holds no CPU).
+    assert evaluate_on_cluster(r.bundle, shards, "val").metrics == ev.metrics
     pred = pq.read_table(tmp_path / "pred.parquet")
     assert pred.num_rows == ev.slices and len(set(pred["id"].to_pylist())) == ev.slices
     if task == "classify":

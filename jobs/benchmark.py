@@ -1,4 +1,4 @@
-"""Entry point for `python jobs/benchmark.py ingest|train|score|demo [options]` (also under `ray job submit`)."""
+"""Entry point for `python jobs/benchmark.py ingest|train|score|demo|gpu [options]` (also under `ray job submit`)."""
 
 import sys
 

@@ -274,9 +274,11 @@ def _add_benchmark(sub) -> None:
         "batched forward passes on views in memory, (b) the original study's per-file scoring loop, "
         "(c) strokeray score, plus peak memory at N and 4N slices. demo: the demo's classifier path (phantom "
         "archive, stratified shards, the demo's search, test split) on several seeds side by side, against "
-        "test slice AUC >= 0.95 on every seed.",
+        "test slice AUC >= 0.95 on every seed. gpu: the one-command GPU check (both models trained with AMP and DDP, "
+        "a two-trial search on GPU fractions, scoring with GPU actors, CPU vs GPU decisions, host-device syncs), "
+        "a pass/fail table; exits 1 without a CUDA device or when a step fails.",
     )
-    p.add_argument("which", choices=("ingest", "train", "score", "demo"), help="the stage to benchmark")
+    p.add_argument("which", choices=("ingest", "train", "score", "demo", "gpu"), help="the stage to benchmark")
     p.add_argument("--workdir", help="where archives and runs are generated and kept (default runs/benchmark[-train])")
     p.add_argument("--slices", type=int, help="ingest, score: synthetic 512x512 slices (default 1024, 512)")
     p.add_argument("--no-memory", action="store_true", help="ingest, score: skip the peak-memory comparison")
@@ -291,11 +293,25 @@ def _cmd_benchmark(args) -> int:
     from strokeray.stages.stage_dir import StageDir
 
     workdir = args.workdir or {"ingest": "runs/benchmark", "train": "runs/benchmark-train",
-                               "score": "runs/benchmark-score", "demo": "runs/benchmark-demo"}[args.which]
+                               "score": "runs/benchmark-score", "demo": "runs/benchmark-demo",
+                               "gpu": "runs/benchmark-gpu"}[args.which]
+    if args.which == "gpu":
+        from strokeray.benchmarks.gpu import NoGpuError, cuda_device
+
+        try:
+            cuda_device()
+        except NoGpuError as err:  # before anything is written
+            print(f"strokeray benchmark gpu: {err}", file=sys.stderr)
+            return 1
     # The benchmarks reuse and replace what they generated there: never in a folder of the user's.
     StageDir(workdir, f"benchmark-{args.which}", ()).claim()
     bench: Any
-    if args.which == "score":
+    if args.which == "gpu":
+        from strokeray.benchmarks.gpu import run_gpu_check, table
+
+        bench = run_gpu_check(workdir, epochs=min(args.epochs, 3))
+        print(table(bench))
+    elif args.which == "score":
         from strokeray.benchmarks.score import run_score_benchmark
 
         bench = run_score_benchmark(workdir, args.slices or 512,
@@ -316,7 +332,7 @@ def _cmd_benchmark(args) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(dataclasses.asdict(bench), fh, indent=2, default=str)
-    return 0
+    return 1 if args.which == "gpu" and not bench.passed else 0
 
 
 def _add_train(sub) -> None:

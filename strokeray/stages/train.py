@@ -183,7 +183,14 @@ def train_one_epoch(model, optimizer, steps, shard, cfg: TrainConfig, epoch: int
         loss_sum, n = steps.train_step(model, optimizer, batch, fit)
         total += loss_sum
         seen += n
-    return {"train": (total, seen, time.perf_counter() - began), "fit": fit}
+    return {"train": (total, seen, time.perf_counter() - began), "fit": fit, "gpu_mb": peak_gpu_mb(steps.device)}
+
+
+def peak_gpu_mb(device) -> float:
+    """Peak GPU memory this process allocated on ``device`` so far, MiB (0 off CUDA)."""
+    import torch
+
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
 
 
 def recalibrate_bn(model, steps, shard, cfg: TrainConfig, world: int) -> None:
@@ -247,6 +254,8 @@ def epoch_metrics(gathered: list[dict], cfg: TrainConfig, epoch: int, start_epoc
                "train_images_per_s": train_seen / max(1e-9, max(g["train"][2] for g in gathered)),
                "torch_threads": torch.get_num_threads(),
                **fit.report(), **meter.report()}
+    if any(g.get("gpu_mb") for g in gathered):
+        metrics["gpu_peak_memory_mb"] = max(g.get("gpu_mb", 0.0) for g in gathered)
     metrics["val_score"] = cfg.score_of(metrics)
     return metrics
 

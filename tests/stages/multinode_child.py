@@ -1,0 +1,91 @@
+"""Run by test_node_failures in a child process (its Ray is not the suite's shared one): a head
+that takes no work and two 1-CPU worker nodes on this machine (``ray.cluster_utils.Cluster``).
+Ingest and score a phantom archive undisturbed, then again while, as soon as the first chunk is
+done, one worker node is removed (its processes killed, as a lost spot node) and a fresh one
+added. Prints one JSON line: what each run produced and what was done to the cluster."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def ids_of(folder: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return [i for p in sorted(Path(folder).glob("*.parquet")) for i in pq.read_table(p, columns=["id"])["id"].to_pylist()]
+
+
+def disturbed(run, cluster, victim, out: Path, events: dict, key: str):
+    """``run()`` (a stage) in a thread while this, the main thread (``add_node`` must run in it),
+    removes ``victim`` once OUT's first chunk is done and adds a fresh node; the stage's result."""
+    marker = out / "_state" / "done" / "chunk-00000.json"
+    outcome: dict = {}
+
+    def stage() -> None:
+        try:
+            outcome["result"] = run()
+        except BaseException as err:  # re-raised below, in the main thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=stage, daemon=True)
+    thread.start()
+    deadline = time.time() + 300
+    while not marker.exists() and thread.is_alive() and time.time() < deadline:
+        time.sleep(0.05)
+    events[f"{key}_chunks_done_at_removal"] = len(list(marker.parent.glob("chunk-*.json")))
+    cluster.remove_node(victim, allow_graceful=False)
+    events[f"{key}_added_node"] = cluster.add_node(num_cpus=1).node_id
+    thread.join(600)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def main(archive: str, work: str, classifier: str, segmenter: str) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from strokeray.stages.ingest import IngestConfig, run_ingest
+    from strokeray.stages.score import ScoreConfig, run_score
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    def quiet(*args) -> None:  # progress on stderr, for the test's failure message
+        print(*args, file=sys.stderr, flush=True)
+
+    ingest = IngestConfig(files_per_chunk=6, files_per_task=2)
+    # Scoring starts its actors (both bundles loaded) per chunk: fewer, larger chunks keep this short.
+    score = ScoreConfig(files_per_chunk=12, files_per_task=4, batch_size=4)
+    events: dict = {}
+    result: dict = {}
+
+    ref = run_ingest(archive, f"{work}/ingest-ref", ingest, quiet)
+    hit = disturbed(lambda: run_ingest(archive, f"{work}/ingest-hit", ingest, quiet),
+                    cluster, workers[1], Path(work) / "ingest-hit", events, "ingest")
+    result["ingest"] = {"ref_slices": ref.slices, "hit_slices": hit.slices, "chunks": hit.chunks_done,
+                        "ref_ids": ids_of(f"{work}/ingest-ref/shards"), "hit_ids": ids_of(f"{work}/ingest-hit/shards"),
+                        "ref_quarantined": ref.quarantined, "hit_quarantined": hit.quarantined}
+
+    import pyarrow.parquet as pq
+
+    sref = run_score(archive, f"{work}/score-ref", classifier, segmenter, registry=None, cfg=score, log=quiet)
+    survivor = [n for n in cluster.worker_nodes if n is not workers[1]][0]
+    shit = disturbed(lambda: run_score(archive, f"{work}/score-hit", classifier, segmenter, registry=None, cfg=score,
+                                       log=quiet), cluster, survivor, Path(work) / "score-hit", events, "score")
+    ref_rows = pq.read_table(f"{work}/score-ref/slices.parquet", columns=["id", "stroke_probability"]).to_pydict()
+    hit_rows = pq.read_table(f"{work}/score-hit/slices.parquet", columns=["id", "stroke_probability"]).to_pydict()
+    result["score"] = {"ref_slices": sref.slices, "hit_slices": shit.slices, "ref": ref_rows, "hit": hit_rows}
+    result["events"] = events
+    print("RESULT " + json.dumps(result))
+    ray.shutdown()
+    cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:5])

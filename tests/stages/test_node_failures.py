@@ -1,0 +1,48 @@
+"""Losing a node mid-run, on a real multi-node Ray cluster on this machine (``ray.cluster_utils``):
+a head that takes no work and two 1-CPU worker nodes, in a child process (see multinode_child.py).
+Ingest and scoring each lose a worker node, killed without warning as a lost spot node, as soon as
+their first chunk is done, and a fresh node joins. Both must finish with every slice exactly once:
+the same ids (and for scoring the same probabilities) as an undisturbed run on the same cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ..conftest import tiny_bundle
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+
+
+def test_ingest_and_scoring_survive_a_lost_worker_node(phantom_archive, tmp_path):
+    archive, _ = phantom_archive
+    classifier, segmenter = tiny_bundle(tmp_path / "cls", "classify"), tiny_bundle(tmp_path / "seg", "segment")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # A neutral working directory: Ray workers import strokeray from the checkout the driver names.
+    root = Path(__file__).resolve().parents[2]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-m", "tests.stages.multinode_child", str(archive), str(tmp_path / "work"),
+                           classifier, segmenter], cwd=root, env=env, capture_output=True, text=True, timeout=840)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    events = result["events"]
+    # the node went while the run was under way: after its first chunk, before the last
+    ingest = result["ingest"]
+    assert 1 <= events["ingest_chunks_done_at_removal"] < ingest["chunks"] and events["ingest_added_node"]
+    assert ingest["hit_slices"] == ingest["ref_slices"] > 0
+    assert len(ingest["hit_ids"]) == len(set(ingest["hit_ids"])) == ingest["hit_slices"]  # none twice
+    assert sorted(ingest["hit_ids"]) == sorted(ingest["ref_ids"])  # none lost
+    assert ingest["hit_quarantined"] == ingest["ref_quarantined"]  # the planted bad files, no more
+    score = result["score"]
+    assert events["score_chunks_done_at_removal"] >= 1 and events["score_added_node"]
+    assert score["hit_slices"] == score["ref_slices"] > 0
+    assert len(set(score["hit"]["id"])) == len(score["hit"]["id"]) == score["hit_slices"]
+    ref = dict(zip(score["ref"]["id"], score["ref"]["stroke_probability"]))
+    hit = dict(zip(score["hit"]["id"], score["hit"]["stroke_probability"]))
+    assert ref.keys() == hit.keys() and all(abs(ref[k] - hit[k]) < 1e-5 for k in ref)

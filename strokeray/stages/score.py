@@ -62,7 +62,7 @@ class ScoreConfig:
     # chosen on its validation split; 0.5 for bundles without one)
     threshold: float | None = None
     batch_size: int = 16  # slices per model call
-    actors: int | None = None  # scoring actors (None: up to one per GPU the cluster can hold with use_gpu, else 1)
+    actors: int | None = None  # scoring actors (None: 1 to one per GPU the cluster can hold with use_gpu, else 1)
     use_gpu: bool = False
     cpus_per_actor: float = 1.0  # CPUs each scoring actor reserves
     # Torch threads of a CPU actor (None: the cluster's CPUs shared by the actors). More than it
@@ -312,8 +312,10 @@ def scorer_pool(cfg: ScoreConfig, capacity: dict, now: dict) -> tuple[int, int, 
     from strokeray.stages.runtime import need_gpus
 
     if cfg.use_gpu:
-        most = cfg.actors or need_gpus(capacity, 1, "scoring actor")
-        return 1, most, cfg.threads_per_actor or max(1, int(cfg.cpus_per_actor))
+        threads = cfg.threads_per_actor or max(1, int(cfg.cpus_per_actor))
+        if cfg.actors:  # asked for: a fixed pool
+            return cfg.actors, cfg.actors, threads
+        return 1, need_gpus(capacity, 1, "scoring actor"), threads
     actors = cfg.actors or 1
     return actors, actors, cfg.threads_per_actor or max(1, int(now.get("CPU", 1) // actors))
 

@@ -24,6 +24,7 @@ def test_gpu_work_is_sized_from_a_cluster_scaling_from_zero():
     search = SearchConfig(samples=4, use_gpu=True)  # 2 backbones x 4 samples, one GPU each
     assert concurrency(search, FROM_ZERO) == (8, 1.0)
     assert scorer_pool(ScoreConfig(use_gpu=True), FROM_ZERO, {"CPU": 0.0}) == (1, 8, 1)
+    assert scorer_pool(ScoreConfig(use_gpu=True, actors=3), FROM_ZERO, {"CPU": 0.0}) == (3, 3, 1)  # as asked
     with pytest.raises(RuntimeError, match="needs 1 GPU.*cluster has 0"):
         concurrency(search, capacity({"CPU": 2.0}, None))  # no GPU now, no autoscaler: a clear error
     with pytest.raises(RuntimeError, match="scoring actor"):

@@ -153,3 +153,24 @@ def test_a_checkpoint_round_trips_weights_optimizer_loop_and_amp_scaler(tmp_path
     resumed_scaler = torch.amp.GradScaler("cpu")
     resumed_scaler.load_state_dict(scaler_state)
     assert resumed_scaler.state_dict() == scaler.state_dict() and resumed_scaler.get_scale() != 2.0 ** 16
+
+
+def test_a_local_weights_file_reaches_the_workers_as_an_absolute_path(shards, tmp_path, monkeypatch):
+    """``--weights runs/x/model.safetensors`` (relative, as a user types it) must load in Train
+    workers that run in other folders; a missing file is a clear error before anything starts."""
+    from safetensors.torch import save_file
+
+    from strokeray.datasets.shard_set import ShardSet
+    from strokeray.stages.train import with_model_shape
+
+    monkeypatch.chdir(tmp_path)
+    model = build_model(ModelConfig(task="segment", backbone="resnet18", num_classes=3))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, "start.safetensors")
+    data = ShardSet.open(shards)
+    cfg = with_model_shape(TrainConfig(task="segment", model=ModelConfig(backbone="resnet18",
+                                                                         weights="start.safetensors")), data)
+    assert cfg.model.weights == str(tmp_path / "start.safetensors") and cfg.model.in_channels == 3
+    loaded = build_model(cfg.model)  # what each worker does with it
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        with_model_shape(TrainConfig(task="segment", model=ModelConfig(weights="missing.safetensors")), data)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from strokeray.learn.accel import for_device, precision_name, uses_amp
+from strokeray.learn.accel import for_device, uses_amp
 from strokeray.learn.bundle import load_bundle
 from strokeray.learn.tasks import CLASSIFY, SEGMENT, Task, get_task
 
@@ -35,7 +35,6 @@ class BundlePredictor:
         self.size = int(self.doc["input_size"])
         self.version = bundle_version(path)
         self.use_amp = uses_amp(self.device)
-        self.precision = precision_name(self.device)
         # a classifier's operating point, chosen on its validation split (0.5 for older bundles)
         self.threshold = float(self.doc.get("threshold", 0.5))
 

@@ -267,8 +267,9 @@ def studies_table(slices: pa.Table, threshold: float) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=STUDY_SCHEMA)
 
 
-def check_bundles(classifier: str, segmenter: str | None, cfg: ScoreConfig) -> ScoreConfig:
-    """``cfg`` with the bundles' preprocessing and threshold, after checking that they fit together."""
+def check_bundles(classifier: str, segmenter: str | None, cfg: ScoreConfig, log=print) -> ScoreConfig:
+    """``cfg`` with the bundles' preprocessing and threshold, after checking that they fit together
+    (and saying when the threshold was chosen in other arithmetic than this run scores in)."""
     from strokeray.imaging.views import PreprocessConfig
     from strokeray.learn.bundle import read_bundle_doc
 
@@ -283,6 +284,10 @@ def check_bundles(classifier: str, segmenter: str | None, cfg: ScoreConfig) -> S
     if SEGMENT in docs and PreprocessConfig.from_dict(docs[SEGMENT]["preprocess"]) != pre:
         raise ValueError("the classifier and the segmenter were trained on differently preprocessed views")
     threshold = cfg.threshold if cfg.threshold is not None else float(docs[CLASSIFY].get("threshold", 0.5))
+    chosen_in, runs_in = docs[CLASSIFY].get("precision", precision_name("cpu")), precision_name("cuda" if cfg.use_gpu else "cpu")
+    if cfg.threshold is None and chosen_in != runs_in:
+        log(f"[score] the classifier's operating point was chosen on {chosen_in} validation scores and this run "
+            f"scores in {runs_in}: slices within rounding of the threshold can change sides")
     return replace(cfg, threshold=threshold, records=replace(cfg.records, preprocess=pre))
 
 
@@ -387,7 +392,6 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
               registry: str | None = "runs/registry", cfg: ScoreConfig = ScoreConfig(), segment: bool = True,
               log=print) -> ScoreSummary:
     """Score ``src`` into ``out``; see the module docstring."""
-    from strokeray.learn.bundle import read_bundle_doc
     from strokeray.learn.predict import bundle_version
     from strokeray.stages.ingest import IngestConfig, merge_quarantine, run_chunk, run_chunks
     from strokeray.stages.manifest import ManifestConfig, build_manifest, check_source, options_digest
@@ -398,7 +402,7 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
     classifier, segmenter = resolve_models(classifier, segmenter, registry, segment)
     # The actors load the bundles wherever Ray places them: no relative paths.
     classifier, segmenter = absolute(classifier), absolute(segmenter) if segmenter else None
-    cfg = check_bundles(classifier, segmenter, cfg)
+    cfg = check_bundles(classifier, segmenter, cfg, log)
     versions = {"classifier": bundle_version(classifier), "segmenter": bundle_version(segmenter) if segmenter else ""}
     labels = ManifestConfig()
     stage = StageDir(out, "score", SCORE_OUTPUTS, done=SUMMARY)
@@ -409,11 +413,6 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
     if done:
         return done
     ensure_ray(cfg.num_cpus)
-    precision = precision_name("cuda" if cfg.use_gpu else "cpu")
-    chosen_in = read_bundle_doc(classifier).get("precision", precision_name("cpu"))
-    if chosen_in != precision:
-        log(f"[score] the classifier's operating point was chosen on {chosen_in} validation scores and this run "
-            f"scores in {precision}: slices within rounding of the threshold can change sides")
     extend = cascade_stage(classifier, segmenter, cfg, out)
     ingest_cfg = IngestConfig(records=cfg.records, files_per_chunk=cfg.files_per_chunk,
                               files_per_task=cfg.files_per_task)
@@ -434,7 +433,8 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
     summary.quarantined = quarantine.num_rows
     summary.reasons = dict(Counter(quarantine.column("reason").to_pylist()))
     summary.seconds = round(time.perf_counter() - started, 2)
-    stage.finish({**asdict(summary), "threshold": cfg.threshold, "precision": precision, "listing": manifest.listing})
+    stage.finish({**asdict(summary), "threshold": cfg.threshold, "precision": precision_name("cuda" if cfg.use_gpu else "cpu"),
+                  "listing": manifest.listing})
     log(f"[score] {summary.slices} slices ({summary.positive_slices} positive) in {summary.studies} studies "
         f"({summary.positive_studies} positive), {summary.quarantined} quarantined {summary.reasons}, "
         f"{summary.chunks_skipped} chunks already done -> {out} in {summary.seconds:.1f}s")

@@ -84,9 +84,9 @@ class SearchConfig:
                        workers_per_trial=self.workers_per_trial, cpus_per_worker=self.cpus_per_worker)
         check_range("reduction_factor", self.reduction_factor, 2, 100)
         check_positive(gpus_per_trial=self.gpus_per_trial)
-        if self.gpus_per_trial is not None and self.gpus_per_trial != self.workers_per_trial:
-            if self.workers_per_trial != 1 or self.gpus_per_trial > 1:
-                raise ValueError(f"gpus_per_trial ({self.gpus_per_trial:g}) must be one GPU per worker "
+        g = self.gpus_per_trial
+        if g is not None and g != self.workers_per_trial and not (self.workers_per_trial == 1 and g < 1):
+            raise ValueError(f"gpus_per_trial ({self.gpus_per_trial:g}) must be one GPU per worker "
                                  f"({self.workers_per_trial}), or a fraction of one GPU with one worker per trial")
         if self.grace_period > self.max_epochs:
             raise ValueError(f"grace_period ({self.grace_period}) must not exceed max_epochs ({self.max_epochs})")

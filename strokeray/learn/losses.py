@@ -44,10 +44,12 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cfg: SegLossCo
             total = total + cfg.focal * ((1 - pt) ** cfg.focal_gamma * ce).mean()
     if cfg.dice or cfg.jaccard:
         inter, pred, true = soft_overlap(logits, target, c)
-        present = true > 0
-        if present.any():
-            if cfg.dice:
-                total = total + cfg.dice * (1 - (2 * inter + 1) / (pred + true + 1))[present].mean()
-            if cfg.jaccard:
-                total = total + cfg.jaccard * (1 - (inter + 1) / (pred + true - inter + 1))[present].mean()
+        # the mean over the classes present, as weights: indexing by a device mask, or asking
+        # whether any class is present, would wait for the GPU every step
+        present = (true > 0).float()
+        classes = present.sum().clamp(min=1)
+        if cfg.dice:
+            total = total + cfg.dice * ((1 - (2 * inter + 1) / (pred + true + 1)) * present).sum() / classes
+        if cfg.jaccard:
+            total = total + cfg.jaccard * ((1 - (inter + 1) / (pred + true - inter + 1)) * present).sum() / classes
     return total

@@ -86,9 +86,10 @@ class TaskSteps:
         return self.task.loss(logits, y, self._weights, self.seg_loss)
 
     def train_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict,
-                   meter=None) -> tuple[float, int]:
-        """Augment, forward, backward, step; returns (summed loss, images). ``meter`` (the task's
-        fit meter) sees the outputs."""
+                   meter=None) -> tuple[torch.Tensor, int]:
+        """Augment, forward, backward, step; returns (summed loss, images), the loss a tensor on the
+        device: nothing is read back to the host here (the caller sums and reads once an epoch).
+        ``meter`` (the task's fit meter, counting on the device) sees the logits."""
         x, y = self.inputs(batch)
         x, aug_y = augment_batch(x, y if self.task.dense else None, self.augment, self.generator)
         if aug_y is not None:
@@ -97,12 +98,12 @@ class TaskSteps:
             logits = model(x)
             loss = self.loss(logits, y)
         if meter is not None:
-            meter.update(self.task.outputs(logits.detach()), y.cpu().numpy(), batch)
+            meter.update(logits.detach(), y)
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(optimizer)
         self.scaler.update()
-        return float(loss.detach()) * len(x), len(x)
+        return loss.detach().float() * len(x), len(x)
 
     @torch.no_grad()
     def recalibrate_bn(self, model: torch.nn.Module, batches) -> int:

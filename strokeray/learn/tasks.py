@@ -5,6 +5,8 @@ here, so the stages run one code path and never branch on a task's name.
 Meters share one protocol: ``update(outputs, targets, batch)`` with numpy outputs of
 ``Task.outputs`` (P(stroke) per slice, or a class map per pixel), ``merge`` (one meter per
 training worker), ``report(prefix)``. They are plain picklable objects (gathered across workers).
+The training pass's fit meters count on the device instead (``learn.fit_meters``: ``update(logits,
+targets)``) and become such a meter with ``host()`` when the epoch ends.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from strokeray.imaging.overlay import CLASS_NAMES as LESION_CLASSES
+from strokeray.learn.fit_meters import DeviceAccuracy, DeviceLesionCounts
 from strokeray.learn.losses import SegLossConfig, segmentation_loss
 from strokeray.learn.metrics import SegmentationMeter, binary_report, operating_threshold, patient_level
 
@@ -185,8 +188,8 @@ class Classification(Task):
     def outputs(self, logits: torch.Tensor) -> np.ndarray:
         return logits.float().softmax(1)[:, 1].cpu().numpy()
 
-    def fit_meter(self) -> AccuracyMeter:
-        return AccuracyMeter()
+    def fit_meter(self) -> DeviceAccuracy:
+        return DeviceAccuracy()
 
     def val_meter(self, threshold: float | None = None) -> BinaryOutputs:
         return BinaryOutputs(threshold)
@@ -212,8 +215,8 @@ class Segmentation(Task):
     def outputs(self, logits: torch.Tensor) -> np.ndarray:
         return logits.argmax(1).cpu().numpy()
 
-    def fit_meter(self) -> LesionMeter:
-        return LesionMeter(self.class_names, fit=True)
+    def fit_meter(self) -> DeviceLesionCounts:
+        return DeviceLesionCounts(self.class_names)
 
     def val_meter(self, threshold: float | None = None) -> LesionMeter:
         return LesionMeter(self.class_names)

@@ -171,7 +171,8 @@ def write_checkpoint(folder: str, model, optimizer, scaler, state: LoopState, ep
 
 
 def train_one_epoch(model, optimizer, steps, shard, cfg: TrainConfig, epoch: int) -> dict:
-    """One pass over this worker's training shard: summed loss, images, seconds and the fit meter."""
+    """One pass over this worker's training shard: summed loss, images, seconds and the fit meter
+    (loss and meter stay on the device until the pass ends: one host read-back an epoch)."""
     import time
 
     model.train()
@@ -181,9 +182,11 @@ def train_one_epoch(model, optimizer, steps, shard, cfg: TrainConfig, epoch: int
     for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
                                     local_shuffle_buffer_size=256, local_shuffle_seed=cfg.seed + epoch):
         loss_sum, n = steps.train_step(model, optimizer, batch, fit)
-        total += loss_sum
+        total = total + loss_sum
         seen += n
-    return {"train": (total, seen, time.perf_counter() - began), "fit": fit, "gpu_mb": peak_gpu_mb(steps.device)}
+    host_fit = fit.host()  # reads the device's counts: the pass is done when this returns
+    return {"train": (float(total), seen, time.perf_counter() - began), "fit": host_fit,
+            "gpu_mb": peak_gpu_mb(steps.device)}
 
 
 def peak_gpu_mb(device) -> float:

@@ -89,3 +89,21 @@ def test_segmentation_loss_prefers_the_truth():
     bad = torch.zeros_like(good)
     cfg = SegLossConfig(dice=1, ce=1, focal=1, jaccard=1)
     assert segmentation_loss(good, target, cfg) < 0.05 < segmentation_loss(bad, target, cfg)
+
+
+def test_dice_and_jaccard_average_only_the_classes_present():
+    """No ischemic pixel in the truth: the overlap terms are the mean over background and
+    hemorrhage alone (an absent class neither rewards nor penalises)."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, generator=g)
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    target[:, 2:5, 2:5] = 2
+    prob = logits.softmax(1)
+    for dice, jaccard in ((1.0, 0.0), (0.0, 1.0)):
+        want = []
+        for c in (0, 2):
+            p, t = prob[:, c], (target == c).float()
+            inter, area = (p * t).sum(), p.sum() + t.sum()
+            want.append(1 - (2 * inter + 1) / (area + 1) if dice else 1 - (inter + 1) / (area - inter + 1))
+        got = segmentation_loss(logits, target, SegLossConfig(ce=0.0, dice=dice, jaccard=jaccard))
+        assert torch.isclose(got, torch.stack(want).mean(), atol=1e-6)

@@ -63,21 +63,51 @@ def test_train_step_learns_a_fixed_batch_and_eval_step_reports_it():
 def test_fit_meters_score_the_training_pass_from_the_step_outputs():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]])
     meter = CLASSIFY.fit_meter()
-    meter.update(CLASSIFY.outputs(logits), np.array([0, 1, 1]))
+    meter.update(logits, torch.tensor([0, 1, 1]))
     other = CLASSIFY.fit_meter()
-    other.update(CLASSIFY.outputs(torch.tensor([[0.0, 1.0]])), np.array([1]))
-    meter.merge(other)
-    assert meter.report() == {"train_accuracy": 0.75}
+    other.update(torch.tensor([[0.0, 1.0]]), torch.tensor([1]))
+    merged = meter.host()
+    merged.merge(other.host())
+    assert merged.report() == {"train_accuracy": 0.75}
     seg = SEGMENT.fit_meter()
     y = torch.zeros(1, 4, 4, dtype=torch.long)
     y[0, :2, :2] = 2
-    seg.update(SEGMENT.outputs(torch.nn.functional.one_hot(y, 3).permute(0, 3, 1, 2).float()), y.numpy())
-    assert seg.report() == {"train_mean_lesion_iou": 1.0, "train_competition_iou": 1.0}  # perfect prediction
+    seg.update(torch.nn.functional.one_hot(y, 3).permute(0, 3, 1, 2).float(), y)
+    assert seg.host().report() == {"train_mean_lesion_iou": 1.0, "train_competition_iou": 1.0}  # perfect prediction
     model = build_model(ModelConfig(task="segment", backbone="resnet18", in_channels=2, num_classes=3))
     steps = TaskSteps(SEGMENT, CPU, augment=AugmentConfig(strength=0))
     fit = SEGMENT.fit_meter()
-    steps.train_step(model, torch.optim.AdamW(model.parameters(), lr=1e-3), _seg_batch(), fit)
-    assert fit.true_area.sum() == 4 * 32 * 32  # every pixel of the batch counted
+    loss, n = steps.train_step(model, torch.optim.AdamW(model.parameters(), lr=1e-3), _seg_batch(), fit)
+    assert isinstance(loss, torch.Tensor) and n == 4  # not read back to the host by the step
+    assert fit.host().true_area.sum() == 4 * 32 * 32  # every pixel of the batch counted
+
+
+def test_device_fit_meters_count_what_the_numpy_meters_count():
+    """Random logits and masks with lesions at the image border: the device counts (max-pooling
+    dilation and erosion) equal the numpy meters' (OpenCV), class by class."""
+    from strokeray.learn.tasks import AccuracyMeter, LesionMeter
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 3, 20, 24, generator=g)
+    y = torch.randint(0, 3, (6, 20, 24), generator=g)
+    y[:, :5] = 0
+    y[0, :3, :3] = 2  # a lesion in the corner: OpenCV's border does not erode it away
+    device = SEGMENT.fit_meter()
+    device.update(logits[:4], y[:4])
+    device.update(logits[4:], y[4:])
+    reference = LesionMeter(SEGMENT.class_names, fit=True)
+    reference.update(SEGMENT.outputs(logits), y.numpy())
+    got = device.host()
+    for attr in ("inter", "union", "pred_area", "true_area", "comp_inter", "comp_union"):
+        assert np.array_equal(getattr(got, attr), getattr(reference, attr)), attr
+    cls_logits = torch.randn(50, 2, generator=g)
+    cls_logits[0] = 0.0  # a tie is P(stroke) = 0.5: stroke
+    labels = torch.randint(0, 2, (50,), generator=g)
+    acc = CLASSIFY.fit_meter()
+    acc.update(cls_logits, labels)
+    numpy_acc = AccuracyMeter()
+    numpy_acc.update(CLASSIFY.outputs(cls_logits), labels.numpy())
+    assert acc.host().report() == numpy_acc.report()
 
 
 def test_validation_meters_merge_workers_and_report_like_one():

@@ -35,7 +35,7 @@ def fit(task, batch: dict, model_cfg: ModelConfig, size: int, passes: int, batch
     n = len(batch[task.image_column])
     losses = []
     for _ in range(passes):
-        total = sum(steps.train_step(model, optimizer, {k: v[i:i + batch_size] for k, v in batch.items()})[0]
+        total = sum(float(steps.train_step(model, optimizer, {k: v[i:i + batch_size] for k, v in batch.items()})[0])
                     for i in range(0, n, batch_size))
         losses.append(total / n)
     return losses

@@ -68,6 +68,14 @@ def corrupt_zip_member(path: Path, name: str) -> None:
     path.write_bytes(bytes(raw))
 
 
+def ray_processes() -> list:
+    """The processes of the local Ray this test process started (its descendants: Ray's daemons
+    and workers): a test that kills a worker must not reach another Ray on the same machine."""
+    import psutil
+
+    return psutil.Process().children(recursive=True)
+
+
 def kill_after_first_chunk(cmd: list[str], out: Path, **popen) -> dict:
     """Start ``cmd`` (a chunked stage's CLI) in its own process group, SIGKILL the whole group as
     soon as OUT/_state/done/chunk-00000.json appears; returns the environment it ran with."""

@@ -2,7 +2,8 @@
 that takes no work and two 1-CPU worker nodes on this machine (``ray.cluster_utils.Cluster``).
 Ingest and score a phantom archive undisturbed, then again while, as soon as the first chunk is
 done, one worker node is removed (its processes killed, as a lost spot node) and a fresh one
-added. Prints one JSON line: what each run produced and what was done to the cluster."""
+added; then train with one worker on each node and remove one of the nodes after the first
+checkpoint. Prints one JSON line: what each run produced and what was done to the cluster."""
 
 from __future__ import annotations
 
@@ -19,10 +20,19 @@ def ids_of(folder: str) -> list[str]:
     return [i for p in sorted(Path(folder).glob("*.parquet")) for i in pq.read_table(p, columns=["id"])["id"].to_pylist()]
 
 
-def disturbed(run, cluster, victim, out: Path, events: dict, key: str):
-    """``run()`` (a stage) in a thread while this, the main thread (``add_node`` must run in it),
-    removes ``victim`` once OUT's first chunk is done and adds a fresh node; the stage's result."""
+def first_chunk_done(out: Path):
     marker = out / "_state" / "done" / "chunk-00000.json"
+    return lambda: len(list(marker.parent.glob("chunk-*.json"))) if marker.exists() else 0
+
+
+def checkpoints(run_dir: Path):
+    return lambda: len(list(run_dir.glob("checkpoint_*")))
+
+
+def disturbed(run, cluster, victim, progress, events: dict, key: str, settle: float = 0.0):
+    """``run()`` (a stage) in a thread while this, the main thread (``add_node`` must run in it),
+    removes ``victim`` ``settle`` seconds after ``progress()`` (finished chunks, or checkpoints) is
+    above zero and adds a fresh node; the stage's result."""
     outcome: dict = {}
 
     def stage() -> None:
@@ -34,9 +44,10 @@ def disturbed(run, cluster, victim, out: Path, events: dict, key: str):
     thread = threading.Thread(target=stage, daemon=True)
     thread.start()
     deadline = time.time() + 300
-    while not marker.exists() and thread.is_alive() and time.time() < deadline:
+    while not progress() and thread.is_alive() and time.time() < deadline:
         time.sleep(0.05)
-    events[f"{key}_chunks_done_at_removal"] = len(list(marker.parent.glob("chunk-*.json")))
+    time.sleep(settle)
+    events[f"{key}_done_at_removal"] = progress()
     cluster.remove_node(victim, allow_graceful=False)
     events[f"{key}_added_node"] = cluster.add_node(num_cpus=1).node_id
     thread.join(600)
@@ -49,8 +60,11 @@ def main(archive: str, work: str, classifier: str, segmenter: str) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
+    from strokeray.learn.augment import AugmentConfig
+    from strokeray.learn.models import ModelConfig
     from strokeray.stages.ingest import IngestConfig, run_ingest
     from strokeray.stages.score import ScoreConfig, run_score
+    from strokeray.stages.train import TrainConfig, run_train
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
@@ -60,14 +74,16 @@ def main(archive: str, work: str, classifier: str, segmenter: str) -> None:
         print(*args, file=sys.stderr, flush=True)
 
     ingest = IngestConfig(files_per_chunk=6, files_per_task=2)
-    # Scoring starts its actors (both bundles loaded) per chunk: fewer, larger chunks keep this short.
     score = ScoreConfig(files_per_chunk=12, files_per_task=4, batch_size=4)
+    # One worker per node (0.75 of a 1-CPU node each, a quarter left to the data tasks feeding it).
+    train = TrainConfig(task="classify", model=ModelConfig(backbone="resnet18", dropout=0.0), epochs=5, batch_size=8,
+                        input_size=48, num_workers=2, cpus_per_worker=0.75, augment=AugmentConfig(strength=0.0))
     events: dict = {}
     result: dict = {}
 
     ref = run_ingest(archive, f"{work}/ingest-ref", ingest, quiet)
     hit = disturbed(lambda: run_ingest(archive, f"{work}/ingest-hit", ingest, quiet),
-                    cluster, workers[1], Path(work) / "ingest-hit", events, "ingest")
+                    cluster, workers[1], first_chunk_done(Path(work) / "ingest-hit"), events, "ingest")
     result["ingest"] = {"ref_slices": ref.slices, "hit_slices": hit.slices, "chunks": hit.chunks_done,
                         "ref_ids": ids_of(f"{work}/ingest-ref/shards"), "hit_ids": ids_of(f"{work}/ingest-hit/shards"),
                         "ref_quarantined": ref.quarantined, "hit_quarantined": hit.quarantined}
@@ -77,10 +93,20 @@ def main(archive: str, work: str, classifier: str, segmenter: str) -> None:
     sref = run_score(archive, f"{work}/score-ref", classifier, segmenter, registry=None, cfg=score, log=quiet)
     survivor = [n for n in cluster.worker_nodes if n is not workers[1]][0]
     shit = disturbed(lambda: run_score(archive, f"{work}/score-hit", classifier, segmenter, registry=None, cfg=score,
-                                       log=quiet), cluster, survivor, Path(work) / "score-hit", events, "score")
+                                       log=quiet), cluster, survivor, first_chunk_done(Path(work) / "score-hit"), events, "score")
     ref_rows = pq.read_table(f"{work}/score-ref/slices.parquet", columns=["id", "stroke_probability"]).to_pydict()
     hit_rows = pq.read_table(f"{work}/score-hit/slices.parquet", columns=["id", "stroke_probability"]).to_pydict()
     result["score"] = {"ref_slices": sref.slices, "hit_slices": shit.slices, "ref": ref_rows, "hit": hit_rows}
+
+    # Training loses the node of one of its two workers after the first checkpoint: the group restarts
+    # on the nodes left (and the fresh one) from that checkpoint.
+    victim = [n for n in cluster.worker_nodes if n.node_id != events["score_added_node"]][0]
+    trained = disturbed(lambda: run_train(f"{work}/ingest-ref", f"{work}/train", train, name="hit", log=quiet),
+                        # a checkpoint's folder appears before the controller has registered it
+                        cluster, victim, checkpoints(Path(work) / "train" / "hit"), events, "train", settle=4.0)
+    result["train"] = {"epochs": [h["epoch"] for h in trained.history],
+                       "started_at": [h["started_at_epoch"] for h in trained.history],
+                       "bundle": Path(trained.bundle, "model.safetensors").exists()}
     result["events"] = events
     print("RESULT " + json.dumps(result))
     ray.shutdown()

@@ -2,7 +2,8 @@
 a head that takes no work and two 1-CPU worker nodes, in a child process (see multinode_child.py).
 Ingest and scoring each lose a worker node, killed without warning as a lost spot node, as soon as
 their first chunk is done, and a fresh node joins. Both must finish with every slice exactly once:
-the same ids (and for scoring the same probabilities) as an undisturbed run on the same cluster."""
+the same ids (and for scoring the same probabilities) as an undisturbed run on the same cluster.
+Training (one worker per node) loses a node after its first checkpoint and must resume from it."""
 
 from __future__ import annotations
 
@@ -34,15 +35,21 @@ def test_ingest_and_scoring_survive_a_lost_worker_node(phantom_archive, tmp_path
     events = result["events"]
     # the node went while the run was under way: after its first chunk, before the last
     ingest = result["ingest"]
-    assert 1 <= events["ingest_chunks_done_at_removal"] < ingest["chunks"] and events["ingest_added_node"]
+    assert 1 <= events["ingest_done_at_removal"] < ingest["chunks"] and events["ingest_added_node"]
     assert ingest["hit_slices"] == ingest["ref_slices"] > 0
     assert len(ingest["hit_ids"]) == len(set(ingest["hit_ids"])) == ingest["hit_slices"]  # none twice
     assert sorted(ingest["hit_ids"]) == sorted(ingest["ref_ids"])  # none lost
     assert ingest["hit_quarantined"] == ingest["ref_quarantined"]  # the planted bad files, no more
     score = result["score"]
-    assert events["score_chunks_done_at_removal"] >= 1 and events["score_added_node"]
+    assert events["score_done_at_removal"] >= 1 and events["score_added_node"]
     assert score["hit_slices"] == score["ref_slices"] > 0
     assert len(set(score["hit"]["id"])) == len(score["hit"]["id"]) == score["hit_slices"]
     ref = dict(zip(score["ref"]["id"], score["ref"]["stroke_probability"]))
     hit = dict(zip(score["hit"]["id"], score["hit"]["stroke_probability"]))
     assert ref.keys() == hit.keys() and all(abs(ref[k] - hit[k]) < 1e-5 for k in ref)
+    train = result["train"]
+    # the node went after the first checkpoint and before the last; every epoch ran once, the
+    # epochs after the loss resumed from a checkpoint instead of starting over, and a bundle came out
+    assert 1 <= events["train_done_at_removal"] < 5 and events["train_added_node"]
+    assert train["epochs"] == [1, 2, 3, 4, 5] and train["started_at"][0] == 0 and train["started_at"][-1] >= 1
+    assert train["bundle"]

@@ -21,7 +21,7 @@ from strokeray.io.raster import decode_image
 from strokeray.stages import registry
 from strokeray.stages.score import ScoreConfig, run_score, source_mask
 
-from ..conftest import kill_after_first_chunk, shared_data, tiny_bundle
+from ..conftest import kill_after_first_chunk, ray_processes, shared_data, tiny_bundle
 
 pytestmark = pytest.mark.ray
 
@@ -150,15 +150,16 @@ def test_killed_actor_loses_and_duplicates_nothing(planted_zip, bundles, scored,
     def killer():
         deadline = time.time() + 240
         while time.time() < deadline and not killed:
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                if "CascadeScorer" in " ".join(proc.info["cmdline"] or []):
-                    try:
-                        time.sleep(0.3)  # let it load the models and take a batch (one slice each)
-                        proc.kill()
-                    except psutil.NoSuchProcess:
-                        continue  # gone before the kill (a fast machine): keep looking
-                    killed.append(proc.info["pid"])
-                    return
+            for proc in ray_processes():  # this test's Ray only
+                try:
+                    if "CascadeScorer" not in " ".join(proc.cmdline()):
+                        continue
+                    time.sleep(0.3)  # let it load the models and take a batch (one slice each)
+                    proc.kill()
+                except psutil.NoSuchProcess:
+                    continue  # gone before the kill (a fast machine): keep looking
+                killed.append(proc.pid)
+                return
             time.sleep(0.05)
 
     thread = threading.Thread(target=killer, daemon=True)

@@ -22,7 +22,7 @@ from strokeray.learn.models import ModelConfig, build_model
 from strokeray.stages.evaluate import evaluate_on_cluster, run_evaluate
 from strokeray.stages.train import TrainConfig, run_train
 
-from ..conftest import phantom_shards
+from ..conftest import phantom_shards, ray_processes
 
 pytestmark = pytest.mark.ray
 
@@ -103,11 +103,14 @@ def test_killed_worker_resumes_from_checkpoint(shards, tmp_path):
         while time.time() < deadline and not list(out.glob("classify-resnet18/checkpoint_*")):
             time.sleep(0.2)
         time.sleep(4)  # the folder appears before the controller has registered the checkpoint
-        for proc in psutil.process_iter(["pid", "name", "cmdline"]):
-            text = (proc.info["name"] or "") + " ".join(proc.info["cmdline"] or [])
+        for proc in ray_processes():  # this test's Ray only: another Ray on the machine is not ours to kill
+            try:
+                text = proc.name() + " ".join(proc.cmdline())
+            except psutil.NoSuchProcess:
+                continue
             if "RayTrainWorker" in text:
                 proc.kill()
-                killed.append(proc.info["pid"])
+                killed.append(proc.pid)
                 return
 
     thread = threading.Thread(target=killer, daemon=True)

@@ -146,7 +146,7 @@ def score_batch(batch: dict[str, np.ndarray], scorers: list) -> dict[str, np.nda
 
 @dataclass
 class ScorerPool:
-    """The run's scoring actors (``start``), the clients' ticket counter and the batch size."""
+    """The run's scoring actors (``start``) and the slices each takes per call."""
 
     scorers: list
     batch_size: int
@@ -168,7 +168,6 @@ class ScorerPool:
 
     def extend(self, ds):
         """``ds`` (a chunk's decoded slices) scored by this pool."""
-
         # No CPU reserved: the scorers hold the CPUs (or GPUs) the work needs; two batches in flight
         # per scorer, so that each has the next one waiting.
         return ds.map_batches(score_batch, fn_kwargs={"scorers": self.scorers},  # type: ignore[arg-type]

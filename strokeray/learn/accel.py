@@ -27,3 +27,12 @@ def for_device(model: torch.nn.Module, device: torch.device | str) -> torch.nn.M
         torch.backends.cudnn.benchmark = True
         return model.to(device).to(memory_format=torch.channels_last)
     return model.to(device)
+
+
+def to_device(t, device, dtype=None):
+    """A host tensor on ``device`` without stalling it: a copy from pageable memory waits for the
+    GPU's queue to drain, one from pinned memory is queued behind it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device=device, dtype=dtype, non_blocking=True)
+    return t.to(device=device, dtype=dtype)

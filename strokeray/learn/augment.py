@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from strokeray.checks import check_range
+from strokeray.learn.accel import to_device
 
 
 @dataclass(frozen=True)
@@ -55,15 +56,6 @@ AUGMENT_PRESETS: dict[str, dict] = {
 }
 
 
-def _to_device(t: torch.Tensor, device, dtype=None) -> torch.Tensor:
-    """A host-drawn tensor on ``device`` without stalling it: a copy from pageable memory waits for
-    the GPU's queue to drain, one from pinned memory is queued behind it."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return t.pin_memory().to(device=device, dtype=dtype, non_blocking=True)
-    return t.to(device=device, dtype=dtype)
-
-
 def _identity_grid(n: int, h: int, w: int, device, dtype) -> torch.Tensor:
     theta = torch.eye(2, 3, device=device, dtype=dtype).unsqueeze(0).expand(n, 2, 3)
     return F.affine_grid(theta, [n, 1, h, w], align_corners=False)
@@ -76,12 +68,12 @@ def _affine_theta(n: int, cfg: AugmentConfig, g: torch.Generator, device, dtype)
     shift = (torch.rand(n, 2, generator=g) * 2 - 1) * cfg.translate * 2 * s
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    return _to_device(theta, device, dtype)
+    return to_device(theta, device, dtype)
 
 
 def _smooth_field(n: int, h: int, w: int, grid: int, amount: float, g: torch.Generator, device, dtype) -> torch.Tensor:
     coarse = (torch.rand(n, 2, grid, grid, generator=g) * 2 - 1) * amount * 2
-    field = F.interpolate(_to_device(coarse, device, dtype), size=(h, w), mode="bicubic", align_corners=False)
+    field = F.interpolate(to_device(coarse, device, dtype), size=(h, w), mode="bicubic", align_corners=False)
     return field.permute(0, 2, 3, 1)
 
 
@@ -125,20 +117,20 @@ def augment_batch(
     use_affine = torch.rand(n, generator=g) < cfg.p_affine
     if use_affine.any():
         affine = F.affine_grid(_affine_theta(n, cfg, g, dev, dt), [n, 1, h, w], align_corners=False)
-        grid = torch.where(_to_device(use_affine, dev)[:, None, None, None], affine, grid)
+        grid = torch.where(to_device(use_affine, dev)[:, None, None, None], affine, grid)
     use_elastic = torch.rand(n, generator=g) < cfg.p_elastic
     if use_elastic.any():
         field = _smooth_field(n, h, w, cfg.elastic_grid, cfg.elastic_alpha * cfg.strength, g, dev, dt)
-        grid = grid + field * _to_device(use_elastic, dev)[:, None, None, None]
+        grid = grid + field * to_device(use_elastic, dev)[:, None, None, None]
     use_grid = torch.rand(n, generator=g) < cfg.p_grid
     if use_grid.any():
         # Grid distortion: 8 row bands and 8 column bands, each stretched by its own factor.
         steps = 1 + (torch.rand(n, 2, 8, generator=g) * 2 - 1) * cfg.grid_distort * cfg.strength
         knots = torch.cat([torch.zeros(n, 2, 1), torch.cumsum(steps, -1)], -1)
-        knots = _to_device(knots / knots[..., -1:] * 2 - 1, dev, dt)  # (n, 2, 9) in [-1, 1]
+        knots = to_device(knots / knots[..., -1:] * 2 - 1, dev, dt)  # (n, 2, 9) in [-1, 1]
         cols = _piecewise(grid[..., 0], knots[:, 0])
         rows = _piecewise(grid[..., 1], knots[:, 1])
-        grid = torch.where(_to_device(use_grid, dev)[:, None, None, None], torch.stack([cols, rows], -1), grid)
+        grid = torch.where(to_device(use_grid, dev)[:, None, None, None], torch.stack([cols, rows], -1), grid)
     if use_affine.any() or use_elastic.any() or use_grid.any():  # else leave pixels untouched
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if m is not None:
@@ -148,10 +140,10 @@ def augment_batch(
     if use_int.any():
         c = x.shape[1]
         s = cfg.strength
-        gain = 1 + _to_device((torch.rand(n, 1, 1, 1, generator=g) * 2 - 1) * cfg.contrast * s, dev, dt)
-        bias = _to_device((torch.rand(n, 1, 1, 1, generator=g) * 2 - 1) * cfg.brightness * s, dev, dt)
-        wgain = 1 + _to_device((torch.rand(n, c, 1, 1, generator=g) * 2 - 1) * cfg.window_jitter * s, dev, dt)
-        wbias = _to_device((torch.rand(n, c, 1, 1, generator=g) * 2 - 1) * cfg.window_jitter * s, dev, dt)
+        gain = 1 + to_device((torch.rand(n, 1, 1, 1, generator=g) * 2 - 1) * cfg.contrast * s, dev, dt)
+        bias = to_device((torch.rand(n, 1, 1, 1, generator=g) * 2 - 1) * cfg.brightness * s, dev, dt)
+        wgain = 1 + to_device((torch.rand(n, c, 1, 1, generator=g) * 2 - 1) * cfg.window_jitter * s, dev, dt)
+        wbias = to_device((torch.rand(n, c, 1, 1, generator=g) * 2 - 1) * cfg.window_jitter * s, dev, dt)
         jittered = ((x - 0.5) * gain * wgain + 0.5 + bias + wbias).clamp(0, 1)
-        x = torch.where(_to_device(use_int, dev)[:, None, None, None], jittered, x)
+        x = torch.where(to_device(use_int, dev)[:, None, None, None], jittered, x)
     return x, m

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import update_bn
 
-from strokeray.learn.accel import uses_amp
+from strokeray.learn.accel import to_device, uses_amp
 from strokeray.learn.augment import AugmentConfig, augment_batch
 from strokeray.learn.losses import SegLossConfig
 from strokeray.learn.tasks import Task, get_task
@@ -65,10 +65,7 @@ class TaskSteps:
                          if self.class_weights else None)
 
     def _to_device(self, a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(a))
-        if self.device.type == "cuda":
-            t = t.pin_memory()
-        return t.to(self.device, non_blocking=True)
+        return to_device(torch.from_numpy(np.ascontiguousarray(a)), self.device)
 
     def inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(images as float in [0, 1] at the input size, targets as long)."""

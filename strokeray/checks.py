@@ -14,3 +14,9 @@ def check_range(name: str, value, lo: float, hi: float) -> None:
     """Raise ValueError unless lo <= value <= hi (None means "default")."""
     if value is not None and not lo <= value <= hi:
         raise ValueError(f"{name} must lie in [{lo:g}, {hi:g}], got {value!r}")
+
+
+def check_choice(name: str, value, choices) -> None:
+    """Raise ValueError unless value is one of choices."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")

@@ -11,6 +11,7 @@ from typing import Any
 from strokeray import __version__
 
 TASK_NAMES = ("classify", "segment")  # learn.tasks.TASKS' names (importing it would load torch for --help)
+PATIENT_POOLS = ("max", "mean")  # learn.metrics.PATIENT_POOLS (importing it would load OpenCV for --help)
 CONFIG_DEFAULTS = "Options left out take the stage config's defaults (see the README)."
 
 
@@ -420,6 +421,8 @@ def _add_crossval(sub) -> None:
     p.add_argument("--val-share", type=float, help="validation share of each fold's training patients (default 0.15)")
     p.add_argument("--fold-seed", type=int, help="seed of the fold assignment (default 0)")
     p.add_argument("--parallel", type=int, help="folds at once (default: what the cluster holds)")
+    p.add_argument("--patient-pool", choices=PATIENT_POOLS,
+                   help="a patient's score from its slices': max (default) or mean (for labels given per patient)")
     p.add_argument("--overwrite", action="store_true", help="discard a cross-validation of other settings under NAME")
     _train_arguments(p)
     p.set_defaults(func=_cmd_crossval)
@@ -430,7 +433,8 @@ def crossval_config(args):
     from strokeray.stages.crossval import CrossvalConfig
 
     return CrossvalConfig(train=train_config(args), **_given(args, folds="folds", val_share="val_share",
-                                                             seed="fold_seed", parallel="parallel"))
+                                                             seed="fold_seed", parallel="parallel",
+                                                             patient_pool="patient_pool"))
 
 
 def _cmd_crossval(args) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from strokeray.checks import check_choice
 from strokeray.imaging.overlay import CLASS_NAMES
 
 
@@ -109,13 +110,21 @@ def binary_report(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5
     )
 
 
-def patient_level(patients: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per patient: label = any positive slice, score = the highest slice probability."""
+PATIENT_POOLS = ("max", "mean")
+
+
+def patient_level(patients: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+                  pool: str = "max") -> tuple[np.ndarray, np.ndarray]:
+    """Per patient: label = any positive slice, score = the highest slice score (``pool="max"``)
+    or their mean (``"mean"``: for labels given per patient, most of whose slices show nothing)."""
+    check_choice("patient pool", pool, PATIENT_POOLS)
     order = np.argsort(np.asarray(patients), kind="mergesort")
     p = np.asarray(patients)[order]
     y = np.asarray(labels)[order]
     s = np.asarray(scores, dtype=np.float64)[order]
     starts = np.r_[0, np.flatnonzero(p[1:] != p[:-1]) + 1]
+    if pool == "mean":
+        return np.maximum.reduceat(y, starts), np.add.reduceat(s, starts) / np.diff(np.r_[starts, len(s)])
     return np.maximum.reduceat(y, starts), np.maximum.reduceat(s, starts)
 
 
@@ -184,15 +193,18 @@ class SegmentationMeter:
         return out
 
 
-def pooled_binary(prob: np.ndarray, labels: np.ndarray, patients: np.ndarray, decision: np.ndarray) -> dict[str, float]:
+def pooled_binary(prob: np.ndarray, labels: np.ndarray, patients: np.ndarray, threshold: np.ndarray,
+                  pool: str = "max") -> dict[str, float]:
     """Slice and patient AUC, sensitivity, specificity and accuracy of pooled out-of-fold
-    predictions; ``decision`` is each slice's call at its own fold's operating point (a patient
-    is called positive when any of its slices is)."""
-    labels, decision = np.asarray(labels), np.asarray(decision, bool)
-    plab, pprob = patient_level(patients, labels, prob)
-    _, pcall = patient_level(patients, labels, decision.astype(np.float64))
+    predictions; ``threshold`` is each slice's own fold's operating point. A patient is scored by
+    ``pool`` of its slices and called positive when that pool of (probability - threshold) is >= 0:
+    by max, when any slice is called; by mean, when its mean probability reaches the threshold."""
+    prob, labels = np.asarray(prob, np.float64), np.asarray(labels)
+    margin = prob - np.asarray(threshold, np.float64)
+    plab, pprob = patient_level(patients, labels, prob, pool)
+    _, pmargin = patient_level(patients, labels, margin, pool)
     out = {"slice_auc": roc_auc(labels, prob), "patient_auc": roc_auc(plab, pprob)}
-    for level, y, calls in (("slice", labels, decision), ("patient", plab, pcall >= 0.5)):
+    for level, y, calls in (("slice", labels, margin >= 0), ("patient", plab, pmargin >= 0)):
         r = binary_report(y, calls.astype(np.float64), 0.5)
         out.update({f"{level}_sensitivity": r.sensitivity, f"{level}_specificity": r.specificity,
                     f"{level}_accuracy": r.accuracy})

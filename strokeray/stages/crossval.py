@@ -25,11 +25,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from strokeray.checks import check_positive, check_range
+from strokeray.checks import check_choice, check_positive, check_range
 from strokeray.datasets.shard_set import ShardSet
 from strokeray.datasets.splits import assign_folds, fold_splits
 from strokeray.io.json_files import read_json, write_json
-from strokeray.learn.metrics import overlap_summary, patient_bootstrap, pooled_binary
+from strokeray.learn.metrics import PATIENT_POOLS, overlap_summary, patient_bootstrap, pooled_binary
 from strokeray.learn.tasks import get_task
 from strokeray.stages.stage_dir import StageDir, settings_digest
 from strokeray.stages.train import TrainConfig
@@ -46,11 +46,13 @@ class CrossvalConfig:
     seed: int = 0  # fold assignment
     parallel: int | None = None  # folds at once (None: as many as the cluster's CPUs or GPUs hold)
     bootstrap: int = 2000  # patient resamples behind each interval
+    patient_pool: str = "max"  # a patient's score from its slices': max, or mean (labels given per patient)
 
     def __post_init__(self) -> None:
         check_range("folds", self.folds, 2, 100)
         check_range("val_share", self.val_share, 0.01, 0.5)
         check_positive(parallel=self.parallel, bootstrap=self.bootstrap)
+        check_choice("patient_pool", self.patient_pool, PATIENT_POOLS)
 
 
 @dataclass
@@ -152,9 +154,10 @@ def summarise(table: pa.Table, rows: list[dict], cfg: CrossvalConfig) -> tuple[d
         pooled["competition_iou"] = float(np.nanmean([r["metrics"]["competition_iou"] for r in rows]))
         return pooled, {k: list(v) for k, v in intervals.items()}
     prob, lab = np.asarray(table["probability"]), np.asarray(table["label"])
-    pat, call = np.asarray(table["patient"]), prob >= np.asarray(table["threshold"])
-    pooled = pooled_binary(prob, lab, pat, call)
-    intervals = patient_bootstrap(pat, lambda i, g: pooled_binary(prob[i], lab[i], g, call[i]), cfg.bootstrap, cfg.seed)
+    pat, thr, pool = np.asarray(table["patient"]), np.asarray(table["threshold"]), cfg.patient_pool
+    pooled = pooled_binary(prob, lab, pat, thr, pool)
+    intervals = patient_bootstrap(pat, lambda i, g: pooled_binary(prob[i], lab[i], g, thr[i], pool), cfg.bootstrap,
+                                  cfg.seed)
     return pooled, {k: list(v) for k, v in intervals.items()}
 
 

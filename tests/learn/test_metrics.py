@@ -50,6 +50,10 @@ def test_patient_level_takes_any_positive_and_max_score():
     pats = np.array(["b", "a", "b", "a", "c"])
     lab, score = patient_level(pats, np.array([0, 0, 1, 0, 0]), np.array([0.2, 0.1, 0.7, 0.3, 0.5]))
     assert lab.tolist() == [0, 1, 0] and score.tolist() == [0.3, 0.7, 0.5]
+    _, mean = patient_level(pats, np.array([0, 0, 1, 0, 0]), np.array([0.2, 0.1, 0.7, 0.3, 0.5]), pool="mean")
+    assert mean == pytest.approx([0.2, 0.45, 0.5])
+    with pytest.raises(ValueError, match="patient pool"):
+        patient_level(pats, np.zeros(5), np.zeros(5), pool="median")
 
 
 def test_segmentation_iou_dice_by_hand():
@@ -94,15 +98,27 @@ def test_operating_threshold_maximises_youden_j_between_scores():
 
 
 def test_pooled_binary_calls_patients_by_any_slice_at_its_own_threshold():
-    prob = np.array([0.9, 0.1, 0.4, 0.3, 0.2, 0.6])
+    prob = np.array([0.9, 0.1, 0.4, 0.3, 0.2, 0.45])
     lab = np.array([1, 1, 1, 1, 0, 0])
     pat = np.array(["a", "a", "b", "b", "c", "c"])
-    call = np.array([True, False, False, True, False, False])  # b's fold had a low threshold
-    m = pooled_binary(prob, lab, pat, call)
-    assert m["slice_sensitivity"] == 0.5 and m["slice_specificity"] == 1.0
+    threshold = np.array([0.7, 0.7, 0.3, 0.3, 0.7, 0.7])  # b's fold had a low threshold
+    m = pooled_binary(prob, lab, pat, threshold)
+    assert m["slice_sensitivity"] == 0.75 and m["slice_specificity"] == 1.0
     assert m["patient_sensitivity"] == 1.0 and m["patient_specificity"] == 1.0
-    assert m["patient_auc"] == 0.5  # by the highest slice: a 0.9 above c 0.6, b 0.4 below it
+    assert m["patient_auc"] == 0.5  # by the highest slice: a 0.9 above c 0.45, b 0.4 below it
     assert m["slice_auc"] == pytest.approx(roc_auc(lab, prob))
+
+
+def test_pooled_binary_by_mean_scores_and_calls_patients_by_their_mean():
+    prob = np.array([0.9, 0.1, 0.4, 0.3, 0.2, 0.45])
+    lab = np.array([1, 1, 1, 1, 0, 0])
+    pat = np.array(["a", "a", "b", "b", "c", "c"])
+    threshold = np.array([0.7, 0.7, 0.3, 0.3, 0.7, 0.7])
+    m = pooled_binary(prob, lab, pat, threshold, pool="mean")
+    assert m["patient_auc"] == 1.0  # means a 0.5, b 0.35 both above c 0.325
+    # a's mean 0.5 is under its fold's 0.7; b's 0.35 reaches its 0.3; c's 0.325 is under 0.7
+    assert m["patient_sensitivity"] == 0.5 and m["patient_specificity"] == 1.0
+    assert m["slice_sensitivity"] == 0.75  # slices are called the same way whatever the pool
 
 
 def test_patient_bootstrap_resamples_whole_patients():

@@ -75,17 +75,20 @@ def test_options_left_out_take_the_config_defaults():
     assert (given.epochs, given.augment.strength, given.num_workers, given.batch_size) == (3, 0.0, 1, 16)
     assert crossval_config(parse(["crossval", "classify", "S"])) == CrossvalConfig(train=TrainConfig(task="classify"))
     cv = crossval_config(parse(["crossval", "classify", "S", "--folds", "3", "--head", "linear", "--schedule", "cosine",
-                                "--no-class-weights", "--fold-seed", "2", "--augment-preset", "flips"]))
+                                "--no-class-weights", "--fold-seed", "2", "--augment-preset", "flips",
+                                "--patient-pool", "mean"]))
     assert cv.train.augment == AugmentConfig.preset("flips")
-    assert (cv.folds, cv.seed, cv.val_share, cv.train.model.head, cv.train.schedule, cv.train.balance_classes) == (
-        3, 2, 0.15, "linear", "cosine", False)
+    assert (cv.folds, cv.seed, cv.val_share, cv.train.model.head, cv.train.schedule, cv.train.balance_classes,
+            cv.patient_pool) == (3, 2, 0.15, "linear", "cosine", False, "mean")
 
 
-def test_the_cli_offers_exactly_the_tasks_there_are():
-    from strokeray.cli import TASK_NAMES
+def test_the_cli_offers_exactly_the_tasks_and_patient_pools_there_are():
+    from strokeray.cli import PATIENT_POOLS, TASK_NAMES
+    from strokeray.learn import metrics
     from strokeray.learn.tasks import TASKS
 
     assert TASK_NAMES == tuple(TASKS)
+    assert PATIENT_POOLS == metrics.PATIENT_POOLS
 
 
 def test_old_spellings_still_work_and_say_what_to_use(capsys):

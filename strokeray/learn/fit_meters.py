@@ -1,7 +1,7 @@
 """The training pass's fit meters, counted on the model's device: no host read-back per step.
 
 A GPU idles while the host waits for a ``.cpu()``; these meters keep their counts in device
-tensors and hand a numpy meter (``host()``: the task's ``AccuracyMeter`` / ``LesionMeter``,
+tensors and hand a numpy meter (``host()``: ``learn.meters.AccuracyMeter`` / ``LesionMeter``,
 which merge across workers and report) once an epoch ends. The counts equal the numpy meters'
 (tested): accuracy at P(stroke) >= 0.5, per-class intersections and unions, and the competition
 IoU with a 3x3 dilation and erosion done as max pooling (OpenCV's borders: nothing outside the
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from strokeray.learn.meters import AccuracyMeter, LesionMeter
 
 
 class DeviceAccuracy:
@@ -28,8 +30,6 @@ class DeviceAccuracy:
         self.seen += len(y)
 
     def host(self):
-        from strokeray.learn.tasks import AccuracyMeter
-
         meter = AccuracyMeter()
         meter.correct = int(self.correct) if self.correct is not None else 0
         meter.seen = self.seen
@@ -69,8 +69,6 @@ class DeviceLesionCounts:
         self.counts = batch if self.counts is None else self.counts + batch
 
     def host(self):
-        from strokeray.learn.tasks import LesionMeter
-
         meter = LesionMeter(self.names, fit=True)
         if self.counts is None:
             return meter

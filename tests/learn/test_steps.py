@@ -85,7 +85,7 @@ def test_fit_meters_score_the_training_pass_from_the_step_outputs():
 def test_device_fit_meters_count_what_the_numpy_meters_count():
     """Random logits and masks with lesions at the image border: the device counts (max-pooling
     dilation and erosion) equal the numpy meters' (OpenCV), class by class."""
-    from strokeray.learn.tasks import AccuracyMeter, LesionMeter
+    from strokeray.learn.meters import AccuracyMeter, LesionMeter
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 3, 20, 24, generator=g)

@@ -29,9 +29,10 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest
 
-## ruff (lint) on the code and tests, mypy on the package; .ci/run runs it before the tests.
+## ruff (lint and format check) on the code and tests, mypy on the package; .ci/run runs it before the tests.
 lint: $(STAMP)
 	$(BIN)/ruff check strokeray tests jobs
+	$(BIN)/ruff format --check strokeray tests jobs
 	$(BIN)/mypy strokeray
 
 clean:

@@ -36,8 +36,13 @@ class _Deprecated(argparse.Action):
 def _shards_argument(p) -> None:
     """SHARDS, the ingest output a stage reads, as the positional after TASK / BUNDLE (``--data`` still works)."""
     p.add_argument("shards", nargs="?", help="an ingest output folder (with shards/ and card.json)")
-    p.add_argument("--data", dest="data_old", action=_Deprecated, use="pass SHARDS as a positional argument",
-                   help=argparse.SUPPRESS)
+    p.add_argument(
+        "--data",
+        dest="data_old",
+        action=_Deprecated,
+        use="pass SHARDS as a positional argument",
+        help=argparse.SUPPRESS,
+    )
 
 
 def _shards_of(args) -> str:
@@ -62,8 +67,11 @@ def _add_synth(sub) -> None:
     p.add_argument("--test-fraction", type=float, help="share of patients in Test")
     p.add_argument("--bad-files", action="store_true", help="also plant odd and corrupt files")
     p.add_argument("--no-png", action="store_true", help="skip the PNG exports")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a phantom archive made with other settings (only strokeray's own files)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a phantom archive made with other settings (only strokeray's own files)",
+    )
     p.set_defaults(func=_cmd_synth)
 
 
@@ -72,15 +80,28 @@ def _cmd_synth(args) -> int:
     from strokeray.datasets.synth import SynthConfig
     from strokeray.stages.synth import run_synth
 
-    cfg = SynthConfig(**_given(args, patients="patients", seed="seed", test_fraction="test_fraction"),
-                      phantom=PhantomConfig(**_given(args, size="size", slices="slices")),
-                      png=not args.no_png, bad_files=args.bad_files)
+    cfg = SynthConfig(
+        **_given(args, patients="patients", seed="seed", test_fraction="test_fraction"),
+        phantom=PhantomConfig(**_given(args, size="size", slices="slices")),
+        png=not args.no_png,
+        bad_files=args.bad_files,
+    )
     s = run_synth(args.out, cfg, overwrite=args.overwrite)
     if s is None:
         print(json.dumps({"out": args.out, "reused": True}))
         return 0
-    print(json.dumps({"out": args.out, "slices": s.slices, "patients": s.patients, "per_class": s.per_class,
-                      "per_split": s.per_split, "planted": len(s.planted)}))
+    print(
+        json.dumps(
+            {
+                "out": args.out,
+                "slices": s.slices,
+                "patients": s.patients,
+                "per_class": s.per_class,
+                "per_split": s.per_split,
+                "planted": len(s.planted),
+            }
+        )
+    )
     return 0
 
 
@@ -150,8 +171,12 @@ def _labels_table(args):
     """The LabelsTable that the --labels-*-col arguments name (those a command has)."""
     from strokeray.datasets.layouts import LabelsTable
 
-    names = {"path_col": "labels_path_col", "label_col": "labels_label_col", "lesion_col": "labels_lesion_col",
-             "patient_col": "labels_patient_col"}
+    names = {
+        "path_col": "labels_path_col",
+        "label_col": "labels_label_col",
+        "lesion_col": "labels_lesion_col",
+        "patient_col": "labels_patient_col",
+    }
     return LabelsTable(**_given(args, **{f: a for f, a in names.items() if hasattr(args, a)}))
 
 
@@ -172,8 +197,11 @@ def _add_synth_lesions(sub) -> None:
     p.add_argument("--limit", type=int, help="use at most this many source slices (in name order)")
     p.add_argument("--pixel-mm", type=float, help="pixel size assumed where files carry none (default 0.34)")
     p.add_argument("--workers", type=int, help="processes (default: all CPUs)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a lesion synthesis made with other settings (only strokeray's own files)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a lesion synthesis made with other settings (only strokeray's own files)",
+    )
     p.set_defaults(func=_cmd_synth_lesions)
 
 
@@ -182,8 +210,10 @@ def _cmd_synth_lesions(args) -> int:
     from strokeray.stages.synth import run_lesion_synth
 
     cfg = LesionSynthConfig(
-        labels=args.labels, labels_table=_labels_table(args),
-        **_given(args, seed="seed", limit="limit", pixel_mm="pixel_mm", workers="workers"))
+        labels=args.labels,
+        labels_table=_labels_table(args),
+        **_given(args, seed="seed", limit="limit", pixel_mm="pixel_mm", workers="workers"),
+    )
     s = run_lesion_synth(args.src, args.out, cfg, overwrite=args.overwrite)
     print(json.dumps({"out": args.out, "reused": True} if s is None else dataclasses.asdict(s)))
     return 0
@@ -205,22 +235,37 @@ def _add_ingest(sub) -> None:
     p.add_argument("out", help="output folder or URL")
     _labels_arguments(p, "labels CSV (columns path, label, lesion, patient; see --labels-*-col)")
     p.add_argument("--labels-lesion-col", help="lesion column: 0/1/2 (default lesion)")
-    p.add_argument("--mask-lesion", choices=("ischemic", "hemorrhagic"),
-                   help="lesion class of binary masks in a mask folder beside the images (masks/, Masks_subset/)")
+    p.add_argument(
+        "--mask-lesion",
+        choices=("ischemic", "hemorrhagic"),
+        help="lesion class of binary masks in a mask folder beside the images (masks/, Masks_subset/)",
+    )
     p.add_argument("--split", help="train,val,test ratios, e.g. 0.7,0.15,0.15")
-    p.add_argument("--split-mode", choices=("hash", "stratified"),
-                   help="hash (default): stable when files are added; stratified: exact class balance per split")
+    p.add_argument(
+        "--split-mode",
+        choices=("hash", "stratified"),
+        help="hash (default): stable when files are added; stratified: exact class balance per split",
+    )
     p.add_argument("--split-seed", type=int, help="seed of the split hash")
-    p.add_argument("--ignore-layout-splits", action="store_true", help="split anew even if the layout has Training/Test folders")
+    p.add_argument(
+        "--ignore-layout-splits", action="store_true", help="split anew even if the layout has Training/Test folders"
+    )
     default_windows = ",".join(w.name for w in DEFAULT_WINDOWS)
-    p.add_argument("--windows",
-                   help="HU windows, one model input channel each: named (" + ", ".join(NAMED_WINDOWS) + ") or "
-                   f"name:level:width, comma-separated (default {default_windows})")
+    p.add_argument(
+        "--windows",
+        help="HU windows, one model input channel each: named (" + ", ".join(NAMED_WINDOWS) + ") or "
+        f"name:level:width, comma-separated (default {default_windows})",
+    )
     p.add_argument("--files-per-chunk", type=int, help="files per resumable chunk")
-    p.add_argument("--files-per-task", type=int, help="files one Ray task decodes and writes as one shard (~17 MB at 128)")
+    p.add_argument(
+        "--files-per-task", type=int, help="files one Ray task decodes and writes as one shard (~17 MB at 128)"
+    )
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="discard an ingest in OUT made with other inputs or settings (only strokeray's own files)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard an ingest in OUT made with other inputs or settings (only strokeray's own files)",
+    )
     p.set_defaults(func=_cmd_ingest)
 
 
@@ -293,9 +338,16 @@ def _add_benchmark(sub) -> None:
 def _cmd_benchmark(args) -> int:
     from strokeray.stages.stage_dir import StageDir
 
-    workdir = args.workdir or {"ingest": "runs/benchmark", "train": "runs/benchmark-train",
-                               "score": "runs/benchmark-score", "demo": "runs/benchmark-demo",
-                               "gpu": "runs/benchmark-gpu"}[args.which]
+    workdir = (
+        args.workdir
+        or {
+            "ingest": "runs/benchmark",
+            "train": "runs/benchmark-train",
+            "score": "runs/benchmark-score",
+            "demo": "runs/benchmark-demo",
+            "gpu": "runs/benchmark-gpu",
+        }[args.which]
+    )
     if args.which == "gpu":
         from strokeray.benchmarks.gpu import NoGpuError, cuda_device
 
@@ -315,8 +367,7 @@ def _cmd_benchmark(args) -> int:
     elif args.which == "score":
         from strokeray.benchmarks.score import run_score_benchmark
 
-        bench = run_score_benchmark(workdir, args.slices or 512,
-                                    memory=not args.no_memory)
+        bench = run_score_benchmark(workdir, args.slices or 512, memory=not args.no_memory)
     elif args.which == "demo":
         from strokeray.benchmarks.demo import run_demo_benchmark
 
@@ -324,8 +375,7 @@ def _cmd_benchmark(args) -> int:
     elif args.which == "train":
         from strokeray.benchmarks.train import run_train_benchmark
 
-        bench = run_train_benchmark(workdir, epochs=args.epochs,
-                                    quality_runs=not args.no_quality)
+        bench = run_train_benchmark(workdir, epochs=args.epochs, quality_runs=not args.no_quality)
     else:
         from strokeray.benchmarks.ingest import run_ingest_benchmark
 
@@ -354,13 +404,21 @@ def _add_train(sub) -> None:
 
 def _train_arguments(p) -> None:
     """The model and training options `train` and `crossval` share."""
-    p.add_argument("--backbone", help="classifier backbone (vgg16, resnet18/34/50, efficientnet_b0, densenet121) "
-                   "or segmenter encoder (resnet34, vgg16, densenet201, efficientnet-b0); default vgg16 / resnet34")
-    p.add_argument("--arch", choices=("unet", "unetplusplus", "deeplabv3plus"), help="segmenter architecture (default unet)")
+    p.add_argument(
+        "--backbone",
+        help="classifier backbone (vgg16, resnet18/34/50, efficientnet_b0, densenet121) "
+        "or segmenter encoder (resnet34, vgg16, densenet201, efficientnet-b0); default vgg16 / resnet34",
+    )
+    p.add_argument(
+        "--arch", choices=("unet", "unetplusplus", "deeplabv3plus"), help="segmenter architecture (default unet)"
+    )
     p.add_argument("--weights", help="pretrained weights: a torchvision weights name or a local .safetensors file")
     p.add_argument("--freeze-features", action="store_true", help="train the classifier head only")
-    p.add_argument("--head", choices=("study", "linear"), help="classifier head: the study's dense stack (default) "
-                   "or one linear layer")
+    p.add_argument(
+        "--head",
+        choices=("study", "linear"),
+        help="classifier head: the study's dense stack (default) or one linear layer",
+    )
     p.add_argument("--dropout", type=float, help="dropout in the classifier head (default the study's 0.5)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -370,12 +428,19 @@ def _train_arguments(p) -> None:
     p.add_argument("--no-class-weights", action="store_true", help="unweighted cross-entropy for the classifier")
     p.add_argument("--input-size", type=int, help="resize the views to this size (default: as ingested)")
     p.add_argument("--augment", type=float, help="augmentation strength (0 turns it off)")
-    p.add_argument("--augment-preset", choices=("full", "flips"), default="full",
-                   help="full: every transform (default); flips: left-right mirror only")
+    p.add_argument(
+        "--augment-preset",
+        choices=("full", "flips"),
+        default="full",
+        help="full: every transform (default); flips: left-right mirror only",
+    )
     p.add_argument("--workers", type=int, help="training workers (one per GPU)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker, AMP and pinned memory")
-    p.add_argument("--metric", help="validation metric that picks the best checkpoint (default val_accuracy / "
-                   "val_competition_iou; e.g. val_auc, val_patient_auc, val_mean_lesion_iou, val_loss)")
+    p.add_argument(
+        "--metric",
+        help="validation metric that picks the best checkpoint (default val_accuracy / "
+        "val_competition_iou; e.g. val_auc, val_patient_auc, val_mean_lesion_iou, val_loss)",
+    )
 
 
 def train_config(args):
@@ -385,14 +450,29 @@ def train_config(args):
     from strokeray.learn.tasks import get_task
     from strokeray.stages.train import TrainConfig
 
-    model = ModelConfig(backbone=args.backbone or get_task(args.task).default_backbone,
-                        **_given(args, arch="arch", weights="weights", dropout="dropout", head="head"),
-                        freeze_features=args.freeze_features)
-    return TrainConfig(task=args.task, model=model, augment=AugmentConfig.preset(args.augment_preset, **_given(args, strength="augment")),
-                       **_given(args, epochs="epochs", batch_size="batch_size", lr="lr", weight_decay="weight_decay",
-                                input_size="input_size", num_workers="workers", score_metric="metric",
-                                schedule="schedule"),
-                       balance_classes=not args.no_class_weights, use_gpu=args.gpu)
+    model = ModelConfig(
+        backbone=args.backbone or get_task(args.task).default_backbone,
+        **_given(args, arch="arch", weights="weights", dropout="dropout", head="head"),
+        freeze_features=args.freeze_features,
+    )
+    return TrainConfig(
+        task=args.task,
+        model=model,
+        augment=AugmentConfig.preset(args.augment_preset, **_given(args, strength="augment")),
+        **_given(
+            args,
+            epochs="epochs",
+            batch_size="batch_size",
+            lr="lr",
+            weight_decay="weight_decay",
+            input_size="input_size",
+            num_workers="workers",
+            score_metric="metric",
+            schedule="schedule",
+        ),
+        balance_classes=not args.no_class_weights,
+        use_gpu=args.gpu,
+    )
 
 
 def _cmd_train(args) -> int:
@@ -421,8 +501,11 @@ def _add_crossval(sub) -> None:
     p.add_argument("--val-share", type=float, help="validation share of each fold's training patients (default 0.15)")
     p.add_argument("--fold-seed", type=int, help="seed of the fold assignment (default 0)")
     p.add_argument("--parallel", type=int, help="folds at once (default: what the cluster holds)")
-    p.add_argument("--patient-pool", choices=PATIENT_POOLS,
-                   help="a patient's score from its slices': max (default) or mean (for labels given per patient)")
+    p.add_argument(
+        "--patient-pool",
+        choices=PATIENT_POOLS,
+        help="a patient's score from its slices': max (default) or mean (for labels given per patient)",
+    )
     p.add_argument("--overwrite", action="store_true", help="discard a cross-validation of other settings under NAME")
     _train_arguments(p)
     p.set_defaults(func=_cmd_crossval)
@@ -432,9 +515,17 @@ def crossval_config(args):
     """The CrossvalConfig that `strokeray crossval` arguments describe."""
     from strokeray.stages.crossval import CrossvalConfig
 
-    return CrossvalConfig(train=train_config(args), **_given(args, folds="folds", val_share="val_share",
-                                                             seed="fold_seed", parallel="parallel",
-                                                             patient_pool="patient_pool"))
+    return CrossvalConfig(
+        train=train_config(args),
+        **_given(
+            args,
+            folds="folds",
+            val_share="val_share",
+            seed="fold_seed",
+            parallel="parallel",
+            patient_pool="patient_pool",
+        ),
+    )
 
 
 def _cmd_crossval(args) -> int:
@@ -447,8 +538,9 @@ def _cmd_crossval(args) -> int:
 
 def _workers_argument(p, help: str) -> None:
     p.add_argument("--workers", type=int, help=help)
-    p.add_argument("--workers-per-trial", type=int, dest="workers", action=_Deprecated, use="use --workers",
-                   help=argparse.SUPPRESS)
+    p.add_argument(
+        "--workers-per-trial", type=int, dest="workers", action=_Deprecated, use="use --workers", help=argparse.SUPPRESS
+    )
 
 
 def _add_tune(sub) -> None:
@@ -465,21 +557,33 @@ def _add_tune(sub) -> None:
     p.add_argument("--out", default="runs/tune", help="storage path of searches (local or s3://; default runs/tune)")
     p.add_argument("--name", help="search name (default TASK-search); reuse it to resume")
     p.add_argument("--registry", default="runs/registry", help="model registry folder or URL (default runs/registry)")
-    p.add_argument("--space", help="search-space overrides as a JSON file or inline JSON: backbones, lr [lo, hi], "
-                   "weight_decay, batch_size, augment, input_size, seg_loss [[dice, ce, focal], ...]")
+    p.add_argument(
+        "--space",
+        help="search-space overrides as a JSON file or inline JSON: backbones, lr [lo, hi], "
+        "weight_decay, batch_size, augment, input_size, seg_loss [[dice, ce, focal], ...]",
+    )
     p.add_argument("--backbones", help="comma-separated backbones / encoders to compare (overrides --space)")
     p.add_argument("--samples", type=int, help="trials per backbone")
     p.add_argument("--max-epochs", type=int, help="epochs of a trial that is never stopped")
     p.add_argument("--grace-period", type=int, help="ASHA: epochs before a trial can be stopped")
     p.add_argument("--reduction-factor", type=int, help="ASHA: keep 1/N of the trials at each rung")
-    p.add_argument("--metric", help="validation metric to maximise (default val_accuracy / val_competition_iou; "
-                   "e.g. val_auc, val_patient_auc, val_mean_lesion_iou)")
+    p.add_argument(
+        "--metric",
+        help="validation metric to maximise (default val_accuracy / val_competition_iou; "
+        "e.g. val_auc, val_patient_auc, val_mean_lesion_iou)",
+    )
     _workers_argument(p, "Ray Train workers per trial (GPUs per trial with --gpu)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    p.add_argument("--gpus-per-trial", type=float, help="with --gpu: GPUs a trial reserves (default one per worker); "
-                   "a fraction such as 0.25 packs small one-worker trials onto one GPU")
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        help="with --gpu: GPUs a trial reserves (default one per worker); "
+        "a fraction such as 0.25 packs small one-worker trials onto one GPU",
+    )
     p.add_argument("--seed", type=int)
-    p.add_argument("--overwrite", action="store_true", help="discard a search of the same name made with other settings")
+    p.add_argument(
+        "--overwrite", action="store_true", help="discard a search of the same name made with other settings"
+    )
     p.set_defaults(func=_cmd_tune)
 
 
@@ -496,19 +600,44 @@ def search_config(args):
                 space = SearchSpace.from_json(fh.read())
     if args.backbones:
         space = dataclasses.replace(space, backbones=tuple(b.strip() for b in args.backbones.split(",") if b.strip()))
-    return SearchConfig(task=args.task, space=space, use_gpu=args.gpu,
-                        **_given(args, samples="samples", max_epochs="max_epochs", grace_period="grace_period",
-                                 reduction_factor="reduction_factor", metric="metric", workers_per_trial="workers",
-                                 gpus_per_trial="gpus_per_trial", seed="seed"))
+    return SearchConfig(
+        task=args.task,
+        space=space,
+        use_gpu=args.gpu,
+        **_given(
+            args,
+            samples="samples",
+            max_epochs="max_epochs",
+            grace_period="grace_period",
+            reduction_factor="reduction_factor",
+            metric="metric",
+            workers_per_trial="workers",
+            gpus_per_trial="gpus_per_trial",
+            seed="seed",
+        ),
+    )
 
 
 def _cmd_tune(args) -> int:
     from strokeray.stages.tune import run_search
 
-    r = run_search(_shards_of(args), args.out, search_config(args), args.name, registry=args.registry,
-                   overwrite=args.overwrite)
-    print(json.dumps({"search": r.path, "version": r.version, "bundle": r.bundle, "current": r.current,
-                      "resumed": r.resumed, "reused": r.reused, "best": r.best}, default=str))
+    r = run_search(
+        _shards_of(args), args.out, search_config(args), args.name, registry=args.registry, overwrite=args.overwrite
+    )
+    print(
+        json.dumps(
+            {
+                "search": r.path,
+                "version": r.version,
+                "bundle": r.bundle,
+                "current": r.current,
+                "resumed": r.resumed,
+                "reused": r.reused,
+                "best": r.best,
+            },
+            default=str,
+        )
+    )
     return 0
 
 
@@ -524,26 +653,40 @@ def _add_score(sub) -> None:
     )
     p.add_argument("src", help="archive: folder, zip/tar, folder of archives or URL")
     p.add_argument("out", nargs="?", help="output folder or URL")
-    p.add_argument("--out", dest="out_old", action=_Deprecated, use="pass OUT as the second positional argument",
-                   help=argparse.SUPPRESS)
+    p.add_argument(
+        "--out",
+        dest="out_old",
+        action=_Deprecated,
+        use="pass OUT as the second positional argument",
+        help=argparse.SUPPRESS,
+    )
     p.add_argument("--classifier", help="classifier bundle (default: the registry's current best)")
     p.add_argument("--segmenter", help="segmenter bundle (default: the registry's current best)")
     p.add_argument("--no-segmenter", action="store_true", help="classify only")
     p.add_argument("--registry", default="runs/registry", help="model registry (default runs/registry)")
-    p.add_argument("--threshold", type=float,
-                   help="stroke probability threshold (default: the classifier bundle's, chosen on validation)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="stroke probability threshold (default: the classifier bundle's, chosen on validation)",
+    )
     p.add_argument("--batch-size", type=int, help="slices per model call")
     p.add_argument("--actors", type=int, help="scoring actors (default: one per GPU with --gpu, else 1)")
     p.add_argument("--gpu", action="store_true", help="one GPU per scoring actor")
     p.add_argument("--cpus-per-actor", type=float, help="CPUs each scoring actor reserves")
     p.add_argument("--threads-per-actor", type=int, help="torch threads of a CPU actor (default: the CPUs / actors)")
     p.add_argument("--overlays", action="store_true", help="write PNG overlays of positive slices")
-    p.add_argument("--source-masks", action="store_true",
-                   help="write each positive slice's predicted classes (0/1/2) on its source pixel grid as PNG")
+    p.add_argument(
+        "--source-masks",
+        action="store_true",
+        help="write each positive slice's predicted classes (0/1/2) on its source pixel grid as PNG",
+    )
     p.add_argument("--files-per-chunk", type=int, help="files per resumable chunk")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="discard scores in OUT made with other inputs, models or settings (only strokeray's own files)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard scores in OUT made with other inputs, models or settings (only strokeray's own files)",
+    )
     p.set_defaults(func=_cmd_score)
 
 
@@ -551,11 +694,22 @@ def score_config(args):
     """The ScoreConfig that `strokeray score` arguments describe."""
     from strokeray.stages.score import ScoreConfig
 
-    return ScoreConfig(**_given(args, threshold="threshold", batch_size="batch_size", actors="actors",
-                                cpus_per_actor="cpus_per_actor", threads_per_actor="threads_per_actor",
-                                files_per_chunk="files_per_chunk", num_cpus="num_cpus"),
-                       use_gpu=args.gpu, overlays=args.overlays, source_masks=args.source_masks,
-                       overwrite=args.overwrite)
+    return ScoreConfig(
+        **_given(
+            args,
+            threshold="threshold",
+            batch_size="batch_size",
+            actors="actors",
+            cpus_per_actor="cpus_per_actor",
+            threads_per_actor="threads_per_actor",
+            files_per_chunk="files_per_chunk",
+            num_cpus="num_cpus",
+        ),
+        use_gpu=args.gpu,
+        overlays=args.overlays,
+        source_masks=args.source_masks,
+        overwrite=args.overwrite,
+    )
 
 
 def _cmd_score(args) -> int:
@@ -564,8 +718,9 @@ def _cmd_score(args) -> int:
     out = args.out or args.out_old
     if not out:
         raise ValueError("OUT (the output folder) is required")
-    s = run_score(args.src, out, args.classifier, args.segmenter, args.registry, score_config(args),
-                  segment=not args.no_segmenter)
+    s = run_score(
+        args.src, out, args.classifier, args.segmenter, args.registry, score_config(args), segment=not args.no_segmenter
+    )
     print(json.dumps(dataclasses.asdict(s)))
     return 0
 
@@ -578,11 +733,18 @@ def _add_evaluate(sub) -> None:
         "ROC AUC. Segmenter: per-class IoU and Dice, mean lesion IoU, competition IoU, and the pooled "
         "IoU and Dice with 95 %% patient-bootstrap intervals.",
     )
-    p.add_argument("bundle", help="a model bundle folder, or density:<HU> (a training-free segmenter: hemorrhage "
-                   "wherever the brain reads at least HU)")
+    p.add_argument(
+        "bundle",
+        help="a model bundle folder, or density:<HU> (a training-free segmenter: hemorrhage "
+        "wherever the brain reads at least HU)",
+    )
     _shards_argument(p)
-    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
-                   help="all: every split, for shards no model was trained on (external data)")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "val", "test", "all"),
+        help="all: every split, for shards no model was trained on (external data)",
+    )
     p.add_argument("--out", help="also write the metrics to this JSON file")
     p.add_argument("--predictions", help="also write one row per slice to this Parquet file")
     p.set_defaults(func=_cmd_evaluate)
@@ -592,8 +754,11 @@ def _cmd_evaluate(args) -> int:
     from strokeray.stages.evaluate import run_evaluate
 
     r = run_evaluate(args.bundle, _shards_of(args), args.split, out=args.out, predictions=args.predictions)
-    print(json.dumps({"task": r.task, "split": r.split, "slices": r.slices, "metrics": r.metrics,
-                      "intervals": r.intervals}))
+    print(
+        json.dumps(
+            {"task": r.task, "split": r.split, "slices": r.slices, "metrics": r.metrics, "intervals": r.intervals}
+        )
+    )
     return 0
 
 
@@ -643,7 +808,9 @@ def pipeline_config(args):
 
     base = PipelineConfig()
     return PipelineConfig(
-        out=args.out, src=args.src, score_src=args.score_src,
+        out=args.out,
+        src=args.src,
+        score_src=args.score_src,
         synth=dataclasses.replace(base.synth, **_given(args, patients="patients", seed="seed")),
         preview=None if args.no_preview else base.preview,
         classify=_pipeline_search(base.classify, args, args.backbones),
@@ -657,8 +824,12 @@ def _cmd_pipeline(args) -> int:
     from strokeray.stages.pipeline import run_pipeline
 
     r = run_pipeline(pipeline_config(args))
-    print(json.dumps({"out": r.out, "bundles": r.bundles, "evaluation": r.evaluation, "report": r.report,
-                      "seconds": r.seconds}, default=str))
+    print(
+        json.dumps(
+            {"out": r.out, "bundles": r.bundles, "evaluation": r.evaluation, "report": r.report, "seconds": r.seconds},
+            default=str,
+        )
+    )
     return 0
 
 
@@ -690,8 +861,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"strokeray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_synth, _add_synth_lesions, _add_decode, _add_preview, _add_ingest, _add_train, _add_crossval, _add_tune, _add_evaluate,
-                _add_score, _add_pipeline, _add_report, _add_benchmark):
+    for add in (
+        _add_synth,
+        _add_synth_lesions,
+        _add_decode,
+        _add_preview,
+        _add_ingest,
+        _add_train,
+        _add_crossval,
+        _add_tune,
+        _add_evaluate,
+        _add_score,
+        _add_pipeline,
+        _add_report,
+        _add_benchmark,
+    ):
         add(sub)
     return parser
 

@@ -64,7 +64,7 @@ def corrupt_zip_member(path: Path, name: str) -> None:
         info = zf.getinfo(name)
     raw = bytearray(path.read_bytes())
     start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + 4
-    raw[start:start + 8] = bytes(b ^ 0x5A for b in raw[start:start + 8])
+    raw[start : start + 8] = bytes(b ^ 0x5A for b in raw[start : start + 8])
     path.write_bytes(bytes(raw))
 
 
@@ -84,8 +84,9 @@ def kill_after_first_chunk(cmd: list[str], out: Path, **popen) -> dict:
     import time
 
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, **popen)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, **popen
+    )
     marker = out / "_state" / "done" / "chunk-00000.json"
     deadline = time.time() + 240
     while not marker.exists() and time.time() < deadline and proc.poll() is None:
@@ -104,11 +105,17 @@ def phantom_shards(root: Path, seed: int, patients: int = 16) -> str:
     from strokeray.stages.ingest import IngestConfig, run_ingest
     from strokeray.stages.manifest import ManifestConfig
 
-    write_archive(str(root / "archive"), SynthConfig(patients=patients, seed=seed, png=False,
-                                                     phantom=PhantomConfig(size=128, slices=6)))
+    write_archive(
+        str(root / "archive"),
+        SynthConfig(patients=patients, seed=seed, png=False, phantom=PhantomConfig(size=128, slices=6)),
+    )
     split = SplitConfig(mode="stratified", use_layout_splits=False)
-    run_ingest(str(root / "archive"), str(root / "shards"), IngestConfig(manifest=ManifestConfig(split=split)),
-               log=lambda *_: None)
+    run_ingest(
+        str(root / "archive"),
+        str(root / "shards"),
+        IngestConfig(manifest=ManifestConfig(split=split)),
+        log=lambda *_: None,
+    )
     return str(root / "shards")
 
 
@@ -122,9 +129,17 @@ def tiny_bundle(path: Path, task: str) -> str:
 
     torch.manual_seed(0)
     cfg = ModelConfig(task=task, backbone="resnet18", num_classes=2 if task == "classify" else 3)
-    save_bundle(str(path), build_model(cfg), cfg, {
-        "task": task, "input_size": 64, "windows": [w.__dict__ for w in PreprocessConfig().windows],
-        "preprocess": PreprocessConfig().to_dict()})
+    save_bundle(
+        str(path),
+        build_model(cfg),
+        cfg,
+        {
+            "task": task,
+            "input_size": 64,
+            "windows": [w.__dict__ for w in PreprocessConfig().windows],
+            "preprocess": PreprocessConfig().to_dict(),
+        },
+    )
     return str(path)
 
 

@@ -57,35 +57,71 @@ def demo_seed(workdir: Path, seed: int, cfg: PipelineConfig, log=print) -> dict:
     t = time.perf_counter()
     demo_archive(layout, replace(cfg.synth, seed=seed), quiet)
     run_ingest(layout.archive, layout.shards, cfg.ingest, quiet)
-    found = run_search(layout.shards, layout.tune, replace(cfg.classify, seed=seed), name=f"{CLASSIFY.name}-search",
-                       registry=layout.registry, overwrite=True, log=quiet)
+    found = run_search(
+        layout.shards,
+        layout.tune,
+        replace(cfg.classify, seed=seed),
+        name=f"{CLASSIFY.name}-search",
+        registry=layout.registry,
+        overwrite=True,
+        log=quiet,
+    )
     metrics = evaluate_once(found.bundle, layout, CLASSIFY, quiet)
-    row = {"seed": seed, "minutes": (time.perf_counter() - t) / 60, "patients": patients_by_class(layout.shards),
-           "best_trial": {k: v for k, v in found.best.items() if k.startswith("param_") or k in ("best_epoch", "best_score")},
-           **{k: metrics.get(k) for k in ("slice_n", "slice_auc", "slice_accuracy", "patient_n", "patient_auc",
-                                          "patient_accuracy", "threshold")}}
-    log(f"[bench] demo seed {seed}: test slice AUC {row['slice_auc']:.3f}, patient AUC {row['patient_auc']:.3f} "
+    row = {
+        "seed": seed,
+        "minutes": (time.perf_counter() - t) / 60,
+        "patients": patients_by_class(layout.shards),
+        "best_trial": {
+            k: v for k, v in found.best.items() if k.startswith("param_") or k in ("best_epoch", "best_score")
+        },
+        **{
+            k: metrics.get(k)
+            for k in (
+                "slice_n",
+                "slice_auc",
+                "slice_accuracy",
+                "patient_n",
+                "patient_auc",
+                "patient_accuracy",
+                "threshold",
+            )
+        },
+    }
+    log(
+        f"[bench] demo seed {seed}: test slice AUC {row['slice_auc']:.3f}, patient AUC {row['patient_auc']:.3f} "
         f"({row['slice_n']:.0f} slices, {row['patient_n']:.0f} patients), threshold {row['threshold']:.3f}, "
-        f"{row['minutes']:.1f} min")
+        f"{row['minutes']:.1f} min"
+    )
     return row
 
 
 def format_table(rows: list[dict]) -> str:
     """The seeds side by side (markdown, as the README quotes it)."""
+
     def split(r: dict, name: str) -> str:
         c = r["patients"].get(name, {"positive": 0, "negative": 0})
         return f"{c['positive']}+/{c['negative']}-"
 
-    lines = ["| seed | val patients | test patients | test slice AUC | test patient AUC | slice accuracy | "
-             "threshold | minutes |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| seed | val patients | test patients | test slice AUC | test patient AUC | slice accuracy | "
+        "threshold | minutes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['seed']} | {split(r, 'val')} | {split(r, 'test')} | {r['slice_auc']:.3f} | "
-                     f"{r['patient_auc']:.3f} | {r['slice_accuracy']:.3f} | {r['threshold']:.3f} | {r['minutes']:.1f} |")
+        lines.append(
+            f"| {r['seed']} | {split(r, 'val')} | {split(r, 'test')} | {r['slice_auc']:.3f} | "
+            f"{r['patient_auc']:.3f} | {r['slice_accuracy']:.3f} | {r['threshold']:.3f} | {r['minutes']:.1f} |"
+        )
     return "\n".join(lines)
 
 
-def run_demo_benchmark(workdir: str, seeds: tuple[int, ...] = (0, 1, 2), cfg: PipelineConfig = PipelineConfig(),
-                       target: float = TARGET_AUC, log=print) -> DemoBenchmark:
+def run_demo_benchmark(
+    workdir: str,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    cfg: PipelineConfig = PipelineConfig(),
+    target: float = TARGET_AUC,
+    log=print,
+) -> DemoBenchmark:
     from strokeray.stages.runtime import ensure_ray
 
     ensure_ray(cfg.ingest.num_cpus)
@@ -95,9 +131,11 @@ def run_demo_benchmark(workdir: str, seeds: tuple[int, ...] = (0, 1, 2), cfg: Pi
         bench.rows.append(demo_seed(Path(workdir), seed, cfg, log))
     log(format_table(bench.rows))
     bench.targets_met[f"test slice AUC >= {target} on every seed"] = all(
-        (r["slice_auc"] or 0.0) >= target for r in bench.rows)
+        (r["slice_auc"] or 0.0) >= target for r in bench.rows
+    )
     bench.targets_met["validation holds both classes on every seed"] = all(
-        min(r["patients"].get("val", {"positive": 0}).values()) > 0 for r in bench.rows)
+        min(r["patients"].get("val", {"positive": 0}).values()) > 0 for r in bench.rows
+    )
     for k, v in bench.targets_met.items():
         log(f"[bench] target {k}: {'met' if v else 'MISSED'}")
     return bench

@@ -51,8 +51,9 @@ def make_archive(root: Path, slices: int, seed: int) -> list[str]:
     """A phantom archive of at least ``slices`` 512x512 DICOM slices; returns the DICOM paths."""
     per_patient = 8
     patients = -(-slices // per_patient)
-    cfg = SynthConfig(patients=patients, seed=seed, png=False, overlays=False, masks=False,
-                      phantom=PhantomConfig(slices=per_patient))
+    cfg = SynthConfig(
+        patients=patients, seed=seed, png=False, overlays=False, masks=False, phantom=PhantomConfig(slices=per_patient)
+    )
     if not (root / "synth.json").exists():
         write_archive(str(root), cfg)
     return sorted(str(p) for p in root.rglob("*.dcm"))
@@ -163,8 +164,18 @@ def memory_verdicts(small: dict, large: dict, ratios: dict, targets: dict) -> No
 def run_child(src: str, num_cpus: int, files_per_chunk: int) -> dict:
     """Ingest ``src`` in a fresh process with its own Ray; returns its timing and peak memory."""
     with tempfile.TemporaryDirectory() as out:
-        return run_measured([sys.executable, "-m", "strokeray.benchmarks.ingest", "--child", src, f"{out}/o",
-                             str(num_cpus), str(files_per_chunk)])
+        return run_measured(
+            [
+                sys.executable,
+                "-m",
+                "strokeray.benchmarks.ingest",
+                "--child",
+                src,
+                f"{out}/o",
+                str(num_cpus),
+                str(files_per_chunk),
+            ]
+        )
 
 
 def _child_main(src: str, out: str, num_cpus: int, files_per_chunk: int) -> None:

@@ -69,9 +69,17 @@ def make_bundles(root: Path, seg_encoder: str = "resnet18") -> tuple[str, str]:
         cfg = ModelConfig(task=task.name, backbone=backbone, num_classes=task.num_classes, in_channels=len(pre.windows))
         path = root / task.name
         if not (path / "model.json").exists():
-            save_bundle(str(path), build_model(cfg), cfg, {
-                "task": task.name, "input_size": size, "windows": [w.__dict__ for w in pre.windows],
-                "preprocess": pre.to_dict()})
+            save_bundle(
+                str(path),
+                build_model(cfg),
+                cfg,
+                {
+                    "task": task.name,
+                    "input_size": size,
+                    "windows": [w.__dict__ for w in pre.windows],
+                    "preprocess": pre.to_dict(),
+                },
+            )
         out.append(str(path))
     return out[0], out[1]
 
@@ -91,8 +99,14 @@ def views_in_memory(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(cls), np.stack(seg)
 
 
-def floor(cls_views: np.ndarray, seg_views: np.ndarray, bundles: tuple[str, str], threshold: float,
-          batch_size: int, threads: int) -> tuple[float, float]:
+def floor(
+    cls_views: np.ndarray,
+    seg_views: np.ndarray,
+    bundles: tuple[str, str],
+    threshold: float,
+    batch_size: int,
+    threads: int,
+) -> tuple[float, float]:
     """(slices/s, positive share) of the cascade's forward passes alone, in batches."""
     import torch
 
@@ -126,15 +140,29 @@ def study(paths: list[str], bundles: tuple[str, str], threshold: float, segment:
     (classifier, cdoc), (segmenter, sdoc) = load_bundle(bundles[0]), load_bundle(bundles[1])
     torch.set_num_threads(os.cpu_count() or 1)  # the stronger baseline: every core for its model calls
     t = time.perf_counter()
-    positives = study_score(paths, classifier, segmenter, threshold, int(cdoc["input_size"]), int(sdoc["input_size"]),
-                            segment)
+    positives = study_score(
+        paths, classifier, segmenter, threshold, int(cdoc["input_size"]), int(sdoc["input_size"]), segment
+    )
     return len(paths) / (time.perf_counter() - t), positives / len(paths)
 
 
 def score_child(src: str, bundles: tuple[str, str], threshold: float, batch_size: int, files_per_chunk: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
-        return run_measured([sys.executable, "-m", "strokeray.benchmarks.score", "--child", src, f"{out}/o",
-                             bundles[0], bundles[1], str(threshold), str(batch_size), str(files_per_chunk)])
+        return run_measured(
+            [
+                sys.executable,
+                "-m",
+                "strokeray.benchmarks.score",
+                "--child",
+                src,
+                f"{out}/o",
+                bundles[0],
+                bundles[1],
+                str(threshold),
+                str(batch_size),
+                str(files_per_chunk),
+            ]
+        )
 
 
 def _child_main(src, out, classifier, segmenter, threshold, batch_size, files_per_chunk) -> None:
@@ -143,12 +171,26 @@ def _child_main(src, out, classifier, segmenter, threshold, batch_size, files_pe
 
     ensure_ray()
     t = time.perf_counter()
-    s = run_score(src, out, classifier, segmenter, None,
-                  ScoreConfig(threshold=float(threshold), batch_size=int(batch_size),
-                              files_per_chunk=int(files_per_chunk)), log=lambda *_: None)
+    s = run_score(
+        src,
+        out,
+        classifier,
+        segmenter,
+        None,
+        ScoreConfig(threshold=float(threshold), batch_size=int(batch_size), files_per_chunk=int(files_per_chunk)),
+        log=lambda *_: None,
+    )
     seconds = time.perf_counter() - t
-    print(json.dumps({"slices": s.slices, "seconds": seconds, "slices_per_s": s.slices / seconds,
-                      "positive_share": s.positive_slices / max(1, s.slices)}))
+    print(
+        json.dumps(
+            {
+                "slices": s.slices,
+                "seconds": seconds,
+                "slices_per_s": s.slices / seconds,
+                "positive_share": s.positive_slices / max(1, s.slices),
+            }
+        )
+    )
 
 
 def cascade_threshold(cls_views: np.ndarray, bundle: str, positive_share: float) -> tuple[float, list[bool]]:
@@ -162,37 +204,57 @@ def cascade_threshold(cls_views: np.ndarray, bundle: str, positive_share: float)
     return threshold, [bool(p >= threshold) for p in prob]
 
 
-def run_score_benchmark(workdir: str, slices: int = 512, batch_size: int = 16, positive_share: float = 0.3,
-                        memory: bool = True, log=print) -> ScoreBenchmark:
+def run_score_benchmark(
+    workdir: str, slices: int = 512, batch_size: int = 16, positive_share: float = 0.3, memory: bool = True, log=print
+) -> ScoreBenchmark:
     """The whole benchmark; archives and bundles are kept in ``workdir`` and reused."""
     root = Path(workdir)
     paths = make_archive(root / "archive", slices, seed=21)
     bundles = make_bundles(root / "bundles")
-    bench = ScoreBenchmark(slices=len(paths), machine=machine(), batch_size=batch_size,
-                           models="classifier resnet18@224, segmenter U-Net(resnet18)@256")
+    bench = ScoreBenchmark(
+        slices=len(paths),
+        machine=machine(),
+        batch_size=batch_size,
+        models="classifier resnet18@224, segmenter U-Net(resnet18)@256",
+    )
     cls_views, seg_views = views_in_memory(paths)
     assert len(cls_views) == len(paths), "the benchmark archive holds one slice per file"
     threshold, positives = cascade_threshold(cls_views, bundles[0], positive_share)
-    log(f"[bench] {len(paths)} slices of 512x512 phantom DICOM on {bench.machine}; {bench.models}; "
-        f"batch {batch_size}, threshold {threshold:.4f} (about {positive_share:.0%} of slices positive)")
-    bench.floor_1thread_slices_per_s, bench.positive_share = floor(cls_views, seg_views, bundles, threshold, batch_size, 1)
-    bench.floor_all_threads_slices_per_s, _ = floor(cls_views, seg_views, bundles, threshold, batch_size, os.cpu_count() or 1)
-    log(f"[bench] (a) floor, batched forward passes on views in memory: {bench.floor_1thread_slices_per_s:.1f} "
+    log(
+        f"[bench] {len(paths)} slices of 512x512 phantom DICOM on {bench.machine}; {bench.models}; "
+        f"batch {batch_size}, threshold {threshold:.4f} (about {positive_share:.0%} of slices positive)"
+    )
+    bench.floor_1thread_slices_per_s, bench.positive_share = floor(
+        cls_views, seg_views, bundles, threshold, batch_size, 1
+    )
+    bench.floor_all_threads_slices_per_s, _ = floor(
+        cls_views, seg_views, bundles, threshold, batch_size, os.cpu_count() or 1
+    )
+    log(
+        f"[bench] (a) floor, batched forward passes on views in memory: {bench.floor_1thread_slices_per_s:.1f} "
         f"slices/s with 1 thread, {bench.floor_all_threads_slices_per_s:.1f} with {os.cpu_count()} "
-        f"({bench.positive_share:.0%} of slices positive, so segmented)")
+        f"({bench.positive_share:.0%} of slices positive, so segmented)"
+    )
     bench.study_slices_per_s, study_positive = study(paths, bundles, threshold, positives)
-    log(f"[bench] (b) the original study's per-file loop: {bench.study_slices_per_s:.1f} slices/s "
-        f"({study_positive:.0%} segmented: the cascade's positives)")
+    log(
+        f"[bench] (b) the original study's per-file loop: {bench.study_slices_per_s:.1f} slices/s "
+        f"({study_positive:.0%} segmented: the cascade's positives)"
+    )
     r = score_child(str(root / "archive"), bundles, threshold, batch_size, files_per_chunk=1000)
     bench.score_slices_per_s, bench.score_seconds = r["slices_per_s"], r["seconds"]
-    log(f"[bench] (c) strokeray score: {r['slices_per_s']:.1f} slices/s ({r['slices']} slices in {r['seconds']:.1f}s, "
-        f"{r['positive_share']:.0%} positive)")
+    log(
+        f"[bench] (c) strokeray score: {r['slices_per_s']:.1f} slices/s ({r['slices']} slices in {r['seconds']:.1f}s, "
+        f"{r['positive_share']:.0%} positive)"
+    )
     bench.memory["score_positive_share"] = r["positive_share"]
     bench.decode_1proc_slices_per_s = pool(paths, 1)
-    bench.ceiling_slices_per_s = ceiling(bench.floor_all_threads_slices_per_s, bench.decode_1proc_slices_per_s,
-                                         os.cpu_count() or 1)
-    log(f"[bench] (d) decode + preprocess in one process: {bench.decode_1proc_slices_per_s:.1f} slices/s; "
-        f"ceiling of forward + decode on {os.cpu_count()} cores: {bench.ceiling_slices_per_s:.1f} slices/s")
+    bench.ceiling_slices_per_s = ceiling(
+        bench.floor_all_threads_slices_per_s, bench.decode_1proc_slices_per_s, os.cpu_count() or 1
+    )
+    log(
+        f"[bench] (d) decode + preprocess in one process: {bench.decode_1proc_slices_per_s:.1f} slices/s; "
+        f"ceiling of forward + decode on {os.cpu_count()} cores: {bench.ceiling_slices_per_s:.1f} slices/s"
+    )
     bench.ratios = {
         "score_vs_ceiling": bench.score_slices_per_s / bench.ceiling_slices_per_s,
         "score_vs_study": bench.score_slices_per_s / bench.study_slices_per_s,
@@ -206,11 +268,15 @@ def run_score_benchmark(workdir: str, slices: int = 512, batch_size: int = 16, p
         small_paths = make_archive(root / "archive-quarter", max(1, len(paths) // 4), seed=22)
         small = score_child(str(root / "archive-quarter"), bundles, threshold, batch_size, files_per_chunk=128)
         large = score_child(str(root / "archive"), bundles, threshold, batch_size, files_per_chunk=128)
-        bench.memory.update({"slices": {"small": len(small_paths), "large": len(paths)}, "small": small, "large": large})
+        bench.memory.update(
+            {"slices": {"small": len(small_paths), "large": len(paths)}, "small": small, "large": large}
+        )
         memory_verdicts(small, large, bench.ratios, bench.targets_met)
-        log(f"[bench] peak memory {len(small_paths)} -> {len(paths)} slices: driver RSS "
+        log(
+            f"[bench] peak memory {len(small_paths)} -> {len(paths)} slices: driver RSS "
             f"{small['driver_rss_peak_mb']:.0f} -> {large['driver_rss_peak_mb']:.0f} MB, largest worker USS "
-            f"{small['worker_uss_peak_mb']:.0f} -> {large['worker_uss_peak_mb']:.0f} MB")
+            f"{small['worker_uss_peak_mb']:.0f} -> {large['worker_uss_peak_mb']:.0f} MB"
+        )
     for k, v in bench.ratios.items():
         log(f"[bench] ratio {k}: {v:.2f}")
     for k, v in bench.targets_met.items():

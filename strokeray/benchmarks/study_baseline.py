@@ -60,8 +60,15 @@ def run_study_baseline(paths: list[str]) -> int:
     return len(paths)
 
 
-def study_score(paths: list[str], classifier, segmenter, threshold: float, cls_size: int, seg_size: int,
-                segment: list[bool] | None = None) -> int:
+def study_score(
+    paths: list[str],
+    classifier,
+    segmenter,
+    threshold: float,
+    cls_size: int,
+    seg_size: int,
+    segment: list[bool] | None = None,
+) -> int:
     """The study's scoring loop: per file its preprocessing (PNG round trip, resize), then one
     ``model(x)`` call per image, and the segmenter on the image when the classifier says stroke
     (or, given ``segment``, on exactly those files: the same work as a cascade it is compared
@@ -77,6 +84,9 @@ def study_score(paths: list[str], classifier, segmenter, threshold: float, cls_s
             prob = classifier(x).softmax(1)[0, 1].item()
             if (prob >= threshold) if segment is None else segment[i]:
                 positives += 1
-                s = torch.from_numpy(np.repeat(cv2.resize(grey, (seg_size, seg_size))[None, None], 3, 1)).float() / 255.0
+                s = (
+                    torch.from_numpy(np.repeat(cv2.resize(grey, (seg_size, seg_size))[None, None], 3, 1)).float()
+                    / 255.0
+                )
                 segmenter(s).argmax(1)
     return positives

@@ -38,10 +38,16 @@ class QualityRun:
     augment: float
 
     def train_config(self, workers: int) -> TrainConfig:
-        return TrainConfig(task=self.task, model=ModelConfig(backbone=self.backbone),
-                           epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                           input_size=self.input_size, augment=AugmentConfig(strength=self.augment),
-                           num_workers=workers)
+        return TrainConfig(
+            task=self.task,
+            model=ModelConfig(backbone=self.backbone),
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            input_size=self.input_size,
+            augment=AugmentConfig(strength=self.augment),
+            num_workers=workers,
+        )
 
 
 QUALITY_RUNS = (
@@ -70,8 +76,12 @@ def phantom_shards(workdir: Path, patients: int = 40, slices: int = 6, size: int
 
     archive, shards = workdir / "archive", workdir / "shards"
     if not (archive / "synth.json").exists():
-        write_archive(str(archive), SynthConfig(patients=patients, seed=3, png=False, overlays=False,
-                                                phantom=PhantomConfig(size=size, slices=slices)))
+        write_archive(
+            str(archive),
+            SynthConfig(
+                patients=patients, seed=3, png=False, overlays=False, phantom=PhantomConfig(size=size, slices=slices)
+            ),
+        )
     split = SplitConfig(mode="stratified", use_layout_splits=False)
     run_ingest(str(archive), str(shards), IngestConfig(manifest=ManifestConfig(split=split)), log=log)
     return str(shards)
@@ -85,8 +95,10 @@ def training_rows(shards: str, task: str) -> dict[str, np.ndarray]:
     t, data = get_task(task), ShardSet.open(shards)
     size = data.view_size(t.view)
     table = data.rows("train", t)
-    return {t.image_column: tensor_array(table[t.image_column], (len(data.preprocess.windows), size, size)),
-            t.target_column: t.targets(table[t.target_column], size)}
+    return {
+        t.image_column: tensor_array(table[t.image_column], (len(data.preprocess.windows), size, size)),
+        t.target_column: t.targets(table[t.target_column], size),
+    }
 
 
 def plain_loop(rows: dict[str, np.ndarray], cfg: TrainConfig, threads: int, epochs: int) -> float:
@@ -102,7 +114,9 @@ def plain_loop(rows: dict[str, np.ndarray], cfg: TrainConfig, threads: int, epoc
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        steps = TaskSteps(get_task(cfg.task), torch.device("cpu"), cfg.input_size, cfg.augment, cfg.seg_loss, seed=cfg.seed)
+        steps = TaskSteps(
+            get_task(cfg.task), torch.device("cpu"), cfg.input_size, cfg.augment, cfg.seg_loss, seed=cfg.seed
+        )
         n = len(next(iter(rows.values())))
         rng = np.random.default_rng(cfg.seed)
         rates = []
@@ -118,15 +132,23 @@ def plain_loop(rows: dict[str, np.ndarray], cfg: TrainConfig, threads: int, epoc
         torch.set_num_threads(before)
 
 
-def throughput(shards: str, task: str, backbone: str, input_size: int, batch_size: int, epochs: int,
-               workdir: Path, log=print) -> dict:
+def throughput(
+    shards: str, task: str, backbone: str, input_size: int, batch_size: int, epochs: int, workdir: Path, log=print
+) -> dict:
     """Ray Train (1 worker) against the plain loop for one model; returns the numbers and the ratio."""
     import shutil
 
     from strokeray.stages.train import run_train
 
-    cfg = TrainConfig(task=task, model=ModelConfig(backbone=backbone), epochs=epochs,
-                      batch_size=batch_size, lr=1e-3, input_size=input_size, num_workers=1)
+    cfg = TrainConfig(
+        task=task,
+        model=ModelConfig(backbone=backbone),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=1e-3,
+        input_size=input_size,
+        num_workers=1,
+    )
     runs = workdir / "throughput"
     shutil.rmtree(runs / task, ignore_errors=True)  # a fresh run, never a resume
     t = time.perf_counter()
@@ -138,13 +160,23 @@ def throughput(shards: str, task: str, backbone: str, input_size: int, batch_siz
     rows = training_rows(shards, task)
     model_cfg = replace(cfg.model, in_channels=rows[next(iter(rows))].shape[1])
     plain_rate = plain_loop(rows, replace(cfg, model=model_cfg), threads, epochs)
-    out = {"model": f"{backbone}@{input_size}", "batch_size": batch_size, "train_images": len(rows[next(iter(rows))]),
-           "epochs": epochs, "torch_threads": threads, "plain_images_per_s": plain_rate,
-           "ray_train_images_per_s": ray_rate, "ratio": ray_rate / plain_rate,
-           "ray_train_wall_s": wall, "ray_train_images_per_s_end_to_end": epochs * len(rows[next(iter(rows))]) / wall}
-    log(f"[bench] {task} {out['model']} batch {batch_size}, {threads} torch thread(s): plain loop "
+    out = {
+        "model": f"{backbone}@{input_size}",
+        "batch_size": batch_size,
+        "train_images": len(rows[next(iter(rows))]),
+        "epochs": epochs,
+        "torch_threads": threads,
+        "plain_images_per_s": plain_rate,
+        "ray_train_images_per_s": ray_rate,
+        "ratio": ray_rate / plain_rate,
+        "ray_train_wall_s": wall,
+        "ray_train_images_per_s_end_to_end": epochs * len(rows[next(iter(rows))]) / wall,
+    }
+    log(
+        f"[bench] {task} {out['model']} batch {batch_size}, {threads} torch thread(s): plain loop "
         f"{plain_rate:.1f} images/s, Ray Train {ray_rate:.1f} images/s -> ratio {out['ratio']:.2f} "
-        f"(whole run incl. start-up and validation: {out['ray_train_images_per_s_end_to_end']:.1f} images/s)")
+        f"(whole run incl. start-up and validation: {out['ray_train_images_per_s_end_to_end']:.1f} images/s)"
+    )
     return out
 
 
@@ -162,16 +194,27 @@ def quality(shards: str, run: QualityRun, workdir: Path, workers: int, log=print
     minutes = (time.perf_counter() - t) / 60
     ev = run_evaluate(trained.bundle, shards, "test", log=lambda *_: None)
     key, target = TARGETS[run.task]
-    out = {"setting": asdict(run), "workers": workers, "train_minutes": minutes, "test_slices": ev.slices,
-           "test_metrics": ev.metrics, "metric": key, "value": ev.metrics[key], "target": target,
-           "ratio": ev.metrics[key] / target}
-    log(f"[bench] {run.task} {run.backbone}@{run.input_size}, {run.epochs} epochs in {minutes:.1f} min: test {key} "
-        f"{out['value']:.3f} on {ev.slices} slices (target {target}, ratio {out['ratio']:.2f})")
+    out = {
+        "setting": asdict(run),
+        "workers": workers,
+        "train_minutes": minutes,
+        "test_slices": ev.slices,
+        "test_metrics": ev.metrics,
+        "metric": key,
+        "value": ev.metrics[key],
+        "target": target,
+        "ratio": ev.metrics[key] / target,
+    }
+    log(
+        f"[bench] {run.task} {run.backbone}@{run.input_size}, {run.epochs} epochs in {minutes:.1f} min: test {key} "
+        f"{out['value']:.3f} on {ev.slices} slices (target {target}, ratio {out['ratio']:.2f})"
+    )
     return out
 
 
-def run_train_benchmark(workdir: str, epochs: int = 4, quality_runs: bool = True, workers: int = 2,
-                        log=print) -> TrainBenchmark:
+def run_train_benchmark(
+    workdir: str, epochs: int = 4, quality_runs: bool = True, workers: int = 2, log=print
+) -> TrainBenchmark:
     from strokeray.stages.runtime import ensure_ray
 
     root = Path(workdir)

@@ -36,19 +36,43 @@ from strokeray.io.sources import SourceEntry
 
 UNKNOWN = -1
 SPLIT_NAMES = {
-    "training": "train", "train": "train", "egitim": "train",
-    "validation": "val", "val": "val", "valid": "val", "dogrulama": "val",
-    "test": "test", "testing": "test",
+    "training": "train",
+    "train": "train",
+    "egitim": "train",
+    "validation": "val",
+    "val": "val",
+    "valid": "val",
+    "dogrulama": "val",
+    "test": "test",
+    "testing": "test",
 }
 # Class folder names of every layout (TEKNOFEST's English and Turkish ones among them): label, lesion.
 FOLDER_CLASSES = {
-    "normal": (0, BACKGROUND), "non-stroke": (0, BACKGROUND), "nonstroke": (0, BACKGROUND),
-    "inmeyok": (0, BACKGROUND), "stroke": (1, UNKNOWN), "inme": (1, UNKNOWN),
-    "ischemic": (1, ISCHEMIC), "iskemi": (1, ISCHEMIC), "hemorrhagic": (1, HEMORRHAGIC), "kanama": (1, HEMORRHAGIC),
+    "normal": (0, BACKGROUND),
+    "non-stroke": (0, BACKGROUND),
+    "nonstroke": (0, BACKGROUND),
+    "inmeyok": (0, BACKGROUND),
+    "stroke": (1, UNKNOWN),
+    "inme": (1, UNKNOWN),
+    "ischemic": (1, ISCHEMIC),
+    "iskemi": (1, ISCHEMIC),
+    "hemorrhagic": (1, HEMORRHAGIC),
+    "kanama": (1, HEMORRHAGIC),
 }
 LABEL_WORDS = {
-    "0": 0, "1": 1, "normal": 0, "non-stroke": 0, "stroke": 1, "no_ich": 0, "ich": 1,
-    "false": 0, "true": 1, "no": 0, "yes": 1, "negative": 0, "positive": 1,
+    "0": 0,
+    "1": 1,
+    "normal": 0,
+    "non-stroke": 0,
+    "stroke": 1,
+    "no_ich": 0,
+    "ich": 1,
+    "false": 0,
+    "true": 1,
+    "no": 0,
+    "yes": 1,
+    "negative": 0,
+    "positive": 1,
 }
 CTICH_NAME = re.compile(r"^(?P<patient>.+?)\s*\((?P<slice>\d+)\)$")
 UNDERSCORE_NAME = re.compile(r"^(?P<patient>\d+)_(?P<slice>\d+)$")
@@ -156,8 +180,13 @@ def paired_masks(entries: list[SourceEntry]) -> dict[str, SourceEntry]:
     return pairs
 
 
-def label_listing(entries: list[SourceEntry], labels_csv: bytes | None = None, table: LabelsTable = LabelsTable(),
-                  labels_source: str = "labels CSV", mask_lesion: int | None = None) -> Labelled:
+def label_listing(
+    entries: list[SourceEntry],
+    labels_csv: bytes | None = None,
+    table: LabelsTable = LabelsTable(),
+    labels_source: str = "labels CSV",
+    mask_lesion: int | None = None,
+) -> Labelled:
     """Manifest rows for a listing: layout labels, masks, file-name patient keys, CSV overrides.
 
     ``mask_lesion`` (ISCHEMIC or HEMORRHAGIC) is the class of paired binary masks outside TEKNOFEST.
@@ -211,11 +240,16 @@ def label_listing(entries: list[SourceEntry], labels_csv: bytes | None = None, t
         if rows and not matched:
             raise ValueError(
                 f"labels CSV {labels_source} matched none of the {len(rows)} files (CSV paths are relative"
-                f" to the source, e.g. {rows[0].name!r}); check its {table.path_col!r} column")
+                f" to the source, e.g. {rows[0].name!r}); check its {table.path_col!r} column"
+            )
     return Labelled(layout, rows, dropped, matched)
 
 
-_SUFFIXES = {"DICOM": (".dcm", ".DCM", ".dicom", ""), "MASK": (".png", ".PNG", ".bmp"), "OVERLAY": (".png", ".PNG", ".jpg")}
+_SUFFIXES = {
+    "DICOM": (".dcm", ".DCM", ".dicom", ""),
+    "MASK": (".png", ".PNG", ".bmp"),
+    "OVERLAY": (".png", ".PNG", ".jpg"),
+}
 
 
 def _sibling(p: PurePosixPath, kind: str, by_name: dict[str, SourceEntry]) -> SourceEntry | None:
@@ -254,8 +288,10 @@ def read_labels_csv(data: bytes, table: LabelsTable = LabelsTable(), source: str
     """
     reader = csv.DictReader(io.StringIO(_decode_csv(data, source)))
     if reader.fieldnames is None or table.path_col not in reader.fieldnames:
-        raise ValueError(f"labels CSV {source} has no {table.path_col!r} column (columns: {reader.fieldnames});"
-                         " name it with --labels-path-col")
+        raise ValueError(
+            f"labels CSV {source} has no {table.path_col!r} column (columns: {reader.fieldnames});"
+            " name it with --labels-path-col"
+        )
     entries: dict[str, dict] = {}
     for line, rec in enumerate(reader, start=2):
         where = f"labels CSV {source}, line {line}"
@@ -283,8 +319,9 @@ def read_labels_csv(data: bytes, table: LabelsTable = LabelsTable(), source: str
     return entries
 
 
-def apply_labels_csv(rows: list[ManifestRow], data: bytes, table: LabelsTable = LabelsTable(),
-                     source: str = "labels CSV") -> int:
+def apply_labels_csv(
+    rows: list[ManifestRow], data: bytes, table: LabelsTable = LabelsTable(), source: str = "labels CSV"
+) -> int:
     """Override labels/lesions/patients from a CSV keyed by path (relative, or a suffix of the name).
 
     Returns how many rows it matched. Unknown columns are ignored; bad values raise ValueError.

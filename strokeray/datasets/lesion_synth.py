@@ -50,8 +50,7 @@ class LesionSynthConfig:
     workers: int | None = None  # processes (None: all CPUs)
 
     def __post_init__(self) -> None:
-        check_positive(pixel_mm=self.pixel_mm, min_brain_mm2=self.min_brain_mm2, limit=self.limit,
-                       workers=self.workers)
+        check_positive(pixel_mm=self.pixel_mm, min_brain_mm2=self.min_brain_mm2, limit=self.limit, workers=self.workers)
 
 
 @dataclass
@@ -149,4 +148,3 @@ def write_lesion_archive(src: str, out: str, cfg: LesionSynthConfig = LesionSynt
                 log.writerow([f"{CLASS_FOLDERS[lesion]}/PNG/{stem}.png", name, CLASS_FOLDERS[lesion], kind])
     write_file(fs, f"{base}/{PROVENANCE}", provenance.getvalue().encode())
     return summary
-

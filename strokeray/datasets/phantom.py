@@ -206,8 +206,14 @@ def render_slice(
 
 
 def _lesion_region(
-    lesion: Lesion, u: np.ndarray, v: np.ndarray, z: float, phi: np.ndarray, rho_mm: np.ndarray,
-    a_out: float, brain: np.ndarray,
+    lesion: Lesion,
+    u: np.ndarray,
+    v: np.ndarray,
+    z: float,
+    phi: np.ndarray,
+    rho_mm: np.ndarray,
+    a_out: float,
+    brain: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """(lesion pixels, rim pixels) of a lesion at height z, or None when the slice misses it."""
     dz = (z - lesion.centre[2]) / lesion.radii[2]

@@ -107,8 +107,11 @@ class ShardSet:
                 meta = pq.ParquetFile(fh).metadata
             for g in range(meta.num_row_groups):
                 rg = meta.row_group(g)
-                total += sum(rg.column(c).total_uncompressed_size for c in range(rg.num_columns)
-                             if rg.column(c).path_in_schema.split(".", 1)[0] in columns)
+                total += sum(
+                    rg.column(c).total_uncompressed_size
+                    for c in range(rg.num_columns)
+                    if rg.column(c).path_in_schema.split(".", 1)[0] in columns
+                )
         return total
 
     def patient_strata(self, column: str = "label") -> dict[str, int]:

@@ -45,9 +45,13 @@ def _mask(row: dict, shape: tuple[int, int]) -> tuple[np.ndarray | None, dict | 
             mask = lesion_mask_from_overlay(decode_image(data, row["mask_uri"]), lesion_class=lesion)
         elif not is_raster(data, row["mask_uri"]):  # a DICOM mask: binary, its class from the row
             if lesion is None:
-                return None, _quarantine(row["name"], "mask", "mask_without_lesion_class",
-                                         "a binary DICOM mask needs the lesion class it marks (--mask-lesion, or a"
-                                         " labels CSV lesion column)")
+                return None, _quarantine(
+                    row["name"],
+                    "mask",
+                    "mask_without_lesion_class",
+                    "a binary DICOM mask needs the lesion class it marks (--mask-lesion, or a"
+                    " labels CSV lesion column)",
+                )
             mask = decode_dicom_mask(data, row["mask_uri"]).astype(np.uint8) * np.uint8(lesion)
         else:
             mask = decode_mask_image(data, lesion, row["mask_uri"])
@@ -60,7 +64,9 @@ def _mask(row: dict, shape: tuple[int, int]) -> tuple[np.ndarray | None, dict | 
     return mask, None
 
 
-def records_for(row: dict, cfg: RecordConfig = RecordConfig(), with_source: bool = False) -> tuple[list[dict], list[dict]]:
+def records_for(
+    row: dict, cfg: RecordConfig = RecordConfig(), with_source: bool = False
+) -> tuple[list[dict], list[dict]]:
     """Shard records and quarantine records for one manifest row; never raises.
 
     Failures nobody foresaw become ``unexpected_error`` rows naming the exception (and a memory
@@ -139,5 +145,7 @@ def _records(row: dict, cfg: RecordConfig, with_source: bool) -> tuple[list[dict
 
 def stack_records(records: list[dict]) -> dict[str, np.ndarray]:
     """Column arrays (tensors stacked on a new first axis) for a non-empty batch of records."""
-    return {key: (np.stack if isinstance(records[0][key], np.ndarray) else np.asarray)([r[key] for r in records])
-            for key in records[0]}
+    return {
+        key: (np.stack if isinstance(records[0][key], np.ndarray) else np.asarray)([r[key] for r in records])
+        for key in records[0]
+    }

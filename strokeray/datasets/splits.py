@@ -106,8 +106,9 @@ def assign_folds(groups: dict[str, int], folds: int, seed: int = 0) -> dict[str,
     return out
 
 
-def fold_splits(groups: dict[str, int], fold_of: dict[str, int], fold: int, val_share: float,
-                seed: int = 0) -> dict[str, str]:
+def fold_splits(
+    groups: dict[str, int], fold_of: dict[str, int], fold: int, val_share: float, seed: int = 0
+) -> dict[str, str]:
     """train/val/test of every group for one fold: the fold is the test split, and ``val_share`` of
     every class of the other folds' groups is validation (checkpoint and threshold choice)."""
     rest = {g: s for g, s in groups.items() if fold_of[g] != fold}

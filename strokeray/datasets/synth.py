@@ -190,7 +190,9 @@ def plant_bad_files(fs, base: str, example: tuple[str, bytes, CTHeader, np.ndarr
     # Valid oddities that must decode to the same HU as their plain twin.
     odd = dataclasses.replace(header, sop_uid=uid_from(header.sop_uid + "/mono1"))
     plant("zz_monochrome1.dcm", encode_ct(hu, odd, "explicit", monochrome1=True), "ok", "MONOCHROME1 CT")
-    raw = dcmread(DicomBytesIO(encode_ct(hu, dataclasses.replace(header, sop_uid=uid_from(header.sop_uid + "/raw")), "implicit")))
+    raw = dcmread(
+        DicomBytesIO(encode_ct(hu, dataclasses.replace(header, sop_uid=uid_from(header.sop_uid + "/raw")), "implicit"))
+    )
     buf = DicomBytesIO()
     buf.is_little_endian, buf.is_implicit_VR = True, True
     write_dataset(buf, raw)  # the bare data set: no preamble, no "DICM", no file meta

@@ -101,7 +101,9 @@ def head_and_brain(
     row_mm, col_mm = spacing_mm if spacing_mm else (0.5, 0.5)
     factor = max(1, int(cfg.working_mm / max(min(row_mm, col_mm), 1e-3)))
     h, w = hu.shape
-    small = hu if factor == 1 else cv2.resize(hu, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA)
+    small = (
+        hu if factor == 1 else cv2.resize(hu, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA)
+    )
     sy, sx = h / small.shape[0], w / small.shape[1]
     head_s = head_mask(small, cfg)
     brain_s = _brain_on_grid(small, head_s, (row_mm * sy, col_mm * sx), cfg)
@@ -135,7 +137,11 @@ def _brain_on_grid(hu: np.ndarray, head: np.ndarray, spacing: tuple[float, float
 
 
 def walled_in_components(
-    candidates: np.ndarray, wall: np.ndarray, exit: np.ndarray, px_area_mm2: float, px_mm: float,
+    candidates: np.ndarray,
+    wall: np.ndarray,
+    exit: np.ndarray,
+    px_area_mm2: float,
+    px_mm: float,
     cfg: BrainMaskConfig,
 ) -> np.ndarray:
     """Union of the candidate components whose surrounding rim is mostly bone (vs air and fat)."""

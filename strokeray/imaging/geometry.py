@@ -25,9 +25,7 @@ class Box:
         return [self.row0, self.col0, self.height, self.width]
 
 
-def box_around(
-    centre_rc: tuple[float, float], side_mm: float, spacing_mm: tuple[float, float]
-) -> Box:
+def box_around(centre_rc: tuple[float, float], side_mm: float, spacing_mm: tuple[float, float]) -> Box:
     """A box ``side_mm`` wide (in both directions, so anisotropic pixels give a non-square box)."""
     row_mm, col_mm = spacing_mm
     h = max(1, int(round(side_mm / row_mm)))
@@ -76,9 +74,7 @@ def resample(image: np.ndarray, box: Box, size: int, fill: float, nearest: bool 
 def view_to_source(box: Box, size: int) -> np.ndarray:
     """2x3 affine taking view (x=col, y=row) pixel centres to source pixel coordinates."""
     sx, sy = box.width / size, box.height / size
-    return np.array(
-        [[sx, 0.0, box.col0 + 0.5 * sx - 0.5], [0.0, sy, box.row0 + 0.5 * sy - 0.5]], dtype=np.float64
-    )
+    return np.array([[sx, 0.0, box.col0 + 0.5 * sx - 0.5], [0.0, sy, box.row0 + 0.5 * sy - 0.5]], dtype=np.float64)
 
 
 def mask_to_source(view_mask: np.ndarray, box: Box, source_shape: tuple[int, int]) -> np.ndarray:
@@ -92,12 +88,26 @@ def mask_to_source(view_mask: np.ndarray, box: Box, source_shape: tuple[int, int
     affine = view_to_source(box, view.shape[0])  # view -> source; OpenCV inverts it per pixel
     classes = np.unique(view)
     planes = [
-        cv2.warpAffine((view == c).astype(np.float32), affine, (source_shape[1], source_shape[0]),
-                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=float(c == 0))
+        cv2.warpAffine(
+            (view == c).astype(np.float32),
+            affine,
+            (source_shape[1], source_shape[0]),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=float(c == 0),
+        )
         for c in classes
     ]
     if 0 not in classes:  # outside the box is background even when the view holds none
-        planes.append(cv2.warpAffine(np.zeros(view.shape, np.float32), affine, (source_shape[1], source_shape[0]),
-                                     flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=1.0))
+        planes.append(
+            cv2.warpAffine(
+                np.zeros(view.shape, np.float32),
+                affine,
+                (source_shape[1], source_shape[0]),
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=1.0,
+            )
+        )
         classes = np.append(classes, 0)
     return classes[np.argmax(np.stack(planes), axis=0)].astype(view.dtype)

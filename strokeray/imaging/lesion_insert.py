@@ -98,8 +98,9 @@ def crescent(brain: np.ndarray, rng: np.random.Generator, px_mm: float, r: Lesio
     return brain & (depth >= rim) & (depth < rim + thick * profile)
 
 
-def ventricle_cast(hu: np.ndarray, brain: np.ndarray, rng: np.random.Generator, px_mm: float,
-                   r: LesionRanges) -> np.ndarray:
+def ventricle_cast(
+    hu: np.ndarray, brain: np.ndarray, rng: np.random.Generator, px_mm: float, r: LesionRanges
+) -> np.ndarray:
     """Blood filling part of the ventricles: CSF-dense pixels in the brain's inner half, the
     dependent (lower-row) part of each chosen component. CSF is found relative to the brain's
     median: windowed exports smear its true 0-15 HU upwards."""
@@ -107,8 +108,9 @@ def ventricle_cast(hu: np.ndarray, brain: np.ndarray, rng: np.random.Generator, 
     inner = brain & (radius < 0.45 * np.sqrt(brain.sum() / np.pi)) & (depth > 6 / px_mm)
     smooth = cv2.GaussianBlur(np.asarray(hu, np.float32), (0, 0), 0.7 / px_mm)
     dark = smooth < np.median(hu[brain]) - r.csf_below_hu
-    csf = cv2.morphologyEx((inner & dark).astype(np.uint8), cv2.MORPH_OPEN,
-                           cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+    csf = cv2.morphologyEx(
+        (inner & dark).astype(np.uint8), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+    )
     n, labels, stats, _ = cv2.connectedComponentsWithStats(csf, connectivity=8)
     big = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] * px_mm * px_mm >= r.min_area_mm2]
     if not big:
@@ -135,8 +137,9 @@ def wedge(brain: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return brain & (across + lumps < 1.0) & (radius > inner * (1 + 0.3 * across**2))
 
 
-def blend(hu: np.ndarray, alpha: np.ndarray, target_hu: float, flatten: float = 0.0,
-          brain: np.ndarray | None = None) -> np.ndarray:
+def blend(
+    hu: np.ndarray, alpha: np.ndarray, target_hu: float, flatten: float = 0.0, brain: np.ndarray | None = None
+) -> np.ndarray:
     """Move ``hu`` towards ``target_hu`` by ``alpha``, keeping the slice's fine noise.
 
     The local mean (a 1.5 px blur: anatomy such as the grey-white pattern) is replaced by the target
@@ -153,8 +156,14 @@ def blend(hu: np.ndarray, alpha: np.ndarray, target_hu: float, flatten: float = 
     return (hu * (1 - alpha) + lesion * alpha).astype(np.float32)
 
 
-def insert_hemorrhage(hu: np.ndarray, brain: np.ndarray, kind: str, rng: np.random.Generator, px_mm: float,
-                      r: LesionRanges = LesionRanges()) -> tuple[np.ndarray, np.ndarray] | None:
+def insert_hemorrhage(
+    hu: np.ndarray,
+    brain: np.ndarray,
+    kind: str,
+    rng: np.random.Generator,
+    px_mm: float,
+    r: LesionRanges = LesionRanges(),
+) -> tuple[np.ndarray, np.ndarray] | None:
     """(slice with a hemorrhage of ``kind`` drawn in, its boolean mask), or None when the slice
     has no room for one (no ventricles, too little brain)."""
     if kind == "intraparenchymal":
@@ -170,16 +179,18 @@ def insert_hemorrhage(hu: np.ndarray, brain: np.ndarray, kind: str, rng: np.rand
     return _finish(hu, shape, brain, target, 0.0, px_mm, r)
 
 
-def insert_infarct(hu: np.ndarray, brain: np.ndarray, rng: np.random.Generator, px_mm: float,
-                   r: LesionRanges = LesionRanges()) -> tuple[np.ndarray, np.ndarray] | None:
+def insert_infarct(
+    hu: np.ndarray, brain: np.ndarray, rng: np.random.Generator, px_mm: float, r: LesionRanges = LesionRanges()
+) -> tuple[np.ndarray, np.ndarray] | None:
     """(slice with an infarct drawn in, its boolean mask), or None when there is no room."""
     return _finish(hu, wedge(brain, rng), brain, rng.uniform(*r.infarct_hu), 0.0, px_mm, r)
 
 
 def _finish(hu, shape, brain, target, flatten, px_mm, r: LesionRanges):
     # Slivers thinner than the edge ramp would raise density without reaching the mask's 0.5.
-    shape = cv2.morphologyEx(shape.astype(np.uint8), cv2.MORPH_OPEN,
-                             cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))).astype(bool)
+    shape = cv2.morphologyEx(
+        shape.astype(np.uint8), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    ).astype(bool)
     if shape.sum() * px_mm * px_mm < r.min_area_mm2:
         return None
     alpha = _ramp(shape, r.edge_mm / px_mm) * brain

@@ -78,7 +78,10 @@ class Preprocessed:
 
 
 def _box(
-    brain: np.ndarray, fallback: np.ndarray, view: ViewConfig, spacing: tuple[float, float] | None,
+    brain: np.ndarray,
+    fallback: np.ndarray,
+    view: ViewConfig,
+    spacing: tuple[float, float] | None,
     assumed_mm: float,
 ) -> Box:
     region = brain if brain.any() else fallback
@@ -152,7 +155,9 @@ def preprocess(
     for view in (cfg.classification, cfg.segmentation):
         # The input never depends on the label: the mask only follows the geometry.
         keep = brain if (view.strip_skull and found) else head
-        views.append(make_view(hu, keep, brain, head, view, cfg, spacing_mm, mask if view is cfg.segmentation else None))
+        views.append(
+            make_view(hu, keep, brain, head, view, cfg, spacing_mm, mask if view is cfg.segmentation else None)
+        )
     area = None if spacing_mm is None else float(brain.sum() * spacing_mm[0] * spacing_mm[1])
     return Preprocessed(
         classification=views[0],

@@ -47,8 +47,7 @@ def parse_window(spec: str) -> Window:
             return NAMED_WINDOWS[parts[0]]
         except KeyError:
             raise ValueError(
-                f"unknown window {spec!r}; named windows: {', '.join(NAMED_WINDOWS)}"
-                " (or give name:level:width)"
+                f"unknown window {spec!r}; named windows: {', '.join(NAMED_WINDOWS)} (or give name:level:width)"
             ) from None
     if len(parts) != 3:
         raise ValueError(f"window spec {spec!r} is not name or name:level:width")

@@ -222,25 +222,29 @@ def check_claimed_size(ds: Dataset, ts: str, n_frames: int, max_pixels: int, sou
     rows, cols = int(ds.Rows), int(ds.Columns)
     pixels = rows * cols * n_frames
     if pixels > max_pixels:
-        raise DecodeError(Reason.OVERSIZED_IMAGE,
-                          f"{n_frames} frame(s) of {rows}x{cols} = {pixels} pixels, over the limit of {max_pixels}",
-                          source)
+        raise DecodeError(
+            Reason.OVERSIZED_IMAGE,
+            f"{n_frames} frame(s) of {rows}x{cols} = {pixels} pixels, over the limit of {max_pixels}",
+            source,
+        )
     need = pixels * ((int(ds.BitsAllocated) + 7) // 8)
     stream = len(ds.PixelData or b"")
     if ts in NATIVE_SYNTAXES and int(ds.BitsAllocated) >= 8 and stream < need:
-        raise DecodeError(Reason.CORRUPT_PIXEL_DATA, f"pixel data holds {stream} bytes, the header needs {need}",
-                          source)
+        raise DecodeError(
+            Reason.CORRUPT_PIXEL_DATA, f"pixel data holds {stream} bytes, the header needs {need}", source
+        )
     if ts == "1.2.840.10008.1.2.5" and need > RLE_MAX_EXPANSION * stream + 64 * n_frames:
-        raise DecodeError(Reason.CORRUPT_PIXEL_DATA,
-                          f"RLE stream of {stream} bytes cannot hold the {need} bytes the header claims", source)
+        raise DecodeError(
+            Reason.CORRUPT_PIXEL_DATA,
+            f"RLE stream of {stream} bytes cannot hold the {need} bytes the header claims",
+            source,
+        )
 
 
 def _stored_pixels(ds: Dataset, ts: str, n_frames: int, source: str) -> np.ndarray:
     """Decoded stored values as (frames, rows, cols)."""
     try:
-        if ts in dicom_pixels.GDCM_ONLY_SYNTAXES or (
-            ts == dicom_pixels.JPEG_EXTENDED_12 and int(ds.BitsStored) > 8
-        ):
+        if ts in dicom_pixels.GDCM_ONLY_SYNTAXES or (ts == dicom_pixels.JPEG_EXTENDED_12 and int(ds.BitsStored) > 8):
             arr = dicom_pixels.decode_jpeg_with_gdcm(ds, n_frames)
         else:
             arr = _pydicom_pixels(ds, ts)
@@ -255,9 +259,7 @@ def _stored_pixels(ds: Dataset, ts: str, n_frames: int, source: str) -> np.ndarr
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3 or arr.shape[0] != n_frames:
-        raise DecodeError(
-            Reason.UNSUPPORTED_IMAGE, f"pixel array of shape {arr.shape} for {n_frames} frame(s)", source
-        )
+        raise DecodeError(Reason.UNSUPPORTED_IMAGE, f"pixel array of shape {arr.shape} for {n_frames} frame(s)", source)
     if ts in dicom_pixels.J2K_SYNTAXES and arr.dtype.kind == "u" and int(ds.get("PixelRepresentation", 0)) == 0:
         # The codestream is authoritative: Toshiba writes signed J2K under PixelRepresentation 0.
         if get_j2k_parameters(dicom_pixels.first_frame_bytes(ds, n_frames)).get("is_signed"):
@@ -401,8 +403,7 @@ def decode_dicom(data: bytes, source: str = "", cfg: DecodeConfig = DecodeConfig
         if need_air and stored.dtype.kind == "u":
             raise DecodeError(
                 Reason.UNCALIBRATED_PIXELS,
-                "unsigned pixels without RescaleSlope/RescaleIntercept: HU cannot be known"
-                " (no offset is guessed)",
+                "unsigned pixels without RescaleSlope/RescaleIntercept: HU cannot be known (no offset is guessed)",
                 source,
             )
         frame_pad = padding[f] if padding is not None else None

@@ -92,7 +92,9 @@ def decode_raster(data: bytes, source: str = "", window: Window = BRAIN) -> CTSl
     grey = to_grey(arr)
     levels = np.unique(grey[:: max(1, grey.shape[0] // 256), :: max(1, grey.shape[1] // 256)]).size
     if levels < MIN_GREY_LEVELS:
-        raise DecodeError(Reason.NOT_CT, f"only {levels} grey levels: a binary image or drawing, not a CT export", source)
+        raise DecodeError(
+            Reason.NOT_CT, f"only {levels} grey levels: a binary image or drawing, not a CT export", source
+        )
     digest = hashlib.sha256(data).hexdigest()
     return CTSlice(
         hu=grey_to_pseudo_hu(grey, window),

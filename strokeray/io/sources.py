@@ -149,8 +149,14 @@ def _archive_members(fs, path: str, limits: SourceLimits) -> tuple[list[SourceEn
             else:
                 with tarfile.open(fileobj=fh, mode="r:*") as tf:
                     members = [
-                        (m.name, m.size, m.size, m.isdir(), m.issym() or m.islnk() or not (m.isfile() or m.isdir()),
-                         f"tar:{m.size}:{m.mtime}:{m.chksum}")
+                        (
+                            m.name,
+                            m.size,
+                            m.size,
+                            m.isdir(),
+                            m.issym() or m.islnk() or not (m.isfile() or m.isdir()),
+                            f"tar:{m.size}:{m.mtime}:{m.chksum}",
+                        )
                         for m in tf.getmembers()
                     ]
     except (*_ARCHIVE_READ_ERRORS, OSError) as exc:
@@ -206,8 +212,9 @@ def list_inputs(uri: str, limits: SourceLimits = SourceLimits()) -> Listing:
         elif is_archive(path):
             got, bad = _archive_members(fs, path, limits)
             prefix = posixpath.dirname(rel)
-            entries.extend(SourceEntry(e.uri, posixpath.join(prefix, e.name) if prefix else e.name, e.size, e.stamp)
-                           for e in got)
+            entries.extend(
+                SourceEntry(e.uri, posixpath.join(prefix, e.name) if prefix else e.name, e.size, e.stamp) for e in got
+            )
             problems.extend(bad)
         elif path.lower().endswith(SIDECAR_SUFFIXES):
             skipped.append(rel)

@@ -134,8 +134,9 @@ def augment_batch(
     if use_affine.any() or use_elastic.any() or use_grid.any():  # else leave pixels untouched
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if m is not None:
-            m = F.grid_sample(m[:, None].to(dt), grid, mode="nearest", padding_mode="zeros",
-                              align_corners=False)[:, 0].to(m.dtype)
+            m = F.grid_sample(m[:, None].to(dt), grid, mode="nearest", padding_mode="zeros", align_corners=False)[
+                :, 0
+            ].to(m.dtype)
     use_int = torch.rand(n, generator=g) < cfg.p_intensity
     if use_int.any():
         c = x.shape[1]

@@ -32,7 +32,9 @@ class DensityThreshold:
         self.channel = names.index("brain")
         self.window = windows[self.channel]
         if not self.window.low <= min_hu < self.window.high:
-            raise ValueError(f"density {min_hu} HU lies outside the brain window ({self.window.low}, {self.window.high})")
+            raise ValueError(
+                f"density {min_hu} HU lies outside the brain window ({self.window.low}, {self.window.high})"
+            )
         self.min_hu = float(min_hu)
         self.version = f"density-{min_hu:g}HU"
         self.doc: dict[str, Any] = {"preprocess": {SEGMENT.view: {"size": view_size}}, "windows": names}
@@ -43,7 +45,7 @@ class DensityThreshold:
         if not spec.startswith(PREFIX):
             return None
         try:
-            min_hu = float(spec[len(PREFIX):])
+            min_hu = float(spec[len(PREFIX) :])
         except ValueError:
             raise ValueError(f"{spec!r}: expected density:<HU>, e.g. density:50") from None
         return cls(min_hu, windows, view_size)

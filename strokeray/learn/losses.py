@@ -22,7 +22,9 @@ class SegLossConfig:
     focal_gamma: float = 2.0
 
 
-def soft_overlap(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def soft_overlap(
+    logits: torch.Tensor, target: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-class soft intersection, prediction area and target area summed over the batch."""
     prob = logits.float().softmax(1)
     onehot = F.one_hot(target.long(), num_classes).permute(0, 3, 1, 2).float()
@@ -30,8 +32,12 @@ def soft_overlap(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -
     return (prob * onehot).sum(dims), prob.sum(dims), onehot.sum(dims)
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cfg: SegLossConfig = SegLossConfig(),
-                      class_weights: torch.Tensor | None = None) -> torch.Tensor:
+def segmentation_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    cfg: SegLossConfig = SegLossConfig(),
+    class_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Weighted sum of the configured terms; dice/jaccard average the classes present."""
     c = logits.shape[1]
     total = logits.new_zeros(())

@@ -106,15 +106,19 @@ def binary_report(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5
         precision=prec,
         f1=_ratio(2 * tp, 2 * tp + fp + fn),
         auc=roc_auc(y, scores),
-        tp=tp, fp=fp, tn=tn, fn=fn,
+        tp=tp,
+        fp=fp,
+        tn=tn,
+        fn=fn,
     )
 
 
 PATIENT_POOLS = ("max", "mean")
 
 
-def patient_level(patients: np.ndarray, labels: np.ndarray, scores: np.ndarray,
-                  pool: str = "max") -> tuple[np.ndarray, np.ndarray]:
+def patient_level(
+    patients: np.ndarray, labels: np.ndarray, scores: np.ndarray, pool: str = "max"
+) -> tuple[np.ndarray, np.ndarray]:
     """Per patient: label = any positive slice, score = the highest slice score (``pool="max"``)
     or their mean (``"mean"``: for labels given per patient, most of whose slices show nothing)."""
     check_choice("patient pool", pool, PATIENT_POOLS)
@@ -193,8 +197,9 @@ class SegmentationMeter:
         return out
 
 
-def pooled_binary(prob: np.ndarray, labels: np.ndarray, patients: np.ndarray, threshold: np.ndarray,
-                  pool: str = "max") -> dict[str, float]:
+def pooled_binary(
+    prob: np.ndarray, labels: np.ndarray, patients: np.ndarray, threshold: np.ndarray, pool: str = "max"
+) -> dict[str, float]:
     """Slice and patient AUC, sensitivity, specificity and accuracy of pooled out-of-fold
     predictions; ``threshold`` is each slice's own fold's operating point. A patient is scored by
     ``pool`` of its slices and called positive when that pool of (probability - threshold) is >= 0:
@@ -206,12 +211,19 @@ def pooled_binary(prob: np.ndarray, labels: np.ndarray, patients: np.ndarray, th
     out = {"slice_auc": roc_auc(labels, prob), "patient_auc": roc_auc(plab, pprob)}
     for level, y, calls in (("slice", labels, margin >= 0), ("patient", plab, pmargin >= 0)):
         r = binary_report(y, calls.astype(np.float64), 0.5)
-        out.update({f"{level}_sensitivity": r.sensitivity, f"{level}_specificity": r.specificity,
-                    f"{level}_accuracy": r.accuracy})
+        out.update(
+            {
+                f"{level}_sensitivity": r.sensitivity,
+                f"{level}_specificity": r.specificity,
+                f"{level}_accuracy": r.accuracy,
+            }
+        )
     return out
 
 
-def pooled_overlap(inter: dict[str, np.ndarray], true: dict[str, np.ndarray], pred: dict[str, np.ndarray]) -> dict[str, float]:
+def pooled_overlap(
+    inter: dict[str, np.ndarray], true: dict[str, np.ndarray], pred: dict[str, np.ndarray]
+) -> dict[str, float]:
     """Per lesion class IoU and Dice of pooled pixel counts (each dict: class name -> per-slice
     counts), and their mean lesion IoU: the same numbers a SegmentationMeter gives over all slices."""
     out: dict[str, float] = {}
@@ -224,8 +236,9 @@ def pooled_overlap(inter: dict[str, np.ndarray], true: dict[str, np.ndarray], pr
     return out
 
 
-def patient_bootstrap(patients: np.ndarray, statistic, rounds: int = 2000, seed: int = 0,
-                      level: float = 0.95) -> dict[str, tuple[float, float]]:
+def patient_bootstrap(
+    patients: np.ndarray, statistic, rounds: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, tuple[float, float]]:
     """Percentile intervals of ``statistic(index, groups) -> dict`` over resamples of whole
     patients with replacement (a patient's slices are not independent, so the patient is the
     unit); ``groups`` numbers the drawn patients, so a patient drawn twice counts as two."""
@@ -244,13 +257,25 @@ def patient_bootstrap(patients: np.ndarray, statistic, rounds: int = 2000, seed:
     return {k: (float(np.nanquantile(v, tail)), float(np.nanquantile(v, 1.0 - tail))) for k, v in draws.items()}
 
 
-def overlap_summary(columns, names: tuple[str, ...], rounds: int = 2000, seed: int = 0,
-                    ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+def overlap_summary(
+    columns,
+    names: tuple[str, ...],
+    rounds: int = 2000,
+    seed: int = 0,
+) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
     """(pooled IoU/Dice per lesion class and their mean, 95 % patient-bootstrap intervals) from
     per-slice prediction columns: ``patient`` and ``inter_/true_/pred_<class>_pixels``."""
-    counts = {kind: {n: np.asarray(columns[f"{kind}_{n}_pixels"], np.float64) for n in names}
-              for kind in ("inter", "true", "pred")}
+    counts = {
+        kind: {n: np.asarray(columns[f"{kind}_{n}_pixels"], np.float64) for n in names}
+        for kind in ("inter", "true", "pred")
+    }
     pooled = pooled_overlap(counts["inter"], counts["true"], counts["pred"])
-    intervals = patient_bootstrap(np.asarray(columns["patient"]), lambda i, _: pooled_overlap(
-        *({n: c[n][i] for n in names} for c in (counts["inter"], counts["true"], counts["pred"]))), rounds, seed)
+    intervals = patient_bootstrap(
+        np.asarray(columns["patient"]),
+        lambda i, _: pooled_overlap(
+            *({n: c[n][i] for n in names} for c in (counts["inter"], counts["true"], counts["pred"]))
+        ),
+        rounds,
+        seed,
+    )
     return pooled, intervals

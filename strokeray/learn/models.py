@@ -61,7 +61,9 @@ class StudyHead(nn.Module):
 
 def linear_head(in_features: int, num_classes: int = 2, dropout: float = 0.0) -> nn.Module:
     """torchvision's own head: global average pooling, (dropout,) one linear layer."""
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_features, num_classes))
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_features, num_classes)
+    )
 
 
 class Classifier(nn.Module):
@@ -125,8 +127,9 @@ def build_segmenter(cfg: ModelConfig) -> nn.Module:
     if cfg.arch not in archs:
         raise ValueError(f"unknown segmenter architecture {cfg.arch!r}; choose from {SEGMENTER_ARCHS}")
     enc_weights = cfg.weights if cfg.weights and not cfg.weights.endswith(".safetensors") else None
-    return archs[cfg.arch](encoder_name=cfg.backbone, encoder_weights=enc_weights,
-                           in_channels=cfg.in_channels, classes=cfg.num_classes)
+    return archs[cfg.arch](
+        encoder_name=cfg.backbone, encoder_weights=enc_weights, in_channels=cfg.in_channels, classes=cfg.num_classes
+    )
 
 
 BUILDERS = {CLASSIFY.name: build_classifier, SEGMENT.name: build_segmenter}

@@ -61,8 +61,9 @@ class TaskSteps:
         self.generator = torch.Generator().manual_seed(self.seed)
         self.use_amp = uses_amp(self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self._weights = (torch.tensor(self.class_weights, dtype=torch.float32, device=self.device)
-                         if self.class_weights else None)
+        self._weights = (
+            torch.tensor(self.class_weights, dtype=torch.float32, device=self.device) if self.class_weights else None
+        )
 
     def _to_device(self, a: np.ndarray) -> torch.Tensor:
         return to_device(torch.from_numpy(np.ascontiguousarray(a)), self.device)
@@ -82,8 +83,9 @@ class TaskSteps:
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.task.loss(logits, y, self._weights, self.seg_loss)
 
-    def train_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict,
-                   meter=None) -> tuple[torch.Tensor, int]:
+    def train_step(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict, meter=None
+    ) -> tuple[torch.Tensor, int]:
         """Augment, forward, backward, step; returns (summed loss, images), the loss a tensor on the
         device: nothing is read back to the host here (the caller sums and reads once an epoch).
         ``meter`` (the task's fit meter, counting on the device) sees the logits."""

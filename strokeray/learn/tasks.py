@@ -74,8 +74,9 @@ class Task(ABC):
         """Implemented by each task."""
 
     @abstractmethod
-    def loss(self, logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None,
-             seg_loss: SegLossConfig) -> torch.Tensor:
+    def loss(
+        self, logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None, seg_loss: SegLossConfig
+    ) -> torch.Tensor:
         """The training loss of a batch."""
 
     @abstractmethod
@@ -143,15 +144,34 @@ class Segmentation(Task):
 
 
 CLASSIFY = Classification(
-    name="classify", title="Classifier", view="classification", image_column="cls_image", target_column="label",
-    truth_columns=("label", "patient"), class_names=("non-stroke", "stroke"), score_metric="val_accuracy", fit_metric="accuracy",
-    headline=("slice_accuracy", "slice_auc", "patient_accuracy", "patient_auc"), default_backbone="vgg16",
-    search_backbones=("resnet18", "efficientnet_b0"))
+    name="classify",
+    title="Classifier",
+    view="classification",
+    image_column="cls_image",
+    target_column="label",
+    truth_columns=("label", "patient"),
+    class_names=("non-stroke", "stroke"),
+    score_metric="val_accuracy",
+    fit_metric="accuracy",
+    headline=("slice_accuracy", "slice_auc", "patient_accuracy", "patient_auc"),
+    default_backbone="vgg16",
+    search_backbones=("resnet18", "efficientnet_b0"),
+)
 SEGMENT = Segmentation(
-    name="segment", title="Segmenter", view="segmentation", image_column="seg_image", target_column="seg_mask",
-    truth_columns=("seg_mask", "has_mask", "lesion"), class_names=LESION_CLASSES,
-    score_metric="val_competition_iou", fit_metric="mean_lesion_iou", headline=("mean_lesion_iou", "competition_iou"),
-    default_backbone="resnet34", search_backbones=("resnet18", "resnet34"), stratum_column="lesion")
+    name="segment",
+    title="Segmenter",
+    view="segmentation",
+    image_column="seg_image",
+    target_column="seg_mask",
+    truth_columns=("seg_mask", "has_mask", "lesion"),
+    class_names=LESION_CLASSES,
+    score_metric="val_competition_iou",
+    fit_metric="mean_lesion_iou",
+    headline=("mean_lesion_iou", "competition_iou"),
+    default_backbone="resnet34",
+    search_backbones=("resnet18", "resnet34"),
+    stratum_column="lesion",
+)
 TASKS: dict[str, Task] = {t.name: t for t in (CLASSIFY, SEGMENT)}
 LESION_NAMES = dict(list(enumerate(SEGMENT.class_names))[1:])  # lesion code -> name: 1 ischemic, 2 hemorrhagic
 

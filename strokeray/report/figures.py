@@ -14,7 +14,9 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from strokeray.imaging.overlay import CLASS_NAMES, HEMORRHAGIC, ISCHEMIC, OVERLAY_RGB, paint_overlay  # noqa: E402
 
-LESION_LEGEND = [Patch(color="#{:02x}{:02x}{:02x}".format(*OVERLAY_RGB[c]), label=CLASS_NAMES[c]) for c in (HEMORRHAGIC, ISCHEMIC)]
+LESION_LEGEND = [
+    Patch(color="#{:02x}{:02x}{:02x}".format(*OVERLAY_RGB[c]), label=CLASS_NAMES[c]) for c in (HEMORRHAGIC, ISCHEMIC)
+]
 
 
 def _png(fig) -> bytes:
@@ -39,12 +41,16 @@ def training_curves(history: list[dict], metric: str, metric_label: str, title: 
     by_epoch = {h["epoch"]: h for h in history}
     rows = [by_epoch[e] for e in sorted(by_epoch)]
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, keys, label in ((ax_loss, ("train_loss", "val_loss"), "loss"),
-                            (ax_metric, (f"train_{metric}", f"val_{metric}"), metric_label)):
+    for ax, keys, label in (
+        (ax_loss, ("train_loss", "val_loss"), "loss"),
+        (ax_metric, (f"train_{metric}", f"val_{metric}"), metric_label),
+    ):
         for key, style in zip(keys, ("o-", "s--")):
             x, y = _series(rows, key)
             if x:
-                ax.plot(x, y, style, label=key.split("_", 1)[0].replace("val", "validation").replace("train", "training"))
+                ax.plot(
+                    x, y, style, label=key.split("_", 1)[0].replace("val", "validation").replace("train", "training")
+                )
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -70,8 +76,9 @@ def trial_curves(trials: dict[str, list[dict]], key: str, label: str, title: str
     return _png(fig)
 
 
-def confusion_matrix(tp: int, fp: int, tn: int, fn: int, title: str,
-                     names: tuple[str, ...] = ("negative", "positive")) -> bytes:
+def confusion_matrix(
+    tp: int, fp: int, tn: int, fn: int, title: str, names: tuple[str, ...] = ("negative", "positive")
+) -> bytes:
     """The 2x2 matrix, truth in rows and prediction in columns, with counts and row shares."""
     m = np.array([[tn, fp], [fn, tp]], dtype=float)
     share = m / np.maximum(m.sum(1, keepdims=True), 1)
@@ -83,14 +90,24 @@ def confusion_matrix(tp: int, fp: int, tn: int, fn: int, title: str,
     ax.set_ylabel("truth")
     for i in range(2):
         for j in range(2):
-            ax.text(j, i, f"{int(m[i, j])}\n({share[i, j]:.0%})", ha="center", va="center",
-                    color="white" if share[i, j] > 0.6 else "black", fontsize=12)
+            ax.text(
+                j,
+                i,
+                f"{int(m[i, j])}\n({share[i, j]:.0%})",
+                ha="center",
+                va="center",
+                color="white" if share[i, j] > 0.6 else "black",
+                fontsize=12,
+            )
     ax.set_title(title)
     return _png(fig)
 
 
-def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str,
-               operating_point: tuple[float, float] | None = None) -> bytes:
+def roc_curves(
+    curves: dict[str, tuple[np.ndarray, np.ndarray, float]],
+    title: str,
+    operating_point: tuple[float, float] | None = None,
+) -> bytes:
     """ROC curves, ``name -> (false positive rates, true positive rates, AUC)``."""
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
@@ -136,8 +153,11 @@ def lesion_examples(examples: list[tuple[np.ndarray, np.ndarray, np.ndarray, str
     n = max(1, len(examples))
     fig, axes = plt.subplots(n, 3, figsize=(8.4, 2.8 * n), squeeze=False)
     for row, (grey, truth, pred, caption) in zip(axes, examples):
-        for ax, img, head in zip(row, (np.stack([grey] * 3, -1), paint_overlay(grey, truth), paint_overlay(grey, pred)),
-                                 ("CT, brain window", "ground truth", "prediction")):
+        for ax, img, head in zip(
+            row,
+            (np.stack([grey] * 3, -1), paint_overlay(grey, truth), paint_overlay(grey, pred)),
+            ("CT, brain window", "ground truth", "prediction"),
+        ):
             ax.imshow(img)
             ax.set_xticks([])
             ax.set_yticks([])

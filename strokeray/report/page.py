@@ -62,27 +62,36 @@ def _table(t: Table) -> str:
         return ' class="text"' if i < t.text_columns else ""
 
     head = "".join(f"<th{cls(i)}>{html.escape(h)}</th>" for i, h in enumerate(t.headers))
-    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{html.escape(cell(v))}</td>" for i, v in enumerate(r)) + "</tr>"
-                   for r in t.rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td{cls(i)}>{html.escape(cell(v))}</td>" for i, v in enumerate(r)) + "</tr>" for r in t.rows
+    )
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _figure(f: Figure) -> str:
     data = base64.b64encode(f.png).decode("ascii")
     alt = html.escape(f.caption, quote=True)
-    return (f'<figure id="fig-{html.escape(f.name, quote=True)}"><img src="data:image/png;base64,{data}" alt="{alt}">'
-            f"<figcaption>{html.escape(f.caption)}</figcaption></figure>")
+    return (
+        f'<figure id="fig-{html.escape(f.name, quote=True)}"><img src="data:image/png;base64,{data}" alt="{alt}">'
+        f"<figcaption>{html.escape(f.caption)}</figcaption></figure>"
+    )
 
 
 def render_page(title: str, intro: list[str], sections: list[Section]) -> str:
     """The page as HTML text."""
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
     parts += [f'<p class="note">{html.escape(p)}</p>' for p in intro]
-    parts.append("<nav><ul>" + "".join(f'<li><a href="#s{i}">{html.escape(s.title)}</a></li>'
-                                       for i, s in enumerate(sections)) + "</ul></nav>")
+    parts.append(
+        "<nav><ul>"
+        + "".join(f'<li><a href="#s{i}">{html.escape(s.title)}</a></li>' for i, s in enumerate(sections))
+        + "</ul></nav>"
+    )
     for i, s in enumerate(sections):
         parts.append(f'<section id="s{i}"><h2>{html.escape(s.title)}</h2>')
         if s.missing:

@@ -99,10 +99,15 @@ def run_fold(data: ShardSet, splits: dict[str, str], path: str, k: int, train: T
     if done is None:
         fold = data.with_splits(splits)
         result = run_train(fold, path, train, name=f"fold-{k + 1}", log=log)
-        evaluation = evaluate_on_cluster(result.bundle, fold, "test", train.use_gpu,
-                                         predictions=f"{fold_dir}/{FOLD_PREDICTIONS}")
-        done = {"fold": k + 1, "bundle": result.bundle, "best_epoch": result.best_metrics.get("epoch"),
-                "metrics": evaluation.metrics}
+        evaluation = evaluate_on_cluster(
+            result.bundle, fold, "test", train.use_gpu, predictions=f"{fold_dir}/{FOLD_PREDICTIONS}"
+        )
+        done = {
+            "fold": k + 1,
+            "bundle": result.bundle,
+            "best_epoch": result.best_metrics.get("epoch"),
+            "metrics": evaluation.metrics,
+        }
         write_json(f"{fold_dir}/{FOLD_METRICS}", done)  # last: the fold is finished
     counts = {s: sum(v == s for v in splits.values()) for s in ("train", "val", "test")}
     return {**done, **{f"{s}_patients": n for s, n in counts.items()}}
@@ -156,13 +161,15 @@ def summarise(table: pa.Table, rows: list[dict], cfg: CrossvalConfig) -> tuple[d
     prob, lab = np.asarray(table["probability"]), np.asarray(table["label"])
     pat, thr, pool = np.asarray(table["patient"]), np.asarray(table["threshold"]), cfg.patient_pool
     pooled = pooled_binary(prob, lab, pat, thr, pool)
-    intervals = patient_bootstrap(pat, lambda i, g: pooled_binary(prob[i], lab[i], g, thr[i], pool), cfg.bootstrap,
-                                  cfg.seed)
+    intervals = patient_bootstrap(
+        pat, lambda i, g: pooled_binary(prob[i], lab[i], g, thr[i], pool), cfg.bootstrap, cfg.seed
+    )
     return pooled, {k: list(v) for k, v in intervals.items()}
 
 
-def run_crossval(shards: str, out: str, cfg: CrossvalConfig, name: str | None = None, overwrite: bool = False,
-                 log=print) -> CrossvalResult:
+def run_crossval(
+    shards: str, out: str, cfg: CrossvalConfig, name: str | None = None, overwrite: bool = False, log=print
+) -> CrossvalResult:
     """Cross-validate ``cfg.train`` on ``shards`` (an ingest OUT) in ``out/<name>``."""
     from strokeray.stages.runtime import absolute, ensure_ray
 
@@ -171,8 +178,9 @@ def run_crossval(shards: str, out: str, cfg: CrossvalConfig, name: str | None = 
     name = name or f"{task.name}-{cfg.train.model.backbone}-{cfg.folds}fold"
     path = f"{(os.path.abspath(out) if '://' not in out else out).rstrip('/')}/{name}"
     settings = {"shards": data.url, "shards_version": data.version, "config": json.loads(json.dumps(asdict(cfg)))}
-    stage = StageDir(path, "crossval", (SUMMARY, PREDICTIONS, *(f"fold-{k + 1}" for k in range(cfg.folds))),
-                     done=SUMMARY)
+    stage = StageDir(
+        path, "crossval", (SUMMARY, PREDICTIONS, *(f"fold-{k + 1}" for k in range(cfg.folds))), done=SUMMARY
+    )
     stage.claim(inputs=(data.url,), digest=settings_digest(settings), overwrite=overwrite)
     done = stage.finished()
     if done is not None:
@@ -184,9 +192,22 @@ def run_crossval(shards: str, out: str, cfg: CrossvalConfig, name: str | None = 
     with fsspec.open(f"{path}/{PREDICTIONS}", "wb") as fh:
         pq.write_table(table, fh)
     pooled, intervals = summarise(table, rows, cfg)
-    stage.finish({**settings, "task": task.name, "folds": rows, "pooled": pooled, "intervals": intervals,
-                  "slices": table.num_rows})
-    log(f"[crossval] {task.name}, {cfg.folds} folds: " + ", ".join(
-        f"{k}={v:.3f}" + (" [{:.3f}, {:.3f}]".format(*intervals[k]) if k in intervals else "")
-        for k, v in pooled.items() if k.endswith(("auc", "sensitivity", "specificity", "iou"))))
+    stage.finish(
+        {
+            **settings,
+            "task": task.name,
+            "folds": rows,
+            "pooled": pooled,
+            "intervals": intervals,
+            "slices": table.num_rows,
+        }
+    )
+    log(
+        f"[crossval] {task.name}, {cfg.folds} folds: "
+        + ", ".join(
+            f"{k}={v:.3f}" + (" [{:.3f}, {:.3f}]".format(*intervals[k]) if k in intervals else "")
+            for k, v in pooled.items()
+            if k.endswith(("auc", "sensitivity", "specificity", "iou"))
+        )
+    )
     return CrossvalResult(path, rows, pooled, intervals, reused=False)

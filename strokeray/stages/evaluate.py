@@ -41,8 +41,11 @@ def prediction_rows(task, part, outputs: np.ndarray, truth: np.ndarray) -> dict[
     if not task.dense:
         rows.update(patient=part["patient"].to_pylist(), label=truth.tolist(), probability=outputs.tolist())
         return rows
-    rows.update(patient=part["patient"].to_pylist(), lesion=part["lesion"].to_pylist(),
-                mask_rle=[encode_rle(m) for m in outputs])
+    rows.update(
+        patient=part["patient"].to_pylist(),
+        lesion=part["lesion"].to_pylist(),
+        mask_rle=[encode_rle(m) for m in outputs],
+    )
     for c, name in list(enumerate(task.class_names))[1:]:
         t, p = (truth == c).reshape(len(outputs), -1), (outputs == c).reshape(len(outputs), -1)
         rows[f"true_{name}_pixels"] = t.sum(1).tolist()
@@ -51,8 +54,16 @@ def prediction_rows(task, part, outputs: np.ndarray, truth: np.ndarray) -> dict[
     return rows
 
 
-def run_evaluate(bundle: str, shards: str | ShardSet, split: str = "test", batch_size: int = 32, out: str | None = None,
-                 predictions: str | None = None, log=print, device: str = "cpu") -> EvaluationResult:
+def run_evaluate(
+    bundle: str,
+    shards: str | ShardSet,
+    split: str = "test",
+    batch_size: int = 32,
+    out: str | None = None,
+    predictions: str | None = None,
+    log=print,
+    device: str = "cpu",
+) -> EvaluationResult:
     """Metrics of ``bundle`` on ``split``, the model on ``device``; written as JSON to ``out`` when
     given, and one row per slice to the Parquet file ``predictions`` (classifier: id, patient, label,
     probability; segmenter: id, patient, lesion, predicted mask as RLE, truth, predicted and
@@ -62,8 +73,10 @@ def run_evaluate(bundle: str, shards: str | ShardSet, split: str = "test", batch
 
     data = ShardSet.of(shards)
     pre = data.preprocess
-    predictor = (DensityThreshold.parse(bundle, pre.windows, pre.segmentation.size)  # a training-free baseline
-                 or BundlePredictor(bundle, device))
+    predictor = (
+        DensityThreshold.parse(bundle, pre.windows, pre.segmentation.size)  # a training-free baseline
+        or BundlePredictor(bundle, device)
+    )
     task = predictor.task
     size = predictor.doc["preprocess"][task.view]["size"]  # the bundle's view (masks are scored at it)
     shape = (len(predictor.doc["windows"]), size, size)
@@ -75,8 +88,9 @@ def run_evaluate(bundle: str, shards: str | ShardSet, split: str = "test", batch
             part = table.slice(start, batch_size)
             outputs = predictor.predict(tensor_array(part[task.image_column], shape))
             truth = task.targets(part[task.target_column], size)
-            meter.update(outputs, truth, {"patient": np.asarray(part["patient"]) if "patient" in part.column_names
-                                          else None})
+            meter.update(
+                outputs, truth, {"patient": np.asarray(part["patient"]) if "patient" in part.column_names else None}
+            )
             for k, v in prediction_rows(task, part, outputs, truth).items():
                 columns.setdefault(k, []).extend(v)
     n = len(columns.get("id", []))
@@ -92,17 +106,31 @@ def run_evaluate(bundle: str, shards: str | ShardSet, split: str = "test", batch
         with fsspec.open(predictions, "wb") as fh:
             pq.write_table(pa.table(columns), fh)
     if out:
-        write_json(out, {"bundle": bundle, "bundle_version": predictor.version, "shards": data.url,
-                         "shards_version": data.version, **result.__dict__})
-    log(f"[evaluate] {task.name} on {split} ({n} slices): "
+        write_json(
+            out,
+            {
+                "bundle": bundle,
+                "bundle_version": predictor.version,
+                "shards": data.url,
+                "shards_version": data.version,
+                **result.__dict__,
+            },
+        )
+    log(
+        f"[evaluate] {task.name} on {split} ({n} slices): "
         + ", ".join(f"{k}={result.metrics[k]:.3f}" for k in task.headline)
-        + "".join(f", {k}={v:.3f} [{lo:.3f}, {hi:.3f}]" for k, (v, lo, hi) in result.intervals.items()
-                  if k.startswith("iou_") and v == v))
+        + "".join(
+            f", {k}={v:.3f} [{lo:.3f}, {hi:.3f}]"
+            for k, (v, lo, hi) in result.intervals.items()
+            if k.startswith("iou_") and v == v
+        )
+    )
     return result
 
 
-def evaluate_on_cluster(bundle: str, shards: str | ShardSet, split: str, use_gpu: bool = False,
-                        **kwargs) -> EvaluationResult:
+def evaluate_on_cluster(
+    bundle: str, shards: str | ShardSet, split: str, use_gpu: bool = False, **kwargs
+) -> EvaluationResult:
     """``run_evaluate`` as a Ray task that holds a CPU, and with ``use_gpu`` a GPU the model runs on.
 
     A job's driver may sit on a head that offers no CPU to work (the shipped clusters' heads), and
@@ -117,5 +145,6 @@ def evaluate_on_cluster(bundle: str, shards: str | ShardSet, split: str, use_gpu
     data = shards if isinstance(shards, ShardSet) else absolute(shards)  # tasks run in other folders
     paths = {k: absolute(v) for k, v in kwargs.items() if k in ("out", "predictions") and v}
     task = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0, max_retries=2)(run_evaluate)
-    return ray.get(task.remote(bundle, data, split,
-                               **{**kwargs, **paths, "log": print, "device": "cuda" if use_gpu else "cpu"}))
+    return ray.get(
+        task.remote(bundle, data, split, **{**kwargs, **paths, "log": print, "device": "cuda" if use_gpu else "cpu"})
+    )

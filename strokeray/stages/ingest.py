@@ -56,8 +56,7 @@ class IngestConfig:
     overwrite: bool = False  # discard an OUT made with other settings
 
     def __post_init__(self) -> None:
-        check_positive(files_per_chunk=self.files_per_chunk, files_per_task=self.files_per_task,
-                       num_cpus=self.num_cpus)
+        check_positive(files_per_chunk=self.files_per_chunk, files_per_task=self.files_per_task, num_cpus=self.num_cpus)
 
 
 @dataclass
@@ -102,16 +101,24 @@ def process_batch(batch: pa.Table, records_cfg: RecordConfig, quarantine_dir: st
 
 
 def _config_digest(options: str, cfg: IngestConfig) -> str:
-    return settings_digest({"manifest": options, "records": asdict(cfg.records), "chunk": cfg.files_per_chunk,
-                            "task": cfg.files_per_task, "schema": SCHEMA_VERSION})
+    return settings_digest(
+        {
+            "manifest": options,
+            "records": asdict(cfg.records),
+            "chunk": cfg.files_per_chunk,
+            "task": cfg.files_per_task,
+            "schema": SCHEMA_VERSION,
+        }
+    )
 
 
 def _tag(number: int) -> str:
     return f"chunk-{number:05d}"
 
 
-def run_chunk(index: int, table: pa.Table, out: str, run: str, cfg: IngestConfig, dest: str = "shards",
-              extend=None) -> int:
+def run_chunk(
+    index: int, table: pa.Table, out: str, run: str, cfg: IngestConfig, dest: str = "shards", extend=None
+) -> int:
     """Process one chunk into OUT/<dest>/chunk-<index>-*.parquet (its quarantine parts into
     OUT/_state/quarantine/chunk-<index>/); returns its file count.
 
@@ -174,8 +181,11 @@ def run_chunks(manifest: Manifest, out: str, run_one, stage: str, dest: str, log
     current = {_tag(number) for number, _, _ in chunks}
     # Chunks the manifest no longer has (their files left or changed the source, so their rows are
     # processed anew), finished or cut off while promoting: their outputs would be duplicates.
-    found = [*fs.glob(f"{base}/_state/done/chunk-*.json"), *fs.glob(f"{base}/{dest}/chunk-*.parquet"),
-             *fs.glob(f"{base}/_state/quarantine/chunk-*")]
+    found = [
+        *fs.glob(f"{base}/_state/done/chunk-*.json"),
+        *fs.glob(f"{base}/{dest}/chunk-*.parquet"),
+        *fs.glob(f"{base}/_state/quarantine/chunk-*"),
+    ]
     tags = {m.group(0) for m in (re.match(r"chunk-\d+", path.rsplit("/", 1)[-1]) for path in found) if m}
     for tag in tags - current:
         _remove_chunk_outputs(fs, base, dest, tag)
@@ -198,8 +208,10 @@ def run_chunks(manifest: Manifest, out: str, run_one, stage: str, dest: str, log
             json.dump({"files": rows.num_rows, "outputs": files, "digest": digest}, fh)
         done += 1
         dt = time.perf_counter() - t0
-        log(f"[{stage}] chunk {position + 1}/{len(chunks)}: {rows.num_rows} files in {dt:.1f}s"
-            f" ({rows.num_rows / dt:.1f} files/s)")
+        log(
+            f"[{stage}] chunk {position + 1}/{len(chunks)}: {rows.num_rows} files in {dt:.1f}s"
+            f" ({rows.num_rows / dt:.1f} files/s)"
+        )
     if fs.exists(f"{base}/_state/runs"):
         # Scratch of this run and of killed ones: everything worth keeping has been promoted.
         fs.rm(f"{base}/_state/runs", recursive=True)
@@ -284,7 +296,8 @@ def run_ingest(src: str, out: str, cfg: IngestConfig = IngestConfig(), log=print
     ensure_ray(cfg.num_cpus)
     summary = IngestSummary(out=out, objects=manifest.rows)
     summary.chunks_done, summary.chunks_skipped = run_chunks(
-        manifest, out, lambda index, table, run: run_chunk(index, table, out, run, cfg), "ingest", "shards", log)
+        manifest, out, lambda index, table, run: run_chunk(index, table, out, run, cfg), "ingest", "shards", log
+    )
     quarantine = merge_quarantine(fs, base, manifest)
     card = _card(fs, base, src, manifest, quarantine, cfg, digest)
     stage.finish(card)

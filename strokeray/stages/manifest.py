@@ -44,7 +44,9 @@ class ManifestConfig:
 
     def __post_init__(self) -> None:
         if self.mask_lesion not in (None, ISCHEMIC, HEMORRHAGIC):
-            raise ValueError(f"mask_lesion must be {ISCHEMIC} (ischemic) or {HEMORRHAGIC} (hemorrhagic), not {self.mask_lesion}")
+            raise ValueError(
+                f"mask_lesion must be {ISCHEMIC} (ischemic) or {HEMORRHAGIC} (hemorrhagic), not {self.mask_lesion}"
+            )
 
 
 @dataclass
@@ -109,8 +111,9 @@ def _header_groups(batch: dict) -> dict:
     return {"uri": batch["uri"], "group": np.array(keys, dtype=object), "tag": np.array(tags, dtype=object)}
 
 
-def _fill_dicom_groups(rows: list[ManifestRow], known: dict[tuple[str, str], tuple[str, str]],
-                       num_cpus: int | None = None) -> None:
+def _fill_dicom_groups(
+    rows: list[ManifestRow], known: dict[tuple[str, str], tuple[str, str]], num_cpus: int | None = None
+) -> None:
     """DICOM PatientID wins over the file-name rules (only a labels CSV's patient column beats it),
     a study or series UID only over no rule at all; headers already read for the same object and
     stamp are reused."""
@@ -134,8 +137,9 @@ def _fill_dicom_groups(rows: list[ManifestRow], known: dict[tuple[str, str], tup
         from strokeray.stages.runtime import ensure_ray
 
         ensure_ray(num_cpus)
-        ds = ray.data.from_items([{"uri": r.uri} for r in need]).map_batches(_header_groups, batch_size=64,
-                                                                              batch_format="numpy")
+        ds = ray.data.from_items([{"uri": r.uri} for r in need]).map_batches(
+            _header_groups, batch_size=64, batch_format="numpy"
+        )
         found = {rec["uri"]: (rec["group"], rec["tag"]) for rec in ds.iter_rows()}
     for r in need:
         key, tag = found.get(r.uri, ("", ""))
@@ -216,8 +220,14 @@ def _group_and_split(rows: list, previous: pa.Table | None, cfg: ManifestConfig,
         r.split = splits[r.group]
 
 
-def build_manifest(src: str, out: str, cfg: ManifestConfig = ManifestConfig(), log=print,
-                   files_per_chunk: int = 1000, num_cpus: int | None = None) -> Manifest:
+def build_manifest(
+    src: str,
+    out: str,
+    cfg: ManifestConfig = ManifestConfig(),
+    log=print,
+    files_per_chunk: int = 1000,
+    num_cpus: int | None = None,
+) -> Manifest:
     """List, label, group, split and chunk ``src``; the last manifest in ``out`` supplies the
     patient keys and chunks of unchanged objects. Raises ValueError for a source with no inputs
     and for a labels CSV that is unreadable, invalid or matches nothing (all before Ray starts)."""
@@ -228,8 +238,10 @@ def build_manifest(src: str, out: str, cfg: ManifestConfig = ManifestConfig(), l
     meta, previous = _read_previous(fs, base, digest)
     listing = list_inputs(src, cfg.limits)
     if not listing.entries and not listing.problems:
-        raise ValueError(f"{src} holds no input files"
-                         + (f" ({len(listing.skipped)} tables or notes skipped)" if listing.skipped else ""))
+        raise ValueError(
+            f"{src} holds no input files"
+            + (f" ({len(listing.skipped)} tables or notes skipped)" if listing.skipped else "")
+        )
     labelled = label_listing(listing.entries, labels, cfg.labels_table, cfg.labels or "", cfg.mask_lesion)
     if labels is not None and labelled.labels_matched < len(labelled.rows):
         log(f"[manifest] labels CSV matched {labelled.labels_matched} of {len(labelled.rows)} objects")
@@ -239,40 +251,66 @@ def build_manifest(src: str, out: str, cfg: ManifestConfig = ManifestConfig(), l
     keys = [_row_key(rec) for rec in records]
     listing_digest = _digest_of(keys)
     problems = [{"source": p.source, "stage": "list", "reason": p.reason, "detail": p.detail} for p in listing.problems]
-    if meta is not None and previous is not None and meta.get("listing") == listing_digest and meta.get("problems") == problems:
+    if (
+        meta is not None
+        and previous is not None
+        and meta.get("listing") == listing_digest
+        and meta.get("problems") == problems
+    ):
         log(f"[manifest] reusing {out}/manifest.parquet ({previous.num_rows} objects, unchanged)")
-        return Manifest(previous, meta["layout"], meta["problems"], meta["skipped"], meta["shadowed"], digest,
-                        listing_digest)
+        return Manifest(
+            previous, meta["layout"], meta["problems"], meta["skipped"], meta["shadowed"], digest, listing_digest
+        )
     numbers, kept = assign_chunks(keys, previous, files_per_chunk)
     table = pa.Table.from_pylist(
-        [{**rec, KEY_COLUMN: k, CHUNK_COLUMN: n} for rec, k, n in zip(records, keys, numbers)], schema=_schema())
+        [{**rec, KEY_COLUMN: k, CHUNK_COLUMN: n} for rec, k, n in zip(records, keys, numbers)], schema=_schema()
+    )
     changes = _changes(previous, table) if previous is not None else {}
     fs.makedirs(base, exist_ok=True)
     with fs.open(f"{base}/manifest.parquet", "wb") as fh:
         pq.write_table(table, fh)
-    meta = {"digest": digest, "listing": listing_digest, "source": src, "layout": labelled.layout,
-            "problems": problems, "skipped": listing.skipped, "shadowed": labelled.dropped_duplicates,
-            "rows": table.num_rows, "changes": changes}
+    meta = {
+        "digest": digest,
+        "listing": listing_digest,
+        "source": src,
+        "layout": labelled.layout,
+        "problems": problems,
+        "skipped": listing.skipped,
+        "shadowed": labelled.dropped_duplicates,
+        "rows": table.num_rows,
+        "changes": changes,
+    }
     with fs.open(f"{base}/manifest.json", "w") as fh:  # written last: a manifest.json names a whole table
         json.dump(meta, fh, indent=1)
     if changes:
-        log(f"[manifest] the source changed since the last run: {changes['new']} new, {changes['changed']} changed,"
+        log(
+            f"[manifest] the source changed since the last run: {changes['new']} new, {changes['changed']} changed,"
             f" {changes['removed']} removed objects; {kept} finished chunks kept"
-            + (f" (new: {', '.join(changes['new_names'])}{' ...' if changes['new'] > 5 else ''})" if changes["new"] else ""))
+            + (
+                f" (new: {', '.join(changes['new_names'])}{' ...' if changes['new'] > 5 else ''})"
+                if changes["new"]
+                else ""
+            )
+        )
     log(
         f"[manifest] {table.num_rows} objects, layout {labelled.layout}, {len(problems)} listing problems,"
         f" {len(listing.skipped)} sidecar files skipped, {len(labelled.dropped_duplicates)} PNGs shadowed by DICOM"
     )
-    return Manifest(table, labelled.layout, problems, listing.skipped, labelled.dropped_duplicates, digest,
-                    listing_digest, changes)
+    return Manifest(
+        table, labelled.layout, problems, listing.skipped, labelled.dropped_duplicates, digest, listing_digest, changes
+    )
 
 
 def _changes(previous: pa.Table, table: pa.Table) -> dict:
     before = dict(zip(previous.column("name").to_pylist(), previous.column(KEY_COLUMN).to_pylist()))
     after = dict(zip(table.column("name").to_pylist(), table.column(KEY_COLUMN).to_pylist()))
     new = sorted(n for n in after if n not in before)
-    return {"new": len(new), "changed": sum(1 for n, k in after.items() if n in before and before[n] != k),
-            "removed": sum(1 for n in before if n not in after), "new_names": new[:5]}
+    return {
+        "new": len(new),
+        "changed": sum(1 for n, k in after.items() if n in before and before[n] != k),
+        "removed": sum(1 for n in before if n not in after),
+        "new_names": new[:5],
+    }
 
 
 def _schema() -> pa.Schema:

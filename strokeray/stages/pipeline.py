@@ -32,15 +32,32 @@ from strokeray.stages.tune import SearchConfig, SearchSpace
 # Small searches that learn the phantoms: one backbone, two sampled settings each, at 128 px.
 DEMO_CLASSIFY = SearchConfig(
     task=CLASSIFY.name,
-    space=SearchSpace(backbones=("resnet18",), lr=(3e-4, 1.5e-3), weight_decay=(1e-4,), batch_size=(8,),
-                      augment=(0.5,), input_size=(128,)),
-    samples=2, max_epochs=10, grace_period=5,
+    space=SearchSpace(
+        backbones=("resnet18",),
+        lr=(3e-4, 1.5e-3),
+        weight_decay=(1e-4,),
+        batch_size=(8,),
+        augment=(0.5,),
+        input_size=(128,),
+    ),
+    samples=2,
+    max_epochs=10,
+    grace_period=5,
 )
 DEMO_SEGMENT = SearchConfig(
     task=SEGMENT.name,
-    space=SearchSpace(backbones=("resnet18",), lr=(7e-4, 2e-3), weight_decay=(1e-4,), batch_size=(8,),
-                      augment=(0.5,), input_size=(128,), seg_loss=((1.0, 1.0, 0.0), (1.0, 0.5, 0.5))),
-    samples=2, max_epochs=12, grace_period=6,
+    space=SearchSpace(
+        backbones=("resnet18",),
+        lr=(7e-4, 2e-3),
+        weight_decay=(1e-4,),
+        batch_size=(8,),
+        augment=(0.5,),
+        input_size=(128,),
+        seg_loss=((1.0, 1.0, 0.0), (1.0, 0.5, 0.5)),
+    ),
+    samples=2,
+    max_epochs=12,
+    grace_period=6,
 )
 
 
@@ -61,8 +78,11 @@ class PipelineConfig:
     # stratified: the validation split that picks checkpoints, thresholds and trials holds every
     # class even on a small archive (hash splits can leave it one class). overwrite: shards made
     # with other settings are redone, as searches are, so the run always matches its arguments.
-    ingest: IngestConfig = field(default_factory=lambda: IngestConfig(
-        manifest=ManifestConfig(split=SplitConfig(mode="stratified")), overwrite=True))
+    ingest: IngestConfig = field(
+        default_factory=lambda: IngestConfig(
+            manifest=ManifestConfig(split=SplitConfig(mode="stratified")), overwrite=True
+        )
+    )
     preview: PreviewConfig | None = field(default_factory=lambda: PreviewConfig(limit=24))
     classify: SearchConfig = DEMO_CLASSIFY
     segment: SearchConfig = DEMO_SEGMENT
@@ -105,14 +125,18 @@ def evaluate_once(bundle: str, layout: RunLayout, task: Task, log=print, use_gpu
 
     done = read_json(layout.evaluation(task), {})
     predictions = fsspec.core.url_to_fs(layout.predictions(task))
-    if (done.get("bundle_version") == bundle_version(bundle) and predictions[0].exists(predictions[1])
-            and done.get("shards_version") == ShardSet.open(layout.shards).version):
+    if (
+        done.get("bundle_version") == bundle_version(bundle)
+        and predictions[0].exists(predictions[1])
+        and done.get("shards_version") == ShardSet.open(layout.shards).version
+    ):
         log(f"[evaluate] {task.name}: reusing {layout.evaluation(task)}")
         return done["metrics"]
     predictions[0].makedirs(predictions[1].rsplit("/", 1)[0], exist_ok=True)
     try:
-        result = evaluate_on_cluster(bundle, layout.shards, "test", use_gpu, out=layout.evaluation(task),
-                                     predictions=layout.predictions(task))
+        result = evaluate_on_cluster(
+            bundle, layout.shards, "test", use_gpu, out=layout.evaluation(task), predictions=layout.predictions(task)
+        )
     except EmptySplitError as err:
         log(f"[evaluate] {task.name}: skipped, {err}")
         return {}
@@ -126,8 +150,10 @@ def trainable_tasks(shards: str) -> list[Task]:
     train = card["per_split"].get("train", {})
     labelled = sum(n for k, n in train.get("label", {}).items() if int(k) >= 0)
     if not labelled:
-        raise ValueError(f"{shards}: no labelled training slices, nothing to train (label the archive with "
-                         "`strokeray ingest --labels`, or score it with a registry: `strokeray score`)")
+        raise ValueError(
+            f"{shards}: no labelled training slices, nothing to train (label the archive with "
+            "`strokeray ingest --labels`, or score it with a registry: `strokeray score`)"
+        )
     return [CLASSIFY, SEGMENT] if card.get("with_mask", 0) else [CLASSIFY]
 
 
@@ -167,21 +193,48 @@ def run_pipeline(cfg: PipelineConfig = PipelineConfig(), log=print) -> PipelineR
     for task in tasks:
         # overwrite: a search made with other arguments or on other shards is redone, so the run
         # folder always matches its arguments and data (the registry keeps the earlier versions).
-        found = run_search(layout.shards, layout.tune, cfg.search(task), name=f"{task.name}-search",
-                           registry=layout.registry, overwrite=True, log=log)
+        found = run_search(
+            layout.shards,
+            layout.tune,
+            cfg.search(task),
+            name=f"{task.name}-search",
+            registry=layout.registry,
+            overwrite=True,
+            log=log,
+        )
         bundles[task.name] = found.bundle
         lap(f"tune_{task.name}")
         evaluation[task.name] = evaluate_once(found.bundle, layout, task, log, use_gpu=cfg.search(task).use_gpu)
         lap(f"evaluate_{task.name}")
-    scored = run_score(cfg.score_src or archive, layout.score, bundles[CLASSIFY.name], bundles.get(SEGMENT.name),
-                       registry=None, cfg=cfg.score, segment=SEGMENT.name in bundles, log=log)
+    scored = run_score(
+        cfg.score_src or archive,
+        layout.score,
+        bundles[CLASSIFY.name],
+        bundles.get(SEGMENT.name),
+        registry=None,
+        cfg=cfg.score,
+        segment=SEGMENT.name in bundles,
+        log=log,
+    )
     lap("score")
     report = None
     if cfg.report:
         report = run_report(cfg.out, log=log).html
         lap("report")
     total = sum(seconds.values())
-    log(f"[pipeline] done in {total:.0f}s: " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items())
-        + (f"; report: {report}" if report else ""))
-    return PipelineResult(out=cfg.out, archive=archive, archive_reused=reused, ingest=ingested, bundles=bundles,
-                          evaluation=evaluation, score=scored, report=report, seconds=seconds)
+    log(
+        f"[pipeline] done in {total:.0f}s: "
+        + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items())
+        + (f"; report: {report}" if report else "")
+    )
+    return PipelineResult(
+        out=cfg.out,
+        archive=archive,
+        archive_reused=reused,
+        ingest=ingested,
+        bundles=bundles,
+        evaluation=evaluation,
+        score=scored,
+        report=report,
+        seconds=seconds,
+    )

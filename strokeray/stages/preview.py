@@ -84,8 +84,9 @@ def run_preview(src: str, out: str, cfg: PreviewConfig = PreviewConfig()) -> Pre
     fs.makedirs(stage.path("slices"), exist_ok=True)
     listing = list_inputs(src)
     rows = label_listing(listing.entries).rows[: cfg.limit]
-    quarantine = [{"source": p.source, "stage": "list", "reason": p.reason, "detail": p.detail}
-                  for p in listing.problems]
+    quarantine = [
+        {"source": p.source, "stage": "list", "reason": p.reason, "detail": p.detail} for p in listing.problems
+    ]
     summary = PreviewSummary(files=len(rows))
     for row in rows:
         records, problems = records_for({**asdict(row), "group": "", "split": ""}, cfg.records, with_source=True)

@@ -60,8 +60,9 @@ def best_bundle(registry: str, task: str) -> str:
     """The bundle URL of the task's current best; raises when the registry has none."""
     pointer = current(registry, task)
     if pointer is None:
-        raise FileNotFoundError(f"no {task} model in the registry {registry}: run `strokeray tune {task}` "
-                                "or pass a bundle explicitly")
+        raise FileNotFoundError(
+            f"no {task} model in the registry {registry}: run `strokeray tune {task}` or pass a bundle explicitly"
+        )
     return _url(registry, task, pointer["version"])
 
 
@@ -88,8 +89,12 @@ def publish(registry: str, task: str, write_bundle, search: dict, rows: list[dic
     with fs.open(f"{base}/{task}/{version}/results.csv", "w") as fh:
         fh.write(results_csv(rows))
     write_bundle(folder)  # model.json last: the version counts from here on
-    pointer = {"version": version, "bundle": folder, "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               **summary}
+    pointer = {
+        "version": version,
+        "bundle": folder,
+        "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **summary,
+    }
     promote = _becomes_current(current(registry, task), pointer)
     if promote:
         write_json(_url(registry, task, "current.json"), pointer)

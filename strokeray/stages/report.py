@@ -54,12 +54,21 @@ def data_section(layout: RunLayout) -> Section:
     s.paragraphs.append(
         f"{card['objects']} objects ingested ({card.get('layout', '?')} layout): {card['slices']} slices of "
         f"{card['patients']} patients, {card.get('with_mask', 0)} with lesion masks; {card['quarantined']} files "
-        f"quarantined. Splits are by patient. Dataset digest {card['config_digest']}.")
+        f"quarantined. Splits are by patient. Dataset digest {card['config_digest']}."
+    )
     rows = []
     for split in ("train", "val", "test"):
         d = card["per_split"].get(split, {})
-        rows.append([split, d.get("patients", 0), d.get("slices", 0), d.get("label", {}).get("1", 0),
-                     d.get("lesion", {}).get("1", 0), d.get("lesion", {}).get("2", 0)])
+        rows.append(
+            [
+                split,
+                d.get("patients", 0),
+                d.get("slices", 0),
+                d.get("label", {}).get("1", 0),
+                d.get("lesion", {}).get("1", 0),
+                d.get("lesion", {}).get("2", 0),
+            ]
+        )
     s.tables.append(Table(["split", "patients", "slices", "stroke slices", "ischemic", "hemorrhagic"], rows))
     if card.get("quarantine_reasons"):
         s.tables.append(Table(["quarantine reason", "files"], sorted(card["quarantine_reasons"].items())))
@@ -90,17 +99,28 @@ def training_section(layout: RunLayout, task: Task) -> tuple[Section, dict | Non
         f"at {doc['input_size']} px, registry "
         f"version {found[0]['version']}; checkpoint chosen by {doc['score_metric']} = "
         f"{cell(best.get(doc['score_metric']))} at epoch {best.get('epoch')}."
-        + (f" Decision threshold {doc['threshold']:.3f} (Youden's J on the validation split)." if "threshold" in doc else ""))
-    s.figures.append(Figure(f"{task.name}-training",
-                            figures.training_curves(doc["history"], metric, label, f"{name}: loss and {label} per epoch"),
-                            f"{name}: training and validation loss and {label} per epoch (training values on augmented batches)."))
+        + (
+            f" Decision threshold {doc['threshold']:.3f} (Youden's J on the validation split)."
+            if "threshold" in doc
+            else ""
+        )
+    )
+    s.figures.append(
+        Figure(
+            f"{task.name}-training",
+            figures.training_curves(doc["history"], metric, label, f"{name}: loss and {label} per epoch"),
+            f"{name}: training and validation loss and {label} per epoch (training values on augmented batches).",
+        )
+    )
     return s, doc
 
 
 def classifier_test_section(layout: RunLayout, doc: dict | None) -> Section:
     s = Section("Classifier: test split")
     if doc is None or not _exists(layout.predictions(CLASSIFY)):
-        s.missing = "No test-split evaluation of the classifier: run the pipeline (or `strokeray evaluate --predictions`)."
+        s.missing = (
+            "No test-split evaluation of the classifier: run the pipeline (or `strokeray evaluate --predictions`)."
+        )
         return s
     t = _parquet(layout.predictions(CLASSIFY))
     lab, prob, pat = (np.asarray(t[c]) for c in ("label", "probability", "patient"))
@@ -108,15 +128,28 @@ def classifier_test_section(layout: RunLayout, doc: dict | None) -> Section:
     sl = binary_report(lab, prob, threshold)
     plab, pprob = patient_level(pat, lab, prob)
     pr = binary_report(plab, pprob, threshold)
-    s.paragraphs.append(f"{sl.n} slices of {pr.n} patients; a slice is called stroke when its probability is at "
-                        f"least {threshold:.3f}; a patient by its most suspicious slice.")
-    s.tables.append(Table(["level", "n", "accuracy", "sensitivity", "specificity", "precision", "F1", "ROC AUC"],
-                          [[name, r.n, r.accuracy, r.sensitivity, r.specificity, r.precision, r.f1, r.auc]
-                           for name, r in (("slice", sl), ("patient", pr))]))
-    s.figures.append(Figure("classify-confusion", figures.confusion_matrix(sl.tp, sl.fp, sl.tn, sl.fn,
-                                                                            f"slices, threshold {threshold:.2f}",
-                                                                            CLASSIFY.class_names),
-                            "Confusion matrix of the test slices (counts and share of each true class)."))
+    s.paragraphs.append(
+        f"{sl.n} slices of {pr.n} patients; a slice is called stroke when its probability is at "
+        f"least {threshold:.3f}; a patient by its most suspicious slice."
+    )
+    s.tables.append(
+        Table(
+            ["level", "n", "accuracy", "sensitivity", "specificity", "precision", "F1", "ROC AUC"],
+            [
+                [name, r.n, r.accuracy, r.sensitivity, r.specificity, r.precision, r.f1, r.auc]
+                for name, r in (("slice", sl), ("patient", pr))
+            ],
+        )
+    )
+    s.figures.append(
+        Figure(
+            "classify-confusion",
+            figures.confusion_matrix(
+                sl.tp, sl.fp, sl.tn, sl.fn, f"slices, threshold {threshold:.2f}", CLASSIFY.class_names
+            ),
+            "Confusion matrix of the test slices (counts and share of each true class).",
+        )
+    )
     curves = {}
     for name, y, p in (("slices", lab, prob), ("patients", plab, pprob)):
         if 0 < y.sum() < len(y):
@@ -124,11 +157,18 @@ def classifier_test_section(layout: RunLayout, doc: dict | None) -> Section:
             curves[name] = (fpr, tpr, roc_auc(y, p))
     if curves:
         point = (1 - sl.specificity, sl.sensitivity) if sl.specificity == sl.specificity else None
-        s.figures.append(Figure("classify-roc", figures.roc_curves(curves, "ROC, test split", point),
-                                "ROC curves of the test split, slice and patient level; the star is the operating point."))
+        s.figures.append(
+            Figure(
+                "classify-roc",
+                figures.roc_curves(curves, "ROC, test split", point),
+                "ROC curves of the test split, slice and patient level; the star is the operating point.",
+            )
+        )
         best = operating_threshold(lab, prob)
-        s.paragraphs.append(f"For reference, the threshold the test split itself would choose is {best:.3f} "
-                            "(not used: thresholds come from validation).")
+        s.paragraphs.append(
+            f"For reference, the threshold the test split itself would choose is {best:.3f} "
+            "(not used: thresholds come from validation)."
+        )
     return s
 
 
@@ -154,7 +194,9 @@ def _examples(layout: RunLayout, predictions, per_class: int = 2) -> list[tuple]
         row = found[sid]
         pred = decode_rle(predictions["mask_rle"][i].as_py())
         size = pred.shape[0]
-        image = np.asarray(row["seg_image"].to_numpy(zero_copy_only=False)[0]).reshape(-1, size, size)[0]  # brain window
+        image = np.asarray(row["seg_image"].to_numpy(zero_copy_only=False)[0]).reshape(-1, size, size)[
+            0
+        ]  # brain window
         truth = tensor_array(row["seg_mask"], (size, size))[0]
         lesion = truth > 0
         iou = ((pred > 0) & lesion & (pred == truth)).sum() / max(1, ((pred > 0) | lesion).sum())
@@ -166,25 +208,41 @@ def _examples(layout: RunLayout, predictions, per_class: int = 2) -> list[tuple]
 def segmenter_test_section(layout: RunLayout, doc: dict | None) -> Section:
     s = Section("Segmenter: test split")
     if doc is None or not _exists(layout.evaluation(SEGMENT)):
-        s.missing = "No test-split evaluation of the segmenter: run the pipeline (or `strokeray evaluate --predictions`)."
+        s.missing = (
+            "No test-split evaluation of the segmenter: run the pipeline (or `strokeray evaluate --predictions`)."
+        )
         return s
     ev = read_json(layout.evaluation(SEGMENT))
     m = ev["metrics"]
     names = SEGMENT.class_names
-    s.paragraphs.append(f"{ev['slices']} test slices (annotated, or known to hold no lesion). Mean lesion IoU "
-                        f"{cell(m['mean_lesion_iou'])}, competition IoU {cell(m['competition_iou'])} "
-                        "(the study's 71.04 % IoU is of this kind).")
+    s.paragraphs.append(
+        f"{ev['slices']} test slices (annotated, or known to hold no lesion). Mean lesion IoU "
+        f"{cell(m['mean_lesion_iou'])}, competition IoU {cell(m['competition_iou'])} "
+        "(the study's 71.04 % IoU is of this kind)."
+    )
     s.tables.append(Table(["class", "IoU", "Dice"], [[n, m[f"iou_{n}"], m[f"dice_{n}"]] for n in names]))
-    s.figures.append(Figure("segment-classes", figures.class_scores({n: m[f"iou_{n}"] for n in names},
-                                                                     {n: m[f"dice_{n}"] for n in names},
-                                                                     "per-class IoU and Dice, test split"),
-                            "Per-class IoU and Dice over all test pixels."))
+    s.figures.append(
+        Figure(
+            "segment-classes",
+            figures.class_scores(
+                {n: m[f"iou_{n}"] for n in names},
+                {n: m[f"dice_{n}"] for n in names},
+                "per-class IoU and Dice, test split",
+            ),
+            "Per-class IoU and Dice over all test pixels.",
+        )
+    )
     if _exists(layout.predictions(SEGMENT)):
         examples = _examples(layout, _parquet(layout.predictions(SEGMENT)))
         if examples:
-            s.figures.append(Figure("segment-examples", figures.lesion_examples(examples, "test slices: truth and prediction"),
-                                    "Test slices with the largest lesions of each class: the CT in the brain window, the "
-                                    "annotated lesion and the predicted one (hemorrhagic red, ischemic blue)."))
+            s.figures.append(
+                Figure(
+                    "segment-examples",
+                    figures.lesion_examples(examples, "test slices: truth and prediction"),
+                    "Test slices with the largest lesions of each class: the CT in the brain window, the "
+                    "annotated lesion and the predicted one (hemorrhagic red, ischemic blue).",
+                )
+            )
     return s
 
 
@@ -199,17 +257,41 @@ def search_section(layout: RunLayout, task: Task) -> Section:
     metric = (tune.settings_of(layout.search(task)).get("config") or {}).get("metric") or task.score_metric
     rows = doc["rows"]
     params = sorted({k for r in rows for k in r if k.startswith("param_")})
-    s.paragraphs.append(f"{len(rows)} trials, ASHA on {metric}; best: trial {doc['best']['trial_id']} "
-                        f"({metric} {cell(doc['best']['best_score'])}), published as registry version "
-                        f"{doc['version']}" + (" (the registry's current best)." if doc.get("current") else "."))
+    s.paragraphs.append(
+        f"{len(rows)} trials, ASHA on {metric}; best: trial {doc['best']['trial_id']} "
+        f"({metric} {cell(doc['best']['best_score'])}), published as registry version "
+        f"{doc['version']}" + (" (the registry's current best)." if doc.get("current") else ".")
+    )
     table_rows = []
     for r in sorted(rows, key=lambda r: r["trial_id"]):
-        table_rows.append([r["trial_id"], *[_param(r.get(p)) for p in params], r["status"], r["epochs_run"],
-                           r["best_score"], r["best_epoch"], round(float(r.get("time_s") or 0.0))])
+        table_rows.append(
+            [
+                r["trial_id"],
+                *[_param(r.get(p)) for p in params],
+                r["status"],
+                r["epochs_run"],
+                r["best_score"],
+                r["best_epoch"],
+                round(float(r.get("time_s") or 0.0)),
+            ]
+        )
     if "param_seg_loss" in params:
         s.paragraphs.append("seg_loss: the weights of the dice, cross-entropy and focal terms.")
-    s.tables.append(Table(["trial", *[p[len("param_"):] for p in params], "status", "epochs", f"best {metric}",
-                           "at epoch", "seconds"], table_rows, text_columns=1 + len(params) + 1))
+    s.tables.append(
+        Table(
+            [
+                "trial",
+                *[p[len("param_") :] for p in params],
+                "status",
+                "epochs",
+                f"best {metric}",
+                "at epoch",
+                "seconds",
+            ],
+            table_rows,
+            text_columns=1 + len(params) + 1,
+        )
+    )
     trials = {}
     for r in rows:
         ckpts = tune.trial_checkpoints(f"{layout.search(task)}/train", r["trial_id"])
@@ -217,8 +299,13 @@ def search_section(layout: RunLayout, task: Task) -> Section:
             trials[r["trial_id"]] = ckpts[-1]["history"]
     if trials:
         label = metric.replace("val_", "validation ").replace("_", " ")
-        s.figures.append(Figure(f"{task.name}-search", figures.trial_curves(trials, metric, label, f"{name}: every trial"),
-                                f"Validation {metric} per epoch of each trial; lines that end early were stopped by ASHA."))
+        s.figures.append(
+            Figure(
+                f"{task.name}-search",
+                figures.trial_curves(trials, metric, label, f"{name}: every trial"),
+                f"Validation {metric} per epoch of each trial; lines that end early were stopped by ASHA.",
+            )
+        )
     return s
 
 
@@ -237,31 +324,74 @@ def crossval_section(layout: RunLayout) -> Section | None:
     names = sorted(p.rstrip("/").split("/")[-2] for p in fs.glob(f"{base}/*/{SUMMARY}"))
     if not names:
         return None
-    s.paragraphs.append("Patient-grouped, stratified folds; every patient is tested once, by the model of the fold "
-                        "that held it out. Intervals: 95 %, resampling patients.")
+    s.paragraphs.append(
+        "Patient-grouped, stratified folds; every patient is tested once, by the model of the fold "
+        "that held it out. Intervals: 95 %, resampling patients."
+    )
     rows, curves = [], {}
     for name in names:
         doc = read_json(f"{layout.crossval}/{name}/{SUMMARY}")
         train = doc["config"]["train"]
         recipe = f"{train['model']['backbone']} {train['input_size'] or ''}px, {train['epochs']} epochs"
         if doc["task"] == CLASSIFY.name:
-            rows.append([name, doc["task"], recipe, len(doc["folds"]), sum(f["test_patients"] for f in doc["folds"]),
-                         *(_interval(doc, k) for k in ("slice_auc", "patient_auc", "patient_sensitivity",
-                                                       "patient_specificity"))])
+            rows.append(
+                [
+                    name,
+                    doc["task"],
+                    recipe,
+                    len(doc["folds"]),
+                    sum(f["test_patients"] for f in doc["folds"]),
+                    *(
+                        _interval(doc, k)
+                        for k in ("slice_auc", "patient_auc", "patient_sensitivity", "patient_specificity")
+                    ),
+                ]
+            )
             t = _parquet(f"{layout.crossval}/{name}/{PREDICTIONS}", ["label", "probability"])
             lab, prob = np.asarray(t["label"]), np.asarray(t["probability"])
             if 0 < lab.sum() < len(lab):
                 fpr, tpr, _ = roc_curve(lab, prob)
                 curves[name] = (fpr, tpr, roc_auc(lab, prob))
         else:
-            rows.append([name, doc["task"], recipe, len(doc["folds"]), sum(f["test_patients"] for f in doc["folds"]),
-                         "", "", "", f"mean lesion IoU {_interval(doc, 'mean_lesion_iou')}; competition IoU "
-                         f"{cell(doc['pooled'].get('competition_iou'))} (fold mean)"])
-    s.tables.append(Table(["name", "task", "recipe", "folds", "patients", "slice AUC", "patient AUC",
-                           "patient sensitivity", "patient specificity"], rows, text_columns=3))
+            rows.append(
+                [
+                    name,
+                    doc["task"],
+                    recipe,
+                    len(doc["folds"]),
+                    sum(f["test_patients"] for f in doc["folds"]),
+                    "",
+                    "",
+                    "",
+                    f"mean lesion IoU {_interval(doc, 'mean_lesion_iou')}; competition IoU "
+                    f"{cell(doc['pooled'].get('competition_iou'))} (fold mean)",
+                ]
+            )
+    s.tables.append(
+        Table(
+            [
+                "name",
+                "task",
+                "recipe",
+                "folds",
+                "patients",
+                "slice AUC",
+                "patient AUC",
+                "patient sensitivity",
+                "patient specificity",
+            ],
+            rows,
+            text_columns=3,
+        )
+    )
     if curves:
-        s.figures.append(Figure("crossval-roc", figures.roc_curves(curves, "ROC, out-of-fold slices"),
-                                "Slice-level ROC of the pooled out-of-fold predictions of each cross-validation."))
+        s.figures.append(
+            Figure(
+                "crossval-roc",
+                figures.roc_curves(curves, "ROC, out-of-fold slices"),
+                "Slice-level ROC of the pooled out-of-fold predictions of each cross-validation.",
+            )
+        )
     return s
 
 
@@ -283,25 +413,54 @@ def scoring_section(layout: RunLayout) -> Section:
         f"{summary['objects']} objects: {summary['slices']} slices scored ({summary['positive_slices']} positive) in "
         f"{summary['studies']} studies ({summary['positive_studies']} positive); {summary['quarantined']} objects "
         f"quarantined; {summary['seconds']:.0f} s. Models: classifier {summary['models'].get('classifier_version')}, "
-        f"segmenter {summary['models'].get('segmenter_version') or 'none'}; threshold {summary['threshold']:.3f}.")
+        f"segmenter {summary['models'].get('segmenter_version') or 'none'}; threshold {summary['threshold']:.3f}."
+    )
     if summary.get("reasons"):
         s.tables.append(Table(["quarantine reason", "objects"], sorted(summary["reasons"].items())))
     if _exists(f"{layout.score}/slices.parquet"):
         slices = _parquet(f"{layout.score}/slices.parquet", columns=["stroke_probability"])
         if slices.num_rows:
-            s.figures.append(Figure("score-probabilities",
-                                    figures.probability_histogram(np.asarray(slices["stroke_probability"]),
-                                                                  summary["threshold"], "scored slices"),
-                                    "Stroke probability of every scored slice, with the decision threshold."))
+            s.figures.append(
+                Figure(
+                    "score-probabilities",
+                    figures.probability_histogram(
+                        np.asarray(slices["stroke_probability"]), summary["threshold"], "scored slices"
+                    ),
+                    "Stroke probability of every scored slice, with the decision threshold.",
+                )
+            )
     if _exists(f"{layout.score}/studies.parquet"):
         studies = _parquet(f"{layout.score}/studies.parquet").to_pylist()
         studies.sort(key=lambda r: -r["max_probability"])
-        s.tables.append(Table(
-            ["study (pseudonym)", "slices", "positive slices", "max probability", "decision", "ischemia mL", "hemorrhage mL"],
-            [[r["study"][:16], r["slices"], r["positive_slices"], r["max_probability"], r["decision"],
-              r["ischemia_ml"], r["hemorrhage_ml"]] for r in studies[:15]]))
+        s.tables.append(
+            Table(
+                [
+                    "study (pseudonym)",
+                    "slices",
+                    "positive slices",
+                    "max probability",
+                    "decision",
+                    "ischemia mL",
+                    "hemorrhage mL",
+                ],
+                [
+                    [
+                        r["study"][:16],
+                        r["slices"],
+                        r["positive_slices"],
+                        r["max_probability"],
+                        r["decision"],
+                        r["ischemia_ml"],
+                        r["hemorrhage_ml"],
+                    ]
+                    for r in studies[:15]
+                ],
+            )
+        )
         if len(studies) > 15:
-            s.paragraphs.append(f"The 15 most suspicious of {len(studies)} studies are listed; all are in studies.parquet.")
+            s.paragraphs.append(
+                f"The 15 most suspicious of {len(studies)} studies are listed; all are in studies.parquet."
+            )
     return s
 
 
@@ -320,9 +479,11 @@ def run_report(run_dir: str, out: str | None = None, log=print) -> ReportResult:
     sections.append(scoring_section(layout))
     from strokeray import __version__
 
-    intro = [f"Run {run_dir}, reported {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by strokeray {__version__}.",
-             "Stage one classifies slices stroke / non-stroke; stage two segments the lesion ("
-             f"{', '.join(SEGMENT.class_names)}). Identifiers are keyed pseudonyms; no names, raw patient IDs or source paths appear here."]
+    intro = [
+        f"Run {run_dir}, reported {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by strokeray {__version__}.",
+        "Stage one classifies slices stroke / non-stroke; stage two segments the lesion ("
+        f"{', '.join(SEGMENT.class_names)}). Identifiers are keyed pseudonyms; no names, raw patient IDs or source paths appear here.",
+    ]
     html = render_page("strokeray report", intro, sections)
     stage = StageDir(out, "report", ("index.html", "figures"))
     stage.claim()
@@ -338,6 +499,9 @@ def run_report(run_dir: str, out: str | None = None, log=print) -> ReportResult:
     with fs.open(f"{base}/index.html", "w") as fh:
         fh.write(html)
     missing = [s.title for s in sections if s.missing]
-    log(f"[report] {len(written)} figures, {len(sections) - len(missing)} of {len(sections)} sections"
-        + (f" (no data: {', '.join(missing)})" if missing else "") + f" -> {page} in {time.perf_counter() - started:.1f}s")
+    log(
+        f"[report] {len(written)} figures, {len(sections) - len(missing)} of {len(sections)} sections"
+        + (f" (no data: {', '.join(missing)})" if missing else "")
+        + f" -> {page} in {time.perf_counter() - started:.1f}s"
+    )
     return ReportResult(html=page, figures=written, missing=missing)

@@ -63,7 +63,9 @@ def need_gpus(capacity: dict, per_unit: float, what: str) -> int:
     error where it holds none, instead of work that waits forever for a GPU no node can have."""
     gpus = float(capacity.get("GPU", 0))
     if gpus < per_unit:
-        raise RuntimeError(f"a {what} needs {per_unit:g} GPU(s); the cluster has {gpus:g}, counting what its "
-                           "autoscaler can add (none reports a GPU node type): run without --gpu, or on a "
-                           "cluster with GPU nodes")
+        raise RuntimeError(
+            f"a {what} needs {per_unit:g} GPU(s); the cluster has {gpus:g}, counting what its "
+            "autoscaler can add (none reports a GPU node type): run without --gpu, or on a "
+            "cluster with GPU nodes"
+        )
     return int(gpus // per_unit + 1e-9)

@@ -43,17 +43,51 @@ from strokeray.learn.tasks import CLASSIFY, LESION_NAMES, SEGMENT, Task
 from strokeray.stages.stage_dir import StageDir, settings_digest
 
 # Per-slice columns carried from decoding into the output (identifiers are pseudonyms).
-CARRIED = ("id", "source", "patient", "study", "series", "instance_number", "frame", "z_mm", "thickness_mm",
-           "seg_spacing_mm", "brain_found", "seg_box", "source_shape")
+CARRIED = (
+    "id",
+    "source",
+    "patient",
+    "study",
+    "series",
+    "instance_number",
+    "frame",
+    "z_mm",
+    "thickness_mm",
+    "seg_spacing_mm",
+    "brain_found",
+    "seg_box",
+    "source_shape",
+)
 # Everything score writes in OUT (what --overwrite may remove); anything else there is left alone.
 SUMMARY = "summary.json"  # written last: the run is complete
-SCORE_OUTPUTS = ("manifest.parquet", "manifest.json", "_parts", "_state", "slices.parquet", "studies.parquet",
-                 "submission.csv", "quarantine.parquet", "overlays", "source_masks", SUMMARY)
-STUDY_SCHEMA = pa.schema([("study", pa.string()), ("series", pa.string()), ("patient", pa.string()),
-                          ("slices", pa.int64()), ("max_probability", pa.float64()),
-                          ("most_suspicious_id", pa.string()), ("most_suspicious_source", pa.string()),
-                          ("ischemia_ml", pa.float64()), ("hemorrhage_ml", pa.float64()),
-                          ("positive_slices", pa.int64()), ("decision", pa.int64())])
+SCORE_OUTPUTS = (
+    "manifest.parquet",
+    "manifest.json",
+    "_parts",
+    "_state",
+    "slices.parquet",
+    "studies.parquet",
+    "submission.csv",
+    "quarantine.parquet",
+    "overlays",
+    "source_masks",
+    SUMMARY,
+)
+STUDY_SCHEMA = pa.schema(
+    [
+        ("study", pa.string()),
+        ("series", pa.string()),
+        ("patient", pa.string()),
+        ("slices", pa.int64()),
+        ("max_probability", pa.float64()),
+        ("most_suspicious_id", pa.string()),
+        ("most_suspicious_source", pa.string()),
+        ("ischemia_ml", pa.float64()),
+        ("hemorrhage_ml", pa.float64()),
+        ("positive_slices", pa.int64()),
+        ("decision", pa.int64()),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -78,9 +112,15 @@ class ScoreConfig:
 
     def __post_init__(self) -> None:
         check_range("threshold", self.threshold, 0.0, 1.0)
-        check_positive(batch_size=self.batch_size, actors=self.actors, cpus_per_actor=self.cpus_per_actor,
-                       threads_per_actor=self.threads_per_actor, files_per_chunk=self.files_per_chunk,
-                       files_per_task=self.files_per_task, num_cpus=self.num_cpus)
+        check_positive(
+            batch_size=self.batch_size,
+            actors=self.actors,
+            cpus_per_actor=self.cpus_per_actor,
+            threads_per_actor=self.threads_per_actor,
+            files_per_chunk=self.files_per_chunk,
+            files_per_task=self.files_per_task,
+            num_cpus=self.num_cpus,
+        )
 
 
 @dataclass
@@ -103,8 +143,16 @@ class ScoreSummary:
 class CascadeScorer:
     """Ray Data actor: classifier on every slice, segmenter on the positive ones."""
 
-    def __init__(self, classifier: str, segmenter: str | None, threshold: float, overlays: str | None,
-                 use_gpu: bool, threads: int, source_masks: str | None = None) -> None:
+    def __init__(
+        self,
+        classifier: str,
+        segmenter: str | None,
+        threshold: float,
+        overlays: str | None,
+        use_gpu: bool,
+        threads: int,
+        source_masks: str | None = None,
+    ) -> None:
         import torch
 
         from strokeray.learn.predict import BundlePredictor
@@ -182,8 +230,9 @@ def source_mask(row: Mapping) -> np.ndarray:
     return mask_to_source(view, Box(*(int(v) for v in row["seg_box"])), (rows, cols))
 
 
-def resolve_models(classifier: str | None, segmenter: str | None, registry: str | None,
-                   segment: bool = True) -> tuple[str, str | None]:
+def resolve_models(
+    classifier: str | None, segmenter: str | None, registry: str | None, segment: bool = True
+) -> tuple[str, str | None]:
     """The bundles to score with: those given, else the registry's current best."""
     from strokeray.stages import registry as reg
 
@@ -202,8 +251,11 @@ def _digest(manifest_digest: str, versions: dict, cfg: ScoreConfig) -> str:
     """What a finished or resumed run must share. The device counts through its arithmetic: GPU
     actors score under fp16 autocast, CPU ones in fp32, and slices near the operating point can
     change sides, so a run is not resumed on the other kind (CPU runs keep their digest of before)."""
-    keep = {k: v for k, v in asdict(cfg).items() if k not in ("overwrite", "num_cpus", "actors", "use_gpu",
-                                                             "cpus_per_actor", "batch_size")}
+    keep = {
+        k: v
+        for k, v in asdict(cfg).items()
+        if k not in ("overwrite", "num_cpus", "actors", "use_gpu", "cpus_per_actor", "batch_size")
+    }
     precision = {"precision": precision_name("cuda")} if cfg.use_gpu else {}
     return settings_digest({"manifest": manifest_digest, "models": versions, "cfg": keep, **precision})
 
@@ -211,6 +263,7 @@ def _digest(manifest_digest: str, versions: dict, cfg: ScoreConfig) -> str:
 def submission_ids(sources: list[str], frames: list[int]) -> list[str]:
     """The competition's IDs: the file's stem (with the frame for multi-frame objects); where two
     sources share a stem, their paths without suffix, so that every row keeps its own ID."""
+
     def stem(source: str, path: bool) -> str:
         p = PurePosixPath(source.rsplit("::", 1)[-1])
         return str(p.with_suffix("")) if path else p.stem
@@ -242,16 +295,39 @@ def studies_table(slices: pa.Table, threshold: float) -> pa.Table:
     """One row per study and series (per patient key for exports that carry neither)."""
     if slices.num_rows == 0:
         return pa.Table.from_pylist([], schema=STUDY_SCHEMA)
-    cols = slices.select(["id", "source", "patient", "study", "series", "stroke_probability", "decision",
-                          "thickness_mm", "ischemic_area_mm2", "hemorrhagic_area_mm2", "duplicate_of"]).to_pydict()
+    cols = slices.select(
+        [
+            "id",
+            "source",
+            "patient",
+            "study",
+            "series",
+            "stroke_probability",
+            "decision",
+            "thickness_mm",
+            "ischemic_area_mm2",
+            "hemorrhagic_area_mm2",
+            "duplicate_of",
+        ]
+    ).to_pydict()
     groups: dict[tuple, dict] = {}
     for i in range(slices.num_rows):
         if cols["duplicate_of"][i]:
             continue  # a copy of a slice already counted
         key = (cols["study"][i] or f"patient:{cols['patient'][i]}", cols["series"][i])
-        g = groups.setdefault(key, {"patient": cols["patient"][i], "slices": 0, "max_probability": -1.0,
-                                    "most_suspicious_id": "", "most_suspicious_source": "",
-                                    "ischemia_ml": 0.0, "hemorrhage_ml": 0.0, "positive_slices": 0})
+        g = groups.setdefault(
+            key,
+            {
+                "patient": cols["patient"][i],
+                "slices": 0,
+                "max_probability": -1.0,
+                "most_suspicious_id": "",
+                "most_suspicious_source": "",
+                "ischemia_ml": 0.0,
+                "hemorrhage_ml": 0.0,
+                "positive_slices": 0,
+            },
+        )
         g["slices"] += 1
         g["positive_slices"] += int(cols["decision"][i])
         p = float(cols["stroke_probability"][i])
@@ -278,16 +354,22 @@ def check_bundles(classifier: str, segmenter: str | None, cfg: ScoreConfig, log=
         docs[SEGMENT] = read_bundle_doc(segmenter)
     for task, doc in docs.items():
         if doc["task"] != task.name:
-            raise ValueError(f"{classifier if task is CLASSIFY else segmenter} is a {doc['task']} bundle, "
-                             f"not a {task.title.lower()}")
+            raise ValueError(
+                f"{classifier if task is CLASSIFY else segmenter} is a {doc['task']} bundle, not a {task.title.lower()}"
+            )
     pre = PreprocessConfig.from_dict(docs[CLASSIFY]["preprocess"])
     if SEGMENT in docs and PreprocessConfig.from_dict(docs[SEGMENT]["preprocess"]) != pre:
         raise ValueError("the classifier and the segmenter were trained on differently preprocessed views")
     threshold = cfg.threshold if cfg.threshold is not None else float(docs[CLASSIFY].get("threshold", 0.5))
-    chosen_in, runs_in = docs[CLASSIFY].get("precision", precision_name("cpu")), precision_name("cuda" if cfg.use_gpu else "cpu")
+    chosen_in, runs_in = (
+        docs[CLASSIFY].get("precision", precision_name("cpu")),
+        precision_name("cuda" if cfg.use_gpu else "cpu"),
+    )
     if cfg.threshold is None and chosen_in != runs_in:
-        log(f"[score] the classifier's operating point was chosen on {chosen_in} validation scores and this run "
-            f"scores in {runs_in}: slices within rounding of the threshold can change sides")
+        log(
+            f"[score] the classifier's operating point was chosen on {chosen_in} validation scores and this run "
+            f"scores in {runs_in}: slices within rounding of the threshold can change sides"
+        )
     return replace(cfg, threshold=threshold, records=replace(cfg.records, preprocess=pre))
 
 
@@ -334,15 +416,26 @@ def cascade_stage(classifier: str, segmenter: str | None, cfg: ScoreConfig, out:
 
     fewest, most, threads = scorer_pool(cfg, cluster_capacity(), ray.cluster_resources())
     out = out.rstrip("/")
-    kwargs = {"classifier": classifier, "segmenter": segmenter, "threshold": cfg.threshold,
-              "overlays": f"{out}/overlays" if cfg.overlays else None,
-              "source_masks": f"{out}/source_masks" if cfg.source_masks else None,
-              "use_gpu": cfg.use_gpu, "threads": threads}
+    kwargs = {
+        "classifier": classifier,
+        "segmenter": segmenter,
+        "threshold": cfg.threshold,
+        "overlays": f"{out}/overlays" if cfg.overlays else None,
+        "source_masks": f"{out}/source_masks" if cfg.source_masks else None,
+        "use_gpu": cfg.use_gpu,
+        "threads": threads,
+    }
 
     def extend(ds):
-        return ds.map_batches(CascadeScorer, fn_constructor_kwargs=kwargs, batch_size=cfg.batch_size,
-                              batch_format="numpy", compute=ray.data.ActorPoolStrategy(min_size=fewest, max_size=most),
-                              num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0)
+        return ds.map_batches(
+            CascadeScorer,
+            fn_constructor_kwargs=kwargs,
+            batch_size=cfg.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=fewest, max_size=most),
+            num_cpus=cfg.cpus_per_actor,
+            num_gpus=1 if cfg.use_gpu else 0,
+        )
 
     return extend
 
@@ -360,8 +453,9 @@ def collect_slices(fs, base: str, out: str) -> pa.Table:
     sources, frames = slices.column("source").to_pylist(), slices.column("frame").to_pylist()
     if len(set(zip(sources, frames))) != slices.num_rows:  # each chunk's parts are promoted once
         raise RuntimeError(f"{out}: a slice was scored twice in the parts; re-run with --overwrite")
-    slices = slices.append_column("duplicate_of", pa.array(duplicate_of(slices.column("id").to_pylist(), sources),
-                                                           pa.string()))
+    slices = slices.append_column(
+        "duplicate_of", pa.array(duplicate_of(slices.column("id").to_pylist(), sources), pa.string())
+    )
     return slices.append_column("submission_id", pa.array(submission_ids(sources, frames), pa.string()))
 
 
@@ -388,9 +482,16 @@ def _positives(table: pa.Table) -> int:
     return int(pc.sum(table.column("decision")).as_py() or 0) if table.num_rows else 0
 
 
-def run_score(src: str, out: str, classifier: str | None = None, segmenter: str | None = None,
-              registry: str | None = "runs/registry", cfg: ScoreConfig = ScoreConfig(), segment: bool = True,
-              log=print) -> ScoreSummary:
+def run_score(
+    src: str,
+    out: str,
+    classifier: str | None = None,
+    segmenter: str | None = None,
+    registry: str | None = "runs/registry",
+    cfg: ScoreConfig = ScoreConfig(),
+    segment: bool = True,
+    log=print,
+) -> ScoreSummary:
     """Score ``src`` into ``out``; see the module docstring."""
     from strokeray.learn.predict import bundle_version
     from strokeray.stages.ingest import IngestConfig, merge_quarantine, run_chunk, run_chunks
@@ -406,22 +507,37 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
     versions = {"classifier": bundle_version(classifier), "segmenter": bundle_version(segmenter) if segmenter else ""}
     labels = ManifestConfig()
     stage = StageDir(out, "score", SCORE_OUTPUTS, done=SUMMARY)
-    same = stage.claim([src, classifier, *([segmenter] if segmenter else [])],
-                       _digest(options_digest(src, labels, None), versions, cfg), cfg.overwrite)
+    same = stage.claim(
+        [src, classifier, *([segmenter] if segmenter else [])],
+        _digest(options_digest(src, labels, None), versions, cfg),
+        cfg.overwrite,
+    )
     manifest = build_manifest(src, out, labels, log, cfg.files_per_chunk, cfg.num_cpus)
     done = finished_summary(stage, same, manifest.listing, log)
     if done:
         return done
     ensure_ray(cfg.num_cpus)
     extend = cascade_stage(classifier, segmenter, cfg, out)
-    ingest_cfg = IngestConfig(records=cfg.records, files_per_chunk=cfg.files_per_chunk,
-                              files_per_task=cfg.files_per_task)
-    summary = ScoreSummary(out=out, objects=manifest.rows, models={"classifier": classifier, "segmenter": segmenter or "",
-                                                                    **{f"{k}_version": v for k, v in versions.items()}})
+    ingest_cfg = IngestConfig(
+        records=cfg.records, files_per_chunk=cfg.files_per_chunk, files_per_task=cfg.files_per_task
+    )
+    summary = ScoreSummary(
+        out=out,
+        objects=manifest.rows,
+        models={
+            "classifier": classifier,
+            "segmenter": segmenter or "",
+            **{f"{k}_version": v for k, v in versions.items()},
+        },
+    )
     summary.chunks_done, summary.chunks_skipped = run_chunks(
-        manifest, out,
+        manifest,
+        out,
         lambda index, table, run: run_chunk(index, table, out, run, ingest_cfg, dest="_parts/slices", extend=extend),
-        "score", "_parts/slices", log)
+        "score",
+        "_parts/slices",
+        log,
+    )
     fs, base = stage.fs, stage.base
     quarantine = merge_quarantine(fs, base, manifest)
     slices = collect_slices(fs, base, out)
@@ -433,9 +549,17 @@ def run_score(src: str, out: str, classifier: str | None = None, segmenter: str 
     summary.quarantined = quarantine.num_rows
     summary.reasons = dict(Counter(quarantine.column("reason").to_pylist()))
     summary.seconds = round(time.perf_counter() - started, 2)
-    stage.finish({**asdict(summary), "threshold": cfg.threshold, "precision": precision_name("cuda" if cfg.use_gpu else "cpu"),
-                  "listing": manifest.listing})
-    log(f"[score] {summary.slices} slices ({summary.positive_slices} positive) in {summary.studies} studies "
+    stage.finish(
+        {
+            **asdict(summary),
+            "threshold": cfg.threshold,
+            "precision": precision_name("cuda" if cfg.use_gpu else "cpu"),
+            "listing": manifest.listing,
+        }
+    )
+    log(
+        f"[score] {summary.slices} slices ({summary.positive_slices} positive) in {summary.studies} studies "
         f"({summary.positive_studies} positive), {summary.quarantined} quarantined {summary.reasons}, "
-        f"{summary.chunks_skipped} chunks already done -> {out} in {summary.seconds:.1f}s")
+        f"{summary.chunks_skipped} chunks already done -> {out} in {summary.seconds:.1f}s"
+    )
     return summary

@@ -94,15 +94,18 @@ class StageDir:
             return None
         return doc if isinstance(doc, dict) and "stage" in doc else None
 
-    def claim(self, inputs: tuple[str, ...] | list[str] = (), digest: str | None = None,
-              overwrite: bool = False) -> bool:
+    def claim(
+        self, inputs: tuple[str, ...] | list[str] = (), digest: str | None = None, overwrite: bool = False
+    ) -> bool:
         """Make the folder this stage's, or raise OutputError saying why not; True when it already
         held this stage's work with the same digest (a run to resume or reuse)."""
         for src in inputs:
             how = overlap(self.url, src)
             if how:
-                raise OutputError(f"output {self.url} {how} the input {src}: choose an output folder outside"
-                                  " the input, so that nothing of it can be overwritten or deleted")
+                raise OutputError(
+                    f"output {self.url} {how} the input {src}: choose an output folder outside"
+                    " the input, so that nothing of it can be overwritten or deleted"
+                )
         fs, base = self.fs, self.base
         if fs.exists(base) and not fs.isdir(base):
             raise OutputError(f"output {self.url} is a file, not a folder")
@@ -110,23 +113,37 @@ class StageDir:
         same = False
         if marker is None:
             if fs.exists(base) and fs.ls(base, detail=False):
-                raise OutputError(f"output {self.url} is not empty and was not made by strokeray: it is never written"
-                                  " into or cleared; choose a new or empty folder")
+                raise OutputError(
+                    f"output {self.url} is not empty and was not made by strokeray: it is never written"
+                    " into or cleared; choose a new or empty folder"
+                )
         elif marker["stage"] != self.stage:
-            raise OutputError(f"output {self.url} holds a strokeray {marker['stage']} output, not a {self.stage}"
-                              " one; choose another folder")
+            raise OutputError(
+                f"output {self.url} holds a strokeray {marker['stage']} output, not a {self.stage}"
+                " one; choose another folder"
+            )
         else:
             same = digest is None or marker.get("digest") == digest
             if not same and not overwrite:
-                raise OutputError(f"{self.url} holds a {self.stage} made with other inputs or settings; use a new"
-                                  " output folder or --overwrite (which removes only strokeray's own files there)")
+                raise OutputError(
+                    f"{self.url} holds a {self.stage} made with other inputs or settings; use a new"
+                    " output folder or --overwrite (which removes only strokeray's own files there)"
+                )
             if not same:  # --overwrite discards other work only: the same work is resumed or reused
                 self.clear()
         fs.makedirs(base, exist_ok=True)
         if marker is None or marker.get("digest") != digest:
             with fs.open(self.path(MARKER), "w") as fh:
-                json.dump({"stage": self.stage, "digest": digest, "strokeray_version": __version__,
-                           "claimed": datetime.now(UTC).isoformat(timespec="seconds")}, fh, indent=1)
+                json.dump(
+                    {
+                        "stage": self.stage,
+                        "digest": digest,
+                        "strokeray_version": __version__,
+                        "claimed": datetime.now(UTC).isoformat(timespec="seconds"),
+                    },
+                    fh,
+                    indent=1,
+                )
         return same
 
     def finished(self) -> dict | None:
@@ -144,8 +161,17 @@ class StageDir:
         ``legacy`` it always wrote first; a folder with a marker, or without that file, is left as is."""
         if self.marker() is None and self.fs.exists(self.path(legacy)):
             with self.fs.open(self.path(MARKER), "w") as fh:
-                json.dump({"stage": self.stage, "digest": digest, "strokeray_version": __version__,
-                           "claimed": datetime.now(UTC).isoformat(timespec="seconds"), "adopted": legacy}, fh, indent=1)
+                json.dump(
+                    {
+                        "stage": self.stage,
+                        "digest": digest,
+                        "strokeray_version": __version__,
+                        "claimed": datetime.now(UTC).isoformat(timespec="seconds"),
+                        "adopted": legacy,
+                    },
+                    fh,
+                    indent=1,
+                )
 
     def clear(self) -> list[str]:
         """Remove this stage's own outputs (never the folder, never other entries); returns what went.

@@ -30,8 +30,9 @@ LESION_JSON = "lesion_synth.json"
 LESION_OUTPUTS = (*CLASS_FOLDERS.values(), PROVENANCE, LESION_JSON)
 
 
-def run_lesion_synth(src: str, out: str, cfg: LesionSynthConfig = LesionSynthConfig(),
-                     overwrite: bool = False) -> LesionSynthSummary | None:
+def run_lesion_synth(
+    src: str, out: str, cfg: LesionSynthConfig = LesionSynthConfig(), overwrite: bool = False
+) -> LesionSynthSummary | None:
     """Lesions synthesised on the lesion-free slices of ``src``, into ``out``; None when ``out``
     already holds the same (finished) one. Same folder rules as ``run_synth``; ``out`` must not
     overlap ``src``."""

@@ -65,8 +65,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         task = get_task(self.task)  # a clear error for an unknown name
         object.__setattr__(self, "model", replace(self.model, task=task.name, num_classes=task.num_classes))
-        check_positive(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, num_workers=self.num_workers,
-                       cpus_per_worker=self.cpus_per_worker)
+        check_positive(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            num_workers=self.num_workers,
+            cpus_per_worker=self.cpus_per_worker,
+        )
         check_range("weight_decay", self.weight_decay, 0.0, 1.0)
         lr_factor(self.schedule, 0, self.epochs)  # a clear error for an unknown schedule
         check_range("input_size", self.input_size, 32, 4096)
@@ -112,9 +117,11 @@ def datasets_for(shards: ShardSet, task: Task, cache: bool | None = None):
     out = {}
     for split in ("train", "val"):
         # a partial, not fn_kwargs: seen lost (Ray 2.60) when the read is a list of s3:// files
-        ds = base.map_batches(functools.partial(_keep_split, split=split, task=task.name,
-                                                 splits=shards.splits), batch_format="pyarrow",
-                              num_cpus=DATA_TASK_CPUS)
+        ds = base.map_batches(
+            functools.partial(_keep_split, split=split, task=task.name, splits=shards.splits),
+            batch_format="pyarrow",
+            num_cpus=DATA_TASK_CPUS,
+        )
         out[split] = ds.materialize() if cache else ds
     return out
 
@@ -161,8 +168,10 @@ def write_checkpoint(folder: str, model, optimizer, scaler, state: LoopState, ep
     import torch
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()},
-              os.path.join(folder, "model.safetensors"))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()},
+        os.path.join(folder, "model.safetensors"),
+    )
     torch.save(optimizer.state_dict(), os.path.join(folder, "optimizer.pt"))
     # the scaler's loss scale and growth tracker: without them a resumed AMP run starts again at
     # 2**16 and skips steps until the scale has come down
@@ -179,14 +188,21 @@ def train_one_epoch(model, optimizer, steps, shard, cfg: TrainConfig, epoch: int
     total, seen, fit = 0.0, 0, steps.task.fit_meter()
     began = time.perf_counter()
     # numpy batches: the patient key is a string column, which torch batches cannot carry.
-    for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
-                                    local_shuffle_buffer_size=256, local_shuffle_seed=cfg.seed + epoch):
+    for batch in shard.iter_batches(
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        local_shuffle_buffer_size=256,
+        local_shuffle_seed=cfg.seed + epoch,
+    ):
         loss_sum, n = steps.train_step(model, optimizer, batch, fit)
         total = total + loss_sum
         seen += n
     host_fit = fit.host()  # reads the device's counts: the pass is done when this returns
-    return {"train": (float(total), seen, time.perf_counter() - began), "fit": host_fit,
-            "gpu_mb": peak_gpu_mb(steps.device)}
+    return {
+        "train": (float(total), seen, time.perf_counter() - began),
+        "fit": host_fit,
+        "gpu_mb": peak_gpu_mb(steps.device),
+    }
 
 
 def peak_gpu_mb(device) -> float:
@@ -248,15 +264,18 @@ def epoch_metrics(gathered: list[dict], cfg: TrainConfig, epoch: int, start_epoc
     for g in gathered[1:]:
         fit.merge(g["fit"])
         meter.merge(g["meter"])
-    metrics = {"epoch": epoch + 1,
-               "started_at_epoch": start_epoch,  # > 0 after a resume from a checkpoint
-               "train_loss": sum(g["train"][0] for g in gathered) / max(1, train_seen),
-               "val_loss": sum(g["val"][0] for g in gathered) / max(1, sum(g["val"][1] for g in gathered)),
-               # the training pass alone (data feeding included; validation and checkpoint not)
-               "train_images": train_seen,
-               "train_images_per_s": train_seen / max(1e-9, max(g["train"][2] for g in gathered)),
-               "torch_threads": torch.get_num_threads(),
-               **fit.report(), **meter.report()}
+    metrics = {
+        "epoch": epoch + 1,
+        "started_at_epoch": start_epoch,  # > 0 after a resume from a checkpoint
+        "train_loss": sum(g["train"][0] for g in gathered) / max(1, train_seen),
+        "val_loss": sum(g["val"][0] for g in gathered) / max(1, sum(g["val"][1] for g in gathered)),
+        # the training pass alone (data feeding included; validation and checkpoint not)
+        "train_images": train_seen,
+        "train_images_per_s": train_seen / max(1e-9, max(g["train"][2] for g in gathered)),
+        "torch_threads": torch.get_num_threads(),
+        **fit.report(),
+        **meter.report(),
+    }
     if any(g.get("gpu_mb") for g in gathered):
         metrics["gpu_peak_memory_mb"] = max(g.get("gpu_mb", 0.0) for g in gathered)
     metrics["val_score"] = cfg.score_of(metrics)
@@ -295,12 +314,20 @@ def train_loop(config: dict) -> None:
     if unused and rank == 0:
         print(f"[train] {len(unused)} parameters no forward pass reaches are frozen: {', '.join(unused)}", flush=True)
     model = ray.train.torch.prepare_model(for_device(model, ray.train.torch.get_device()))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
-    steps = TaskSteps(get_task(cfg.task), ray.train.torch.get_device(), cfg.input_size, cfg.augment, cfg.seg_loss,
-                      config.get("class_weights"), seed=cfg.seed * 1000 + rank)
+    steps = TaskSteps(
+        get_task(cfg.task),
+        ray.train.torch.get_device(),
+        cfg.input_size,
+        cfg.augment,
+        cfg.seg_loss,
+        config.get("class_weights"),
+        seed=cfg.seed * 1000 + rank,
+    )
     if scaler_state:
         steps.scaler.load_state_dict(scaler_state)
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
@@ -315,10 +342,12 @@ def train_loop(config: dict) -> None:
         state.best = max(state.best, metrics["val_score"])
         state.history.append({k: (None if isinstance(v, float) and v != v else v) for k, v in metrics.items()})
         if rank == 0:
-            print(f"[train] epoch {epoch + 1}/{cfg.epochs}: train_loss={metrics['train_loss']:.4f} "
-                  f"val_loss={metrics['val_loss']:.4f} {cfg.score_name()}="
-                  f"{metrics.get(cfg.score_name(), float('nan')):.4f} ({metrics['train_images_per_s']:.1f} images/s)",
-                  flush=True)
+            print(
+                f"[train] epoch {epoch + 1}/{cfg.epochs}: train_loss={metrics['train_loss']:.4f} "
+                f"val_loss={metrics['val_loss']:.4f} {cfg.score_name()}="
+                f"{metrics.get(cfg.score_name(), float('nan')):.4f} ({metrics['train_images_per_s']:.1f} images/s)",
+                flush=True,
+            )
         save_checkpoint(model, optimizer, steps.scaler, state, metrics, rank)
 
 
@@ -379,14 +408,18 @@ def prepare_run(shards: ShardSet, out: str, cfg: TrainConfig, name: str | None =
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"cfg": cfg, "class_weights": weights},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker={"CPU": cpus, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cpus, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})},
+        ),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute="val_score", checkpoint_score_order="max"),
+                num_to_keep=2, checkpoint_score_attribute="val_score", checkpoint_score_order="max"
+            ),
             callbacks=list(callbacks),
         ),
         datasets=datasets_for(shards, task, cfg.cache_data),
@@ -394,8 +427,9 @@ def prepare_run(shards: ShardSet, out: str, cfg: TrainConfig, name: str | None =
     return PreparedRun(trainer=trainer, cfg=cfg, shards=shards, storage=storage, name=name)
 
 
-def export_bundle(checkpoint_dir: str, bundle_dir: str, cfg: TrainConfig, shards: ShardSet, metrics: dict,
-                  history: list[dict]) -> str:
+def export_bundle(
+    checkpoint_dir: str, bundle_dir: str, cfg: TrainConfig, shards: ShardSet, metrics: dict, history: list[dict]
+) -> str:
     """Write the model in ``checkpoint_dir`` (a local folder) as a bundle with its provenance."""
     from safetensors.torch import load_file
 
@@ -407,22 +441,29 @@ def export_bundle(checkpoint_dir: str, bundle_dir: str, cfg: TrainConfig, shards
     model = build_model(replace(cfg.model, weights=None))
     model.load_state_dict(load_file(os.path.join(checkpoint_dir, "model.safetensors")))
     pre = shards.preprocess_dict
-    save_bundle(bundle_dir, model, cfg.model, {
-        "task": task.name,
-        "input_size": cfg.input_size or shards.view_size(task.view),
-        "windows": pre["windows"],
-        "class_names": list(task.class_names),
-        "preprocess": pre,
-        "score_metric": cfg.score_name(),
-        # what validation, and so the operating point, ran in (fp16 autocast on GPUs)
-        "precision": precision_name("cuda" if cfg.use_gpu else "cpu"),
-        **task.bundle_fields(metrics),
-        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-        "history": history,
-        "train": json.loads(json.dumps(asdict(cfg), default=str)),
-        "dataset_card": {k: shards.card[k] for k in ("schema_version", "source", "slices", "patients", "config_digest",
-                                                     "per_split")},
-    })
+    save_bundle(
+        bundle_dir,
+        model,
+        cfg.model,
+        {
+            "task": task.name,
+            "input_size": cfg.input_size or shards.view_size(task.view),
+            "windows": pre["windows"],
+            "class_names": list(task.class_names),
+            "preprocess": pre,
+            "score_metric": cfg.score_name(),
+            # what validation, and so the operating point, ran in (fp16 autocast on GPUs)
+            "precision": precision_name("cuda" if cfg.use_gpu else "cpu"),
+            **task.bundle_fields(metrics),
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            "history": history,
+            "train": json.loads(json.dumps(asdict(cfg), default=str)),
+            "dataset_card": {
+                k: shards.card[k]
+                for k in ("schema_version", "source", "slices", "patients", "config_digest", "per_split")
+            },
+        },
+    )
     return bundle_dir
 
 
@@ -445,7 +486,14 @@ def run_train(shards: str | ShardSet, out: str, cfg: TrainConfig, name: str | No
     with best_ckpt.as_directory() as d:
         export_bundle(d, bundle_dir, run.cfg, shard_set, dict(best_metrics), history)
     score = run.cfg.score_name()
-    log(f"[train] {cfg.task} {run.cfg.model.backbone}: best {score}={best_metrics.get(score)}"
-        f" at epoch {best_metrics.get('epoch')} -> {bundle_dir}")
-    return TrainResult(out=f"{run.storage}/{run.name}", bundle=bundle_dir, best_checkpoint=best_ckpt.path,
-                       best_metrics=dict(best_metrics), history=history)
+    log(
+        f"[train] {cfg.task} {run.cfg.model.backbone}: best {score}={best_metrics.get(score)}"
+        f" at epoch {best_metrics.get('epoch')} -> {bundle_dir}"
+    )
+    return TrainResult(
+        out=f"{run.storage}/{run.name}",
+        bundle=bundle_dir,
+        best_checkpoint=best_ckpt.path,
+        best_metrics=dict(best_metrics),
+        history=history,
+    )

@@ -80,14 +80,21 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         get_task(self.task)
-        check_positive(samples=self.samples, max_epochs=self.max_epochs, grace_period=self.grace_period,
-                       workers_per_trial=self.workers_per_trial, cpus_per_worker=self.cpus_per_worker)
+        check_positive(
+            samples=self.samples,
+            max_epochs=self.max_epochs,
+            grace_period=self.grace_period,
+            workers_per_trial=self.workers_per_trial,
+            cpus_per_worker=self.cpus_per_worker,
+        )
         check_range("reduction_factor", self.reduction_factor, 2, 100)
         check_positive(gpus_per_trial=self.gpus_per_trial)
         g = self.gpus_per_trial
         if g is not None and g != self.workers_per_trial and not (self.workers_per_trial == 1 and g < 1):
-            raise ValueError(f"gpus_per_trial ({self.gpus_per_trial:g}) must be one GPU per worker "
-                                 f"({self.workers_per_trial}), or a fraction of one GPU with one worker per trial")
+            raise ValueError(
+                f"gpus_per_trial ({self.gpus_per_trial:g}) must be one GPU per worker "
+                f"({self.workers_per_trial}), or a fraction of one GPU with one worker per trial"
+            )
         if self.grace_period > self.max_epochs:
             raise ValueError(f"grace_period ({self.grace_period}) must not exceed max_epochs ({self.max_epochs})")
 
@@ -167,8 +174,13 @@ def trial_driver(params: dict, *, cfg: SearchConfig, shards: str, train_storage:
     with open(os.path.join(ctx.get_trial_dir(), "attempts.log"), "a") as fh:
         fh.write(f"{time.time():.3f}\n")
     # The Train run is named after the trial, so a restarted trial resumes its own checkpoints.
-    run = prepare_run(ShardSet.open(shards), train_storage, trial_train_config(cfg, params, cpus_per_worker),
-                      name=f"trial-{ctx.get_trial_id()}", callbacks=[TuneReportCallback()])
+    run = prepare_run(
+        ShardSet.open(shards),
+        train_storage,
+        trial_train_config(cfg, params, cpus_per_worker),
+        name=f"trial-{ctx.get_trial_id()}",
+        callbacks=[TuneReportCallback()],
+    )
     result = run.trainer.fit()
     if result.error:
         raise result.error
@@ -221,8 +233,14 @@ def trial_checkpoints(train_storage: str, trial_id: str) -> list[dict]:
             continue  # cut short by a kill
         with fs.open(f"{folder}/state.json", "r") as fh:
             state = json.load(fh)
-        found.append({"url": scheme + folder, "epoch": state["epoch"], "metrics": state["history"][-1],
-                      "history": state["history"]})
+        found.append(
+            {
+                "url": scheme + folder,
+                "epoch": state["epoch"],
+                "metrics": state["history"][-1],
+                "history": state["history"],
+            }
+        )
     return sorted(found, key=lambda c: c["epoch"])
 
 
@@ -236,25 +254,43 @@ def results_table(grid, cfg: SearchConfig, train_storage: str) -> list[dict]:
         row = {"trial_id": trial_id, **{f"param_{k}": v for k, v in (result.config or {}).items()}}
         ckpts = trial_checkpoints(train_storage, trial_id)
         if not ckpts:
-            row.update({"status": "error" if result.error else "no_result", "epochs_run": 0,
-                        "best_score": float("nan"), "best_epoch": 0, "time_s": 0.0, "checkpoint": "",
-                        "last_checkpoint": "", "error": str(result.error or "")[:500]})
+            row.update(
+                {
+                    "status": "error" if result.error else "no_result",
+                    "epochs_run": 0,
+                    "best_score": float("nan"),
+                    "best_epoch": 0,
+                    "time_s": 0.0,
+                    "checkpoint": "",
+                    "last_checkpoint": "",
+                    "error": str(result.error or "")[:500],
+                }
+            )
             rows.append(row)
             continue
         best, latest = max(ckpts, key=lambda c: c["metrics"]["val_score"]), ckpts[-1]
         epochs = int(latest["epoch"])
         df = result.metrics_dataframe
-        row.update({
-            "status": "error" if result.error else ("complete" if epochs >= cfg.max_epochs else "stopped_early"),
-            "epochs_run": epochs,
-            "best_score": float(best["metrics"]["val_score"]),
-            "best_epoch": int(best["epoch"]),
-            "time_s": float(df["time_total_s"].max()) if df is not None and "time_total_s" in df else float("nan"),
-            "checkpoint": best["url"],
-            "last_checkpoint": latest["url"],
-            "error": str(result.error or "")[:500],
-        })
-        for key in ("val_accuracy", "val_auc", "val_patient_auc", "val_mean_lesion_iou", "val_competition_iou", "val_loss"):
+        row.update(
+            {
+                "status": "error" if result.error else ("complete" if epochs >= cfg.max_epochs else "stopped_early"),
+                "epochs_run": epochs,
+                "best_score": float(best["metrics"]["val_score"]),
+                "best_epoch": int(best["epoch"]),
+                "time_s": float(df["time_total_s"].max()) if df is not None and "time_total_s" in df else float("nan"),
+                "checkpoint": best["url"],
+                "last_checkpoint": latest["url"],
+                "error": str(result.error or "")[:500],
+            }
+        )
+        for key in (
+            "val_accuracy",
+            "val_auc",
+            "val_patient_auc",
+            "val_mean_lesion_iou",
+            "val_competition_iou",
+            "val_loss",
+        ):
             if key in best["metrics"]:
                 value = best["metrics"][key]
                 row[f"best_{key}"] = float(value) if value is not None and value == value else None
@@ -266,9 +302,19 @@ def results_table(grid, cfg: SearchConfig, train_storage: str) -> list[dict]:
 SETTINGS, PUBLISHED = "strokeray-search.json", "published.json"
 # Everything in a search folder that the search wrote (what --overwrite may remove): Tune's state
 # and trial folders, the trials' Train runs, and the two documents above.
-SEARCH_OUTPUTS = (SETTINGS, PUBLISHED, "train", "tuner.pkl", "trainable.pkl", ".validate_storage_marker",
-                  "driver_artifacts", "experiment_state-*", "basic-variant-state-*", "search_gen_state-*",
-                  "trial_driver_*")
+SEARCH_OUTPUTS = (
+    SETTINGS,
+    PUBLISHED,
+    "train",
+    "tuner.pkl",
+    "trainable.pkl",
+    ".validate_storage_marker",
+    "driver_artifacts",
+    "experiment_state-*",
+    "basic-variant-state-*",
+    "search_gen_state-*",
+    "trial_driver_*",
+)
 
 
 def published(path: str) -> dict | None:
@@ -297,20 +343,29 @@ def make_tuner(path: str, trainable, cfg: SearchConfig, max_trials: int, setting
         log(f"[tune] resuming the interrupted search {path}")
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True), True
     write_json(f"{path}/{SETTINGS}", settings)
-    log(f"[tune] {len(cfg.backbones()) * cfg.samples} trials ({cfg.samples} per backbone over "
-        f"{', '.join(cfg.backbones())}), {max_trials} at a time, ASHA on {cfg.metric_name()} -> {path}")
+    log(
+        f"[tune] {len(cfg.backbones()) * cfg.samples} trials ({cfg.samples} per backbone over "
+        f"{', '.join(cfg.backbones())}), {max_trials} at a time, ASHA on {cfg.metric_name()} -> {path}"
+    )
     storage, name = path.rstrip("/").rsplit("/", 1)
     return tune.Tuner(
         trainable,
         param_space=param_space(cfg),
         tune_config=tune.TuneConfig(
-            metric="val_score", mode="max", num_samples=cfg.samples, max_concurrent_trials=max_trials,
-            scheduler=ASHAScheduler(max_t=cfg.max_epochs, grace_period=min(cfg.grace_period, cfg.max_epochs),
-                                    reduction_factor=cfg.reduction_factor),
+            metric="val_score",
+            mode="max",
+            num_samples=cfg.samples,
+            max_concurrent_trials=max_trials,
+            scheduler=ASHAScheduler(
+                max_t=cfg.max_epochs,
+                grace_period=min(cfg.grace_period, cfg.max_epochs),
+                reduction_factor=cfg.reduction_factor,
+            ),
             search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=max_trials),
         ),
-        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=1)),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, verbose=0, failure_config=tune.FailureConfig(max_failures=1)
+        ),
     ), False
 
 
@@ -322,13 +377,21 @@ def best_row(rows: list[dict], path: str) -> dict:
     return max(scored, key=lambda r: r["best_score"])
 
 
-def publish_best(best: dict, rows: list[dict], cfg: SearchConfig, shards: ShardSet, path: str, settings: dict,
-                 per_worker: float, registry: str):
+def publish_best(
+    best: dict,
+    rows: list[dict],
+    cfg: SearchConfig,
+    shards: ShardSet,
+    path: str,
+    settings: dict,
+    per_worker: float,
+    registry: str,
+):
     """Export the best trial's best checkpoint (with its trial's whole history) to the registry."""
     from strokeray.stages import registry as reg
     from strokeray.stages.train import export_bundle, with_model_shape
 
-    params = {k[len("param_"):]: v for k, v in best.items() if k.startswith("param_")}
+    params = {k[len("param_") :]: v for k, v in best.items() if k.startswith("param_")}
     train_cfg = with_model_shape(trial_train_config(cfg, params, per_worker), shards)
     with tempfile.TemporaryDirectory() as tmp:
         best_dir = _fetch_checkpoint(best["checkpoint"], os.path.join(tmp, "best"))
@@ -336,15 +399,33 @@ def publish_best(best: dict, rows: list[dict], cfg: SearchConfig, shards: ShardS
         best_epoch = read_json(os.path.join(best_dir, "state.json"))["history"][-1]
         history = read_json(os.path.join(last_dir, "state.json"))["history"]
         search_doc = {"path": path, "metric": cfg.metric_name(), **settings, "best": best, "rows": rows}
-        summary = {"metric": cfg.metric_name(), "value": best["best_score"], "dataset": shards.card["config_digest"],
-                   "search": path, "trial_id": best["trial_id"], "backbone": params["backbone"]}
-        return reg.publish(registry, cfg.task,
-                           lambda url: export_bundle(best_dir, url, train_cfg, shards, best_epoch, history),
-                           search_doc, rows, summary)
+        summary = {
+            "metric": cfg.metric_name(),
+            "value": best["best_score"],
+            "dataset": shards.card["config_digest"],
+            "search": path,
+            "trial_id": best["trial_id"],
+            "backbone": params["backbone"],
+        }
+        return reg.publish(
+            registry,
+            cfg.task,
+            lambda url: export_bundle(best_dir, url, train_cfg, shards, best_epoch, history),
+            search_doc,
+            rows,
+            summary,
+        )
 
 
-def run_search(shards: str, out: str, cfg: SearchConfig, name: str | None = None,
-               registry: str = "runs/registry", overwrite: bool = False, log=print) -> SearchResult:
+def run_search(
+    shards: str,
+    out: str,
+    cfg: SearchConfig,
+    name: str | None = None,
+    registry: str = "runs/registry",
+    overwrite: bool = False,
+    log=print,
+) -> SearchResult:
     """Run (or resume) the search and publish its best trial to ``registry``."""
     from ray import tune
 
@@ -363,21 +444,43 @@ def run_search(shards: str, out: str, cfg: SearchConfig, name: str | None = None
     stage.claim((data.url,), settings_digest(settings), overwrite)
     ensure_ray()
     max_trials, per_worker = concurrency(cfg, cluster_capacity())
-    trainable = tune.with_parameters(trial_driver, cfg=cfg, shards=data.url, train_storage=f"{path}/train",
-                                     cpus_per_worker=per_worker)
+    trainable = tune.with_parameters(
+        trial_driver, cfg=cfg, shards=data.url, train_storage=f"{path}/train", cpus_per_worker=per_worker
+    )
     trainable = tune.with_resources(trainable, {"CPU": DRIVER_CPUS})
     done = published(path)
     if done:
         log(f"[tune] {path} finished earlier; its best is registry version {done['version']}")
-        return SearchResult(path=path, rows=done["rows"], best=done["best"], version=done["version"],
-                            bundle=done["bundle"], current=done["current"], resumed=False, reused=True)
+        return SearchResult(
+            path=path,
+            rows=done["rows"],
+            best=done["best"],
+            version=done["version"],
+            bundle=done["bundle"],
+            current=done["current"],
+            resumed=False,
+            reused=True,
+        )
     tuner, resumed = make_tuner(path, trainable, cfg, max_trials, settings, log)
     rows = results_table(tuner.fit(), cfg, f"{path}/train")
     best = best_row(rows, path)
     pub = publish_best(best, rows, cfg, data, path, settings, per_worker, registry)
-    write_json(f"{path}/{PUBLISHED}",  # written last: marks the search finished
-               {"version": pub.version, "bundle": pub.bundle, "current": pub.current, "best": best, "rows": rows})
-    log(f"[tune] best trial {best['trial_id']} ({best['param_backbone']}): {cfg.metric_name()}="
-        f"{best['best_score']:.4f} at epoch {best['best_epoch']} -> {pub.bundle}" + (" (now current)" if pub.current else ""))
-    return SearchResult(path=path, rows=rows, best=best, version=pub.version, bundle=pub.bundle, current=pub.current,
-                        resumed=resumed, reused=False)
+    write_json(
+        f"{path}/{PUBLISHED}",  # written last: marks the search finished
+        {"version": pub.version, "bundle": pub.bundle, "current": pub.current, "best": best, "rows": rows},
+    )
+    log(
+        f"[tune] best trial {best['trial_id']} ({best['param_backbone']}): {cfg.metric_name()}="
+        f"{best['best_score']:.4f} at epoch {best['best_epoch']} -> {pub.bundle}"
+        + (" (now current)" if pub.current else "")
+    )
+    return SearchResult(
+        path=path,
+        rows=rows,
+        best=best,
+        version=pub.version,
+        bundle=pub.bundle,
+        current=pub.current,
+        resumed=resumed,
+        reused=False,
+    )

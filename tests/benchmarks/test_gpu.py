@@ -31,8 +31,13 @@ def test_decision_flips_count_slices_that_change_sides():
 
 
 def test_the_table_marks_failed_steps():
-    check = GpuCheck(machine="m", device={"count": 1, "name": "X", "driver": "580", "cuda": "13.0", "torch": "2"},
-                     rows=[{"step": "a", "passed": True, "seconds": 1.0, "images_per_s": 10},
-                           {"step": "b", "passed": False, "error": "boom"}])
+    check = GpuCheck(
+        machine="m",
+        device={"count": 1, "name": "X", "driver": "580", "cuda": "13.0", "torch": "2"},
+        rows=[
+            {"step": "a", "passed": True, "seconds": 1.0, "images_per_s": 10},
+            {"step": "b", "passed": False, "error": "boom"},
+        ],
+    )
     text = table(check)
     assert "| a | pass | 1.0 | images_per_s=10 |" in text and "| b | FAIL |" in text and "error=boom" in text

@@ -30,7 +30,10 @@ def test_launcher_config_validates_against_rays_schema(cloud):
     assert config["idle_timeout_minutes"] > 0
     gpu = types["gpu_workers"]["node_config"]
     assert gpu.get("InstanceType", "").startswith("g") or gpu.get("guestAccelerators")
-    assert all("RAY_AUTH_MODE=token" in c for c in config["head_start_ray_commands"][1:] + config["worker_start_ray_commands"][1:])
+    assert all(
+        "RAY_AUTH_MODE=token" in c
+        for c in config["head_start_ray_commands"][1:] + config["worker_start_ray_commands"][1:]
+    )
 
 
 def _groups(spec: dict) -> tuple[dict, list[dict]]:
@@ -74,14 +77,19 @@ def node_types(config: str) -> dict[str, tuple[dict, int]]:
     """Worker node types of a shipped config: name -> (Ray resources of one node, most nodes)."""
     if config in ("aws", "gcp"):
         doc = yaml.safe_load((CLUSTER / config / "strokeray.yaml").read_text())
-        return {name: (t["resources"], t.get("max_workers", 0)) for name, t in doc["available_node_types"].items()
-                if name != doc["head_node_type"]}
+        return {
+            name: (t["resources"], t.get("max_workers", 0))
+            for name, t in doc["available_node_types"].items()
+            if name != doc["head_node_type"]
+        }
     doc = yaml.safe_load((CLUSTER / "kuberay" / "raycluster.yaml").read_text())
     out = {}
     for group in doc["spec"]["workerGroupSpecs"]:
         limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
-        out[group["groupName"]] = ({"CPU": float(limits["cpu"]), "GPU": float(limits.get("nvidia.com/gpu", 0))},
-                                   group["maxReplicas"])
+        out[group["groupName"]] = (
+            {"CPU": float(limits["cpu"]), "GPU": float(limits.get("nvidia.com/gpu", 0))},
+            group["maxReplicas"],
+        )
     return out
 
 

@@ -22,18 +22,24 @@ def test_detect_layouts():
 
 
 def test_teknofest_rows():
-    lab = label_listing(entries(
-        "Training/Hemorrhagic/DICOM/00001_02.dcm",
-        "Training/Hemorrhagic/PNG/00001_02.png",
-        "Training/Hemorrhagic/MASK/00001_02.png",
-        "Training/Hemorrhagic/OVERLAY/00001_02.png",
-        "Test/ISKEMI/PNG/00009_01.png",
-        "Test/ISKEMI/OVERLAY/00009_01.png",
-        "Test/Non-Stroke/DICOM/00004_00.dcm",
-    ))
+    lab = label_listing(
+        entries(
+            "Training/Hemorrhagic/DICOM/00001_02.dcm",
+            "Training/Hemorrhagic/PNG/00001_02.png",
+            "Training/Hemorrhagic/MASK/00001_02.png",
+            "Training/Hemorrhagic/OVERLAY/00001_02.png",
+            "Test/ISKEMI/PNG/00009_01.png",
+            "Test/ISKEMI/OVERLAY/00009_01.png",
+            "Test/Non-Stroke/DICOM/00004_00.dcm",
+        )
+    )
     assert lab.layout == "teknofest"
     by = {r.name: r for r in lab.rows}
-    assert set(by) == {"Training/Hemorrhagic/DICOM/00001_02.dcm", "Test/ISKEMI/PNG/00009_01.png", "Test/Non-Stroke/DICOM/00004_00.dcm"}
+    assert set(by) == {
+        "Training/Hemorrhagic/DICOM/00001_02.dcm",
+        "Test/ISKEMI/PNG/00009_01.png",
+        "Test/Non-Stroke/DICOM/00004_00.dcm",
+    }
     assert lab.dropped_duplicates == ["Training/Hemorrhagic/PNG/00001_02.png"]
     h = by["Training/Hemorrhagic/DICOM/00001_02.dcm"]
     assert (h.label, h.lesion, h.mask_kind, h.layout_split) == (1, 2, "MASK", "train")
@@ -47,7 +53,9 @@ def test_teknofest_rows():
 
 
 def test_class_folders_and_ctich_names():
-    lab = label_listing(entries("Dataset/Normal/100 (1).jpg", "Dataset/Normal/100 (2).jpg", "Dataset/Stroke/58 (10).jpg"))
+    lab = label_listing(
+        entries("Dataset/Normal/100 (1).jpg", "Dataset/Normal/100 (2).jpg", "Dataset/Stroke/58 (10).jpg")
+    )
     rows = {r.name: r for r in lab.rows}
     assert rows["Dataset/Normal/100 (1).jpg"].label == 0
     assert (rows["Dataset/Stroke/58 (10).jpg"].label, rows["Dataset/Stroke/58 (10).jpg"].lesion) == (1, -1)
@@ -63,7 +71,12 @@ def test_masks_in_a_mask_folder_pair_with_their_images():
     by = {r.name: r for r in lab.rows}
     assert set(by) == {"hemo_subset/049_21.dcm", "hemo_subset/050_24.dcm", "other/050_24.dcm"}  # masks are no images
     paired = by["hemo_subset/049_21.dcm"]
-    assert (paired.label, paired.lesion, paired.mask_uri, paired.mask_kind) == (1, 2, "/r/Masks_subset/049_21.dcm", "MASK")
+    assert (paired.label, paired.lesion, paired.mask_uri, paired.mask_kind) == (
+        1,
+        2,
+        "/r/Masks_subset/049_21.dcm",
+        "MASK",
+    )
     assert (by["hemo_subset/050_24.dcm"].mask_uri, by["hemo_subset/050_24.dcm"].label) == ("", -1)
     # Without a class the pairing still holds; the records say the mask needs one.
     plain = {r.name: r for r in label_listing(entries(*names)).rows}["hemo_subset/049_21.dcm"]
@@ -94,14 +107,17 @@ def test_labels_csv_in_utf16_reads_like_utf8():
         assert (lab.rows[0].label, lab.labels_matched) == (1, 1)
 
 
-@pytest.mark.parametrize("csv,message", [
-    (b"path,label\n\xff\xfe\xfa,1\n", "labels.csv: not UTF-8 or UTF-16"),
-    (b"path,label,lesion\na.jpg,1,7\n", "line 2: lesion '7' is not 0"),
-    (b"path,label,lesion\na.jpg,1,1\nb.jpg,0,2\n", "line 3: label '0' contradicts lesion 2"),
-    (b"path,label,lesion\na.jpg,1,0\n", "line 2: label '1' contradicts lesion 0"),
-    (b"path,label\na.jpg,1\na.jpg,0\n", "line 3: 'a.jpg' is listed twice"),
-    (b"path,label\nelsewhere/z.jpg,1\n", "matched none of the 1 files"),
-])
+@pytest.mark.parametrize(
+    "csv,message",
+    [
+        (b"path,label\n\xff\xfe\xfa,1\n", "labels.csv: not UTF-8 or UTF-16"),
+        (b"path,label,lesion\na.jpg,1,7\n", "line 2: lesion '7' is not 0"),
+        (b"path,label,lesion\na.jpg,1,1\nb.jpg,0,2\n", "line 3: label '0' contradicts lesion 2"),
+        (b"path,label,lesion\na.jpg,1,0\n", "line 2: label '1' contradicts lesion 0"),
+        (b"path,label\na.jpg,1\na.jpg,0\n", "line 3: 'a.jpg' is listed twice"),
+        (b"path,label\nelsewhere/z.jpg,1\n", "matched none of the 1 files"),
+    ],
+)
 def test_bad_labels_csv_is_an_error_naming_file_and_line(csv, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         label_listing(entries("a.jpg"), csv, labels_source="labels.csv")

@@ -61,8 +61,9 @@ def test_lesions_are_drawn_into_lesion_free_ct_ich_slices(tmp_path):
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
     write_lesion_archive(str(root), str(tmp_path / "c"), _cfg(root, limit=12, seed=1))
-    assert any((tmp_path / "a" / f).read_bytes() != (tmp_path / "c" / f).read_bytes()
-               for f in files if "MASK" in str(f))
+    assert any(
+        (tmp_path / "a" / f).read_bytes() != (tmp_path / "c" / f).read_bytes() for f in files if "MASK" in str(f)
+    )
 
 
 def test_the_stage_claims_its_folder_and_reuses_a_finished_run(tmp_path, capsys):
@@ -71,9 +72,26 @@ def test_the_stage_claims_its_folder_and_reuses_a_finished_run(tmp_path, capsys)
     with pytest.raises(OutputError, match="input"):
         run_lesion_synth(src, str(root / "out"), _cfg(root, limit=2))
     # The command line makes the same run as the config (so the next call finds it finished).
-    assert main(["synth-lesions", src, str(tmp_path / "o"), "--labels", str(root / "labels.csv"), "--limit", "2",
-                 "--labels-label-col", "ctich_patient_level_status", "--labels-patient-col", "ctich_patient_id",
-                 "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "synth-lesions",
+                src,
+                str(tmp_path / "o"),
+                "--labels",
+                str(root / "labels.csv"),
+                "--limit",
+                "2",
+                "--labels-label-col",
+                "ctich_patient_level_status",
+                "--labels-patient-col",
+                "ctich_patient_id",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["sources"] == 2
     assert run_lesion_synth(src, str(tmp_path / "o"), _cfg(root, limit=2)) is None  # finished: nothing written
     with pytest.raises(OutputError, match="other inputs or settings"):

@@ -15,8 +15,10 @@ from strokeray.learn.tasks import CLASSIFY, SEGMENT
 @pytest.fixture
 def shards(tmp_path):
     (tmp_path / "shards").mkdir()
-    parts = [{"patient": ["a", "a", "b"], "label": [1, 1, 0], "lesion": [2, 0, 0], "split": ["train"] * 3},
-             {"patient": ["c", "d", "d"], "label": [0, -1, 1], "lesion": [0, 1, -1], "split": ["test", "val", "val"]}]
+    parts = [
+        {"patient": ["a", "a", "b"], "label": [1, 1, 0], "lesion": [2, 0, 0], "split": ["train"] * 3},
+        {"patient": ["c", "d", "d"], "label": [0, -1, 1], "lesion": [0, 1, -1], "split": ["test", "val", "val"]},
+    ]
     for i, part in enumerate(parts):
         pq.write_table(pa.table(part), tmp_path / "shards" / f"part-{i}.parquet")
     card = {"shards": [{"file": f"part-{i}.parquet", "rows": 3} for i in range(2)]}

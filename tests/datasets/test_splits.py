@@ -49,8 +49,10 @@ def test_stratified_validation_from_a_small_layout_holds_every_class():
         out = assign_splits(g, SplitConfig(mode="stratified", seed=seed), layout)
         val = [g[k] for k, s in out.items() if s == "val"]
         assert sorted(val) == [0, 0, 0, 1] and "test" not in out.values()  # 15 x 0.18 and 3 x 0.18, rounded
-    missed = sum(1 not in [g[k] for k, s in assign_splits(g, SplitConfig(seed=seed), layout).items() if s == "val"]
-                 for seed in range(20))
+    missed = sum(
+        1 not in [g[k] for k, s in assign_splits(g, SplitConfig(seed=seed), layout).items() if s == "val"]
+        for seed in range(20)
+    )
     assert missed > 0  # what hash mode does to a small class on some seeds
 
 

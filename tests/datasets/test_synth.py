@@ -86,7 +86,9 @@ def test_planted_files_get_their_reasons(phantom_archive):
 
 
 def test_compressed_syntaxes_are_used(tmp_path):
-    s = write_archive(str(tmp_path / "a"), SynthConfig(patients=10, seed=1, png=False, phantom=PhantomConfig(size=128, slices=1)))
+    s = write_archive(
+        str(tmp_path / "a"), SynthConfig(patients=10, seed=1, png=False, phantom=PhantomConfig(size=128, slices=1))
+    )
     syntaxes = {decode_dicom(p.read_bytes())[0].transfer_syntax for p in (tmp_path / "a").rglob("*.dcm")}
     assert len(syntaxes) >= 3 and s.slices == 10
 
@@ -100,8 +102,6 @@ def test_same_seed_same_bytes(tmp_path):
     assert files_a == files_b
     for rel in files_a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
-
-
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -98,7 +98,9 @@ def test_configurable_sizes():
     from dataclasses import replace
 
     base = PreprocessConfig()
-    cfg = replace(base, classification=replace(base.classification, size=128), segmentation=replace(base.segmentation, size=96))
+    cfg = replace(
+        base, classification=replace(base.classification, size=128), segmentation=replace(base.segmentation, size=96)
+    )
     p = preprocess(hu, sp, mask, cfg)
     assert p.classification.image.shape[1:] == (128, 128) and p.segmentation.mask.shape == (96, 96)
 

@@ -74,8 +74,12 @@ def test_missing_photometric_and_samples_get_defaults():
 
 def test_secondary_capture_signed_hu_without_rescale_is_identity():
     hu = head_like()
-    data = edit(ct_bytes(hu), delete=("RescaleSlope", "RescaleIntercept"), Modality="OT",
-                SOPClassUID="1.2.840.10008.5.1.4.1.1.7")
+    data = edit(
+        ct_bytes(hu),
+        delete=("RescaleSlope", "RescaleIntercept"),
+        Modality="OT",
+        SOPClassUID="1.2.840.10008.5.1.4.1.1.7",
+    )
     # Stored values are HU - intercept: shift them back so the SC holds HU directly.
     ds = dcmread(DicomBytesIO(data))
     ds.PixelData = hu.astype(np.int16).tobytes()

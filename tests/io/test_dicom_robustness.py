@@ -28,8 +28,15 @@ EXPECTED_FAILURES = {
     "TOSHIBA_J2K_SIZ1_PixRep0.dcm": "not_axial",
 }
 # Head CT slices (by the index's content note): air near -1000 and a brain of 0-80 HU.
-HEAD_SLICES = ("693_J2KI.dcm", "693_J2KR.dcm", "693_UNCI.dcm", "693_UNCR.dcm", "CT2_J2KR",
-               "J2K_pixelrep_mismatch.dcm", "CT_Explicit_Little.dcm")
+HEAD_SLICES = (
+    "693_J2KI.dcm",
+    "693_J2KR.dcm",
+    "693_UNCI.dcm",
+    "693_UNCR.dcm",
+    "CT2_J2KR",
+    "J2K_pixelrep_mismatch.dcm",
+    "CT_Explicit_Little.dcm",
+)
 
 
 def _rows() -> list[dict]:

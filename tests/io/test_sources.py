@@ -29,14 +29,19 @@ def test_folder_with_spaces_and_parentheses(tmp_path):
 
 def test_zip_members_read_in_place_and_unsafe_ones_reported(tmp_path):
     big = b"\x00" * (3 << 20)  # compresses ~1000:1
-    _zip(tmp_path / "a b.zip", {"dir/one.dcm": b"ONE", "../evil.dcm": b"x", "/abs.dcm": b"y",
-                                "dir/bomb.dcm": big, "dir/readme.md": b"doc"})
+    _zip(
+        tmp_path / "a b.zip",
+        {"dir/one.dcm": b"ONE", "../evil.dcm": b"x", "/abs.dcm": b"y", "dir/bomb.dcm": big, "dir/readme.md": b"doc"},
+    )
     listing = list_inputs(str(tmp_path), SourceLimits(max_ratio=100))
     assert [e.name for e in listing.entries] == ["a b.zip/dir/one.dcm"]
     assert read_bytes(listing.entries[0].uri) == b"ONE"
     reasons = {p.source.split("::")[0]: p.reason for p in listing.problems}
-    assert reasons == {"zip://../evil.dcm": "unsafe_member", "zip:///abs.dcm": "unsafe_member",
-                       "zip://dir/bomb.dcm": "oversized_member"}
+    assert reasons == {
+        "zip://../evil.dcm": "unsafe_member",
+        "zip:///abs.dcm": "unsafe_member",
+        "zip://dir/bomb.dcm": "oversized_member",
+    }
     assert not (tmp_path / "evil.dcm").exists() and not (tmp_path.parent / "evil.dcm").exists()
 
 
@@ -86,7 +91,10 @@ def test_only_regular_files_are_listed(tmp_path):
     listing = list_inputs(str(tmp_path))
     assert [e.name for e in listing.entries] == ["ok.dcm"]
     assert sorted((p.source.rsplit("/", 1)[-1], p.reason) for p in listing.problems) == [
-        ("dangling.dcm", "not_regular_file"), ("pipe.dcm", "not_regular_file"), ("zero.dcm", "not_regular_file")]
+        ("dangling.dcm", "not_regular_file"),
+        ("pipe.dcm", "not_regular_file"),
+        ("zero.dcm", "not_regular_file"),
+    ]
 
 
 def test_names_that_are_not_utf8_are_problems_shown_escaped(tmp_path):
@@ -112,8 +120,10 @@ def test_member_names_cannot_chain_to_another_file(tmp_path):
     _zip(outside / "other.zip", {"secret.dcm": b"SECRET"})
     src = tmp_path / "src"
     src.mkdir()
-    _zip(src / "a.zip", {f"secret.dcm::{outside / 'other.zip'}": b"decoy", "ok.dcm": b"OK",
-                         "s3://bucket/x.dcm": b"decoy"})
+    _zip(
+        src / "a.zip",
+        {f"secret.dcm::{outside / 'other.zip'}": b"decoy", "ok.dcm": b"OK", "s3://bucket/x.dcm": b"decoy"},
+    )
     listing = list_inputs(str(src))
     assert [read_bytes(e.uri) for e in listing.entries] == [b"OK"]
     assert sorted(p.reason for p in listing.problems) == ["unsafe_member", "unsafe_member"]

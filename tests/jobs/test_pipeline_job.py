@@ -56,11 +56,23 @@ def ray_head():
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
     dashboard = _free_port()
-    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", "--port=0", "--num-cpus=2",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--ray-client-server-port={_free_port()}",
-           f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-           f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-           f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+    cmd = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        "--port=0",
+        "--num-cpus=2",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        f"--ray-client-server-port={_free_port()}",
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--dashboard-agent-grpc-port={_free_port()}",
+        f"--runtime-env-agent-port={_free_port()}",
+        f"--metrics-export-port={_free_port()}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]
     try:
         started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
         assert started.returncode == 0, started.stdout + started.stderr
@@ -71,8 +83,9 @@ def ray_head():
 
 
 def _ray(head: dict, *args: str, env: dict | None = None, timeout: int = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "ray"), *args], cwd=ROOT, env=env or head["env"], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [str(BIN / "ray"), *args], cwd=ROOT, env=env or head["env"], capture_output=True, text=True, timeout=timeout
+    )
 
 
 # tiny phantoms and budgets: the point is the plumbing, not the models
@@ -84,9 +97,26 @@ def pipeline_job(ray_head, tmp_path_factory):
     """jobs/pipeline.py submitted with the project's runtime env; (run folder, job status text, logs)."""
     out = tmp_path_factory.mktemp("job") / "run"
     job_id = f"strokeray-test-{secrets.token_hex(4)}"
-    submit = _ray(ray_head, "job", "submit", "--address", ray_head["address"], "--submission-id", job_id,
-                  "--runtime-env", "jobs/runtime_env.yaml", "--working-dir", ".", "--",
-                  "python", "jobs/pipeline.py", "--out", str(out), *JOB_ARGS, timeout=1000)
+    submit = _ray(
+        ray_head,
+        "job",
+        "submit",
+        "--address",
+        ray_head["address"],
+        "--submission-id",
+        job_id,
+        "--runtime-env",
+        "jobs/runtime_env.yaml",
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "jobs/pipeline.py",
+        "--out",
+        str(out),
+        *JOB_ARGS,
+        timeout=1000,
+    )
     status = job_status(ray_head, job_id)
     logs = _ray(ray_head, "job", "logs", "--address", ray_head["address"], job_id).stdout
     return out, status, logs, submit
@@ -103,7 +133,9 @@ def test_token_auth_is_on(ray_head):
 
 def test_submitted_pipeline_succeeds_and_leaves_every_output(pipeline_job):
     out, status, logs, submit = pipeline_job
-    assert status == "SUCCEEDED", f"{status}\n--- submit ---\n{submit.stdout[-3000:]}{submit.stderr[-3000:]}\n--- logs ---\n{logs[-6000:]}"
+    assert status == "SUCCEEDED", (
+        f"{status}\n--- submit ---\n{submit.stdout[-3000:]}{submit.stderr[-3000:]}\n--- logs ---\n{logs[-6000:]}"
+    )
     assert submit.returncode == 0
     card = json.loads((out / "shards" / "card.json").read_text())
     assert card["slices"] >= 36 and card["quarantined"] > 0  # 6 phantoms x 6 slices (+ planted odd ones); bad files
@@ -117,8 +149,13 @@ def test_submitted_pipeline_succeeds_and_leaves_every_output(pipeline_job):
     assert summary["slices"] == card["slices"] and summary["quarantined"] == card["quarantined"]
     page = (out / "report" / "index.html").read_text()
     figures = sorted(p.name for p in (out / "report" / "figures").glob("*.png"))
-    assert {"classify-training.png", "classify-confusion.png", "segment-training.png", "segment-classes.png",
-            "score-probabilities.png"} <= set(figures)
+    assert {
+        "classify-training.png",
+        "classify-confusion.png",
+        "segment-training.png",
+        "segment-classes.png",
+        "score-probabilities.png",
+    } <= set(figures)
     assert page.count("data:image/png;base64,") == len(figures)
     assert "[pipeline] done" in logs
 
@@ -126,9 +163,25 @@ def test_submitted_pipeline_succeeds_and_leaves_every_output(pipeline_job):
 def test_a_failing_job_exits_nonzero_and_its_logs_say_why(ray_head, tmp_path):
     job_id = f"strokeray-fail-{secrets.token_hex(4)}"
     missing = tmp_path / "no-such-archive"
-    submit = _ray(ray_head, "job", "submit", "--address", ray_head["address"], "--submission-id", job_id,
-                  "--runtime-env", "jobs/runtime_env.yaml", "--working-dir", ".", "--",
-                  "python", "jobs/ingest.py", str(missing), str(tmp_path / "out"), timeout=600)
+    submit = _ray(
+        ray_head,
+        "job",
+        "submit",
+        "--address",
+        ray_head["address"],
+        "--submission-id",
+        job_id,
+        "--runtime-env",
+        "jobs/runtime_env.yaml",
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "jobs/ingest.py",
+        str(missing),
+        str(tmp_path / "out"),
+        timeout=600,
+    )
     assert submit.returncode != 0
     assert job_status(ray_head, job_id) == "FAILED"
     logs = _ray(ray_head, "job", "logs", "--address", ray_head["address"], job_id).stdout
@@ -155,13 +208,18 @@ def test_rerun_skips_every_finished_stage(pipeline_job, ray_local):
 
     out, status, _, _ = pipeline_job
     assert status == "SUCCEEDED"
-    kept = [*(out / "registry").rglob("model.safetensors"), out / "score" / "slices.parquet",
-            out / "evaluation" / "classify.json", out / "evaluation" / "segment-predictions.parquet",
-            *(out / "shards" / "shards").glob("*.parquet")]
+    kept = [
+        *(out / "registry").rglob("model.safetensors"),
+        out / "score" / "slices.parquet",
+        out / "evaluation" / "classify.json",
+        out / "evaluation" / "segment-predictions.parquet",
+        *(out / "shards" / "shards").glob("*.parquet"),
+    ]
     before = {p: p.stat().st_mtime_ns for p in kept}
     lines: list[str] = []
-    result = run_pipeline(pipeline_config(build_parser().parse_args(["pipeline", "--out", str(out), *JOB_ARGS])),
-                          log=lines.append)
+    result = run_pipeline(
+        pipeline_config(build_parser().parse_args(["pipeline", "--out", str(out), *JOB_ARGS])), log=lines.append
+    )
     text = "\n".join(lines)
     assert result.archive_reused and "[synth] reusing" in text
     assert text.count("finished earlier") == 2 and text.count("[evaluate]") == 2 and "nothing to do" in text
@@ -170,8 +228,16 @@ def test_rerun_skips_every_finished_stage(pipeline_job, ray_local):
     assert result.report and Path(result.report).is_file()
 
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +254,11 @@ def chromium(tmp_path_factory):
         pytest.skip(message)
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-                 "--window-size=1200,900"):
+    for flag in (
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+        "--window-size=1200,900",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     session = webdriver.Chrome(service=Service(driver), options=options)
@@ -203,15 +272,18 @@ def open_page(browser, path: Path) -> tuple[list[dict], list[dict]]:
     browser.get(path.as_uri())
     images = browser.execute_script(
         "return Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, "
-        "width: i.naturalWidth, height: i.naturalHeight}))")
+        "width: i.naturalWidth, height: i.naturalHeight}))"
+    )
     console = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
     return images, console
 
 
 def test_the_browser_check_catches_broken_images_and_console_errors(chromium, tmp_path):
     bad = tmp_path / "bad.html"
-    bad.write_text('<!DOCTYPE html><html><body><img src="missing.png" alt="x">'
-                   "<script>console.error('boom')</script></body></html>")
+    bad.write_text(
+        '<!DOCTYPE html><html><body><img src="missing.png" alt="x">'
+        "<script>console.error('boom')</script></body></html>"
+    )
     images, console = open_page(chromium, bad)
     assert images and images[0]["width"] == 0
     assert any("boom" in e["message"] for e in console) and any("missing.png" in e["message"] for e in console)
@@ -229,6 +301,14 @@ def test_report_shows_every_figure_in_chromium_without_console_errors(pipeline_j
     for image in images:
         assert image["complete"] and image["width"] > 200 and image["height"] > 150, image
     titles = [h.text for h in chromium.find_elements(By.CSS_SELECTOR, "section h2")]
-    assert titles == ["Data", "Classifier: training", "Classifier: test split", "Classifier: model search",
-                      "Segmenter: training", "Segmenter: test split", "Segmenter: model search", "Scoring the archive"]
+    assert titles == [
+        "Data",
+        "Classifier: training",
+        "Classifier: test split",
+        "Classifier: model search",
+        "Segmenter: training",
+        "Segmenter: test split",
+        "Segmenter: model search",
+        "Scoring the archive",
+    ]
     assert chromium.find_elements(By.CSS_SELECTOR, ".missing") == []

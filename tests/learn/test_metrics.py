@@ -155,9 +155,11 @@ def test_pooled_overlap_equals_the_meter_over_the_same_slices(rng):
     def per_slice(mask):
         return mask.reshape(len(mask), -1).sum(1)
 
-    pooled = pooled_overlap({n: per_slice((truth == c) & (pred == c)) for c, n in names.items()},
-                            {n: per_slice(truth == c) for c, n in names.items()},
-                            {n: per_slice(pred == c) for c, n in names.items()})
+    pooled = pooled_overlap(
+        {n: per_slice((truth == c) & (pred == c)) for c, n in names.items()},
+        {n: per_slice(truth == c) for c, n in names.items()},
+        {n: per_slice(pred == c) for c, n in names.items()},
+    )
     rep = m.report()
     for key in ("iou_ischemic", "iou_hemorrhagic", "dice_ischemic", "dice_hemorrhagic", "mean_lesion_iou"):
         assert pooled[key] == pytest.approx(rep[key])

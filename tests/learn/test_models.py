@@ -19,15 +19,30 @@ def test_classifiers(backbone):
 def test_vgg16_study_head_and_freezing():
     model = build_model(ModelConfig(backbone="vgg16", freeze_features=True, in_channels=4))
     linears = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)]
-    assert [(m.in_features, m.out_features) for m in linears] == [(512, 2048), (2048, 1024), (1024, 1024), (1024, 512), (512, 2)]
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (512, 2048),
+        (2048, 1024),
+        (1024, 1024),
+        (1024, 512),
+        (512, 2),
+    ]
     assert not any(p.requires_grad for p in model.features.parameters())
     assert all(p.requires_grad for p in model.head.parameters())
     assert model.features[0].in_channels == 4
     assert isinstance(StudyHead(8).net[0], torch.nn.AdaptiveAvgPool2d)
 
 
-@pytest.mark.parametrize("arch,encoder", [("unet", "resnet34"), ("unet", "vgg16"), ("unet", "densenet201"),
-                                          ("unet", "efficientnet-b0"), ("unetplusplus", "resnet18"), ("deeplabv3plus", "resnet18")])
+@pytest.mark.parametrize(
+    "arch,encoder",
+    [
+        ("unet", "resnet34"),
+        ("unet", "vgg16"),
+        ("unet", "densenet201"),
+        ("unet", "efficientnet-b0"),
+        ("unetplusplus", "resnet18"),
+        ("deeplabv3plus", "resnet18"),
+    ],
+)
 def test_segmenters(arch, encoder):
     model = build_model(ModelConfig(task="segment", backbone=encoder, arch=arch, num_classes=3)).eval()
     with torch.no_grad():

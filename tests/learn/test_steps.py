@@ -136,8 +136,14 @@ def test_tasks_are_found_by_name_and_refuse_unknown_ones():
 
 def test_recalibrate_bn_makes_eval_mode_match_the_current_weights():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
-                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 2),
+    )
     bn = model[1]
     bn.running_mean.fill_(5.0)  # stale statistics, as after weights moved fast
     bn.running_var.fill_(0.01)
@@ -149,7 +155,9 @@ def test_recalibrate_bn_makes_eval_mode_match_the_current_weights():
     stale = model(x)
     assert steps.recalibrate_bn(model, []) == 0  # nothing seen: the statistics stay
     assert float(bn.running_mean[0]) == 5.0
-    assert steps.recalibrate_bn(model, [{k: v[:8] for k, v in batch.items()}, {k: v[8:] for k, v in batch.items()}]) == 16
+    assert (
+        steps.recalibrate_bn(model, [{k: v[:8] for k, v in batch.items()}, {k: v[8:] for k, v in batch.items()}]) == 16
+    )
     assert not model.training and bn.momentum == 0.1  # mode and momentum restored
     with torch.no_grad():
         fresh = model(x)

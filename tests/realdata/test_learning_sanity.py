@@ -35,8 +35,10 @@ def fit(task, batch: dict, model_cfg: ModelConfig, size: int, passes: int, batch
     n = len(batch[task.image_column])
     losses = []
     for _ in range(passes):
-        total = sum(float(steps.train_step(model, optimizer, {k: v[i:i + batch_size] for k, v in batch.items()})[0])
-                    for i in range(0, n, batch_size))
+        total = sum(
+            float(steps.train_step(model, optimizer, {k: v[i : i + batch_size] for k, v in batch.items()})[0])
+            for i in range(0, n, batch_size)
+        )
         losses.append(total / n)
     return losses
 
@@ -46,8 +48,11 @@ def test_the_classifier_fits_32_real_ct_ich_slices():
     Normal patients CT-ICH marks as bleeding), the study head with its dropout, at 96 px."""
     root = shared_data("ctich-kaggle-strokect")
     with (root / "labels.csv").open() as fh:
-        rows = [r for r in csv.DictReader(fh)
-                if r["folder_label_conflicts_ctich"] == "no" and 12 <= int(r["file_slice_index"]) <= 24]
+        rows = [
+            r
+            for r in csv.DictReader(fh)
+            if r["folder_label_conflicts_ctich"] == "no" and 12 <= int(r["file_slice_index"]) <= 24
+        ]
     first: dict[tuple[int, str], dict] = {}
     for r in rows:
         first.setdefault((int(r["stroke_label_as_published"]), r["ctich_patient_id"]), r)

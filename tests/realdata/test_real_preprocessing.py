@@ -111,8 +111,9 @@ def test_ctich_dicom_pairs_become_masked_records_whose_masks_map_back_to_the_sou
         (rec,), problems = records_for({**asdict(row), "split": "train"})
         assert not problems and rec["has_mask"] and set(np.unique(rec["seg_mask"])) == {0, HEMORRHAGIC}
         truth = decode_dicom_mask(open(row.mask_uri, "rb").read(), row.mask_uri)
-        back = source_mask({"mask_rle": encode_rle(rec["seg_mask"]), "seg_box": rec["seg_box"],
-                            "source_shape": rec["source_shape"]})
+        back = source_mask(
+            {"mask_rle": encode_rle(rec["seg_mask"]), "seg_box": rec["seg_box"], "source_shape": rec["source_shape"]}
+        )
         assert back.shape == truth.shape == (512, 512)
         hit = back == HEMORRHAGIC
         ious.append((hit & truth).sum() / (hit | truth).sum())

@@ -20,8 +20,16 @@ def _has_colour(img: np.ndarray, rgb, tol: int = 30) -> int:
 
 
 def test_training_curves_draw_both_series_and_keep_the_last_report_of_a_repeated_epoch():
-    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_accuracy": 0.5 + e / 20,
-                "val_accuracy": 0.4 + e / 20} for e in range(1, 6)]
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 1 / e,
+            "val_loss": 1.2 / e,
+            "train_accuracy": 0.5 + e / 20,
+            "val_accuracy": 0.4 + e / 20,
+        }
+        for e in range(1, 6)
+    ]
     history.append({**history[-1], "val_loss": None})  # a resumed run repeats epoch 5; None is left out
     img = _image(figures.training_curves(history, "accuracy", "accuracy", "t"))
     assert img.shape[1] > img.shape[0] > 200  # two panels side by side
@@ -53,8 +61,13 @@ def test_lesion_examples_paint_truth_and_prediction_in_their_class_colours():
 
 
 def test_class_scores_and_histogram_render_with_missing_values():
-    img = _image(figures.class_scores({"background": 0.99, "ischemic": float("nan"), "hemorrhagic": 0.7},
-                                      {"background": 0.99, "ischemic": float("nan"), "hemorrhagic": 0.8}, "s"))
+    img = _image(
+        figures.class_scores(
+            {"background": 0.99, "ischemic": float("nan"), "hemorrhagic": 0.7},
+            {"background": 0.99, "ischemic": float("nan"), "hemorrhagic": 0.8},
+            "s",
+        )
+    )
     assert img.shape[0] > 200
     img = _image(figures.probability_histogram(np.linspace(0, 1, 50), 0.4, "h"))
     assert _has_colour(img, (255, 0, 0), 20) > 50  # the threshold line

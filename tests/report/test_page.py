@@ -8,11 +8,19 @@ from strokeray.report.page import Figure, Section, Table, cell, render_page
 
 def test_page_embeds_figures_escapes_text_and_has_no_external_references():
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
-    html = render_page("t <1>", ["intro & more"], [
-        Section("A", paragraphs=["<script>alert(1)</script>"], tables=[Table(["k", "v"], [["x<y", 0.12345]])],
-                figures=[Figure("f", png, 'caption "quoted"')]),
-        Section("B", missing="stage not run"),
-    ])
+    html = render_page(
+        "t <1>",
+        ["intro & more"],
+        [
+            Section(
+                "A",
+                paragraphs=["<script>alert(1)</script>"],
+                tables=[Table(["k", "v"], [["x<y", 0.12345]])],
+                figures=[Figure("f", png, 'caption "quoted"')],
+            ),
+            Section("B", missing="stage not run"),
+        ],
+    )
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "x&lt;y" in html and "0.123" in html
     sources = re.findall(r'<img src="([^"]+)"', html)

@@ -17,7 +17,9 @@ from pathlib import Path
 def ids_of(folder: str) -> list[str]:
     import pyarrow.parquet as pq
 
-    return [i for p in sorted(Path(folder).glob("*.parquet")) for i in pq.read_table(p, columns=["id"])["id"].to_pylist()]
+    return [
+        i for p in sorted(Path(folder).glob("*.parquet")) for i in pq.read_table(p, columns=["id"])["id"].to_pylist()
+    ]
 
 
 def first_chunk_done(out: Path):
@@ -70,30 +72,57 @@ def main(archive: str, work: str, classifier: str, segmenter: str) -> None:
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
+
     def quiet(*args) -> None:  # progress on stderr, for the test's failure message
         print(*args, file=sys.stderr, flush=True)
 
     ingest = IngestConfig(files_per_chunk=6, files_per_task=2)
     score = ScoreConfig(files_per_chunk=12, files_per_task=4, batch_size=4)
     # One worker per node (0.75 of a 1-CPU node each, a quarter left to the data tasks feeding it).
-    train = TrainConfig(task="classify", model=ModelConfig(backbone="resnet18", dropout=0.0), epochs=5, batch_size=8,
-                        input_size=48, num_workers=2, cpus_per_worker=0.75, augment=AugmentConfig(strength=0.0))
+    train = TrainConfig(
+        task="classify",
+        model=ModelConfig(backbone="resnet18", dropout=0.0),
+        epochs=5,
+        batch_size=8,
+        input_size=48,
+        num_workers=2,
+        cpus_per_worker=0.75,
+        augment=AugmentConfig(strength=0.0),
+    )
     events: dict = {}
     result: dict = {}
 
     ref = run_ingest(archive, f"{work}/ingest-ref", ingest, quiet)
-    hit = disturbed(lambda: run_ingest(archive, f"{work}/ingest-hit", ingest, quiet),
-                    cluster, workers[1], first_chunk_done(Path(work) / "ingest-hit"), events, "ingest")
-    result["ingest"] = {"ref_slices": ref.slices, "hit_slices": hit.slices, "chunks": hit.chunks_done,
-                        "ref_ids": ids_of(f"{work}/ingest-ref/shards"), "hit_ids": ids_of(f"{work}/ingest-hit/shards"),
-                        "ref_quarantined": ref.quarantined, "hit_quarantined": hit.quarantined}
+    hit = disturbed(
+        lambda: run_ingest(archive, f"{work}/ingest-hit", ingest, quiet),
+        cluster,
+        workers[1],
+        first_chunk_done(Path(work) / "ingest-hit"),
+        events,
+        "ingest",
+    )
+    result["ingest"] = {
+        "ref_slices": ref.slices,
+        "hit_slices": hit.slices,
+        "chunks": hit.chunks_done,
+        "ref_ids": ids_of(f"{work}/ingest-ref/shards"),
+        "hit_ids": ids_of(f"{work}/ingest-hit/shards"),
+        "ref_quarantined": ref.quarantined,
+        "hit_quarantined": hit.quarantined,
+    }
 
     import pyarrow.parquet as pq
 
     sref = run_score(archive, f"{work}/score-ref", classifier, segmenter, registry=None, cfg=score, log=quiet)
     survivor = [n for n in cluster.worker_nodes if n is not workers[1]][0]
-    shit = disturbed(lambda: run_score(archive, f"{work}/score-hit", classifier, segmenter, registry=None, cfg=score,
-                                       log=quiet), cluster, survivor, first_chunk_done(Path(work) / "score-hit"), events, "score")
+    shit = disturbed(
+        lambda: run_score(archive, f"{work}/score-hit", classifier, segmenter, registry=None, cfg=score, log=quiet),
+        cluster,
+        survivor,
+        first_chunk_done(Path(work) / "score-hit"),
+        events,
+        "score",
+    )
     ref_rows = pq.read_table(f"{work}/score-ref/slices.parquet", columns=["id", "stroke_probability"]).to_pydict()
     hit_rows = pq.read_table(f"{work}/score-hit/slices.parquet", columns=["id", "stroke_probability"]).to_pydict()
     result["score"] = {"ref_slices": sref.slices, "hit_slices": shit.slices, "ref": ref_rows, "hit": hit_rows}
@@ -101,12 +130,21 @@ def main(archive: str, work: str, classifier: str, segmenter: str) -> None:
     # Training loses the node of one of its two workers after the first checkpoint: the group restarts
     # on the nodes left (and the fresh one) from that checkpoint.
     victim = [n for n in cluster.worker_nodes if n.node_id != events["score_added_node"]][0]
-    trained = disturbed(lambda: run_train(f"{work}/ingest-ref", f"{work}/train", train, name="hit", log=quiet),
-                        # a checkpoint's folder appears before the controller has registered it
-                        cluster, victim, checkpoints(Path(work) / "train" / "hit"), events, "train", settle=4.0)
-    result["train"] = {"epochs": [h["epoch"] for h in trained.history],
-                       "started_at": [h["started_at_epoch"] for h in trained.history],
-                       "bundle": Path(trained.bundle, "model.safetensors").exists()}
+    trained = disturbed(
+        lambda: run_train(f"{work}/ingest-ref", f"{work}/train", train, name="hit", log=quiet),
+        # a checkpoint's folder appears before the controller has registered it
+        cluster,
+        victim,
+        checkpoints(Path(work) / "train" / "hit"),
+        events,
+        "train",
+        settle=4.0,
+    )
+    result["train"] = {
+        "epochs": [h["epoch"] for h in trained.history],
+        "started_at": [h["started_at_epoch"] for h in trained.history],
+        "bundle": Path(trained.bundle, "model.safetensors").exists(),
+    }
     result["events"] = events
     print("RESULT " + json.dumps(result))
     ray.shutdown()

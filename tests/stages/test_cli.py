@@ -4,8 +4,20 @@ import pytest
 
 from strokeray.cli import build_parser, main
 
-SUBCOMMANDS = ["synth", "decode", "preview", "ingest", "train", "crossval", "tune", "evaluate", "score", "pipeline", "report",
-               "benchmark"]
+SUBCOMMANDS = [
+    "synth",
+    "decode",
+    "preview",
+    "ingest",
+    "train",
+    "crossval",
+    "tune",
+    "evaluate",
+    "score",
+    "pipeline",
+    "report",
+    "benchmark",
+]
 
 
 @pytest.mark.parametrize("cmd", [[], *[[c] for c in SUBCOMMANDS]])
@@ -36,10 +48,29 @@ def test_synth_decode_and_pipeline(tmp_path, capsys):
 def test_pipeline_arguments_shape_every_stage():
     from strokeray.cli import pipeline_config
 
-    cfg = pipeline_config(build_parser().parse_args(
-        ["pipeline", "--out", "s3://b/run", "--src", "s3://b/archive", "--backbones", "vgg16, resnet50",
-         "--input-size", "224", "--max-epochs", "3", "--samples", "4", "--gpu", "--workers-per-trial", "2",
-         "--no-preview"]))
+    cfg = pipeline_config(
+        build_parser().parse_args(
+            [
+                "pipeline",
+                "--out",
+                "s3://b/run",
+                "--src",
+                "s3://b/archive",
+                "--backbones",
+                "vgg16, resnet50",
+                "--input-size",
+                "224",
+                "--max-epochs",
+                "3",
+                "--samples",
+                "4",
+                "--gpu",
+                "--workers-per-trial",
+                "2",
+                "--no-preview",
+            ]
+        )
+    )
     assert cfg.out == "s3://b/run" and cfg.src == "s3://b/archive" and cfg.preview is None and cfg.report
     assert cfg.classify.space.backbones == ("vgg16", "resnet50") and cfg.segment.space.backbones == ("resnet18",)
     for search in (cfg.classify, cfg.segment):
@@ -64,8 +95,9 @@ def test_options_left_out_take_the_config_defaults():
 
     parse = build_parser().parse_args
     assert train_config(parse(["train", "classify", "S"])) == TrainConfig(task="classify")
-    assert train_config(parse(["train", "segment", "S"])) == TrainConfig(task="segment",
-                                                                         model=ModelConfig(backbone="resnet34"))
+    assert train_config(parse(["train", "segment", "S"])) == TrainConfig(
+        task="segment", model=ModelConfig(backbone="resnet34")
+    )
     assert search_config(parse(["tune", "segment", "S"])) == SearchConfig(task="segment")
     assert score_config(parse(["score", "SRC", "OUT"])) == ScoreConfig()
     assert ingest_config(parse(["ingest", "SRC", "OUT"])) == IngestConfig()
@@ -74,12 +106,38 @@ def test_options_left_out_take_the_config_defaults():
     given = train_config(parse(["train", "segment", "S", "--epochs", "3", "--augment", "0", "--workers", "1"]))
     assert (given.epochs, given.augment.strength, given.num_workers, given.batch_size) == (3, 0.0, 1, 16)
     assert crossval_config(parse(["crossval", "classify", "S"])) == CrossvalConfig(train=TrainConfig(task="classify"))
-    cv = crossval_config(parse(["crossval", "classify", "S", "--folds", "3", "--head", "linear", "--schedule", "cosine",
-                                "--no-class-weights", "--fold-seed", "2", "--augment-preset", "flips",
-                                "--patient-pool", "mean"]))
+    cv = crossval_config(
+        parse(
+            [
+                "crossval",
+                "classify",
+                "S",
+                "--folds",
+                "3",
+                "--head",
+                "linear",
+                "--schedule",
+                "cosine",
+                "--no-class-weights",
+                "--fold-seed",
+                "2",
+                "--augment-preset",
+                "flips",
+                "--patient-pool",
+                "mean",
+            ]
+        )
+    )
     assert cv.train.augment == AugmentConfig.preset("flips")
-    assert (cv.folds, cv.seed, cv.val_share, cv.train.model.head, cv.train.schedule, cv.train.balance_classes,
-            cv.patient_pool) == (3, 2, 0.15, "linear", "cosine", False, "mean")
+    assert (
+        cv.folds,
+        cv.seed,
+        cv.val_share,
+        cv.train.model.head,
+        cv.train.schedule,
+        cv.train.balance_classes,
+        cv.patient_pool,
+    ) == (3, 2, 0.15, "linear", "cosine", False, "mean")
 
 
 def test_the_cli_offers_exactly_the_tasks_and_patient_pools_there_are():

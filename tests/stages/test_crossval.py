@@ -22,9 +22,17 @@ from ..conftest import phantom_shards
 
 
 def quick(task: str, **kw) -> CrossvalConfig:
-    train = TrainConfig(task=task, model=ModelConfig(backbone="resnet18", head="linear", dropout=0.0), epochs=1,
-                        batch_size=8, input_size=64, lr=1e-3, num_workers=1, augment=AugmentConfig(strength=0.0),
-                        bn_recalibration_batches=2)
+    train = TrainConfig(
+        task=task,
+        model=ModelConfig(backbone="resnet18", head="linear", dropout=0.0),
+        epochs=1,
+        batch_size=8,
+        input_size=64,
+        lr=1e-3,
+        num_workers=1,
+        augment=AugmentConfig(strength=0.0),
+        bn_recalibration_batches=2,
+    )
     return CrossvalConfig(train=train, folds=2, val_share=0.25, bootstrap=200, **kw)
 
 
@@ -64,8 +72,10 @@ def test_classifier_crossval_tests_every_patient_once_and_pools_with_intervals(s
     assert section is not None and crossval_section(RunLayout(str(tmp_path / "empty"))) is None
     (row,) = section.tables[0].rows
     assert row[:5] == ["cv", "classify", "resnet18 64px, 1 epochs", 2, 16]
-    assert row[5] == f"{cell(r.pooled['slice_auc'])} [{cell(r.intervals['slice_auc'][0])}, " \
-                     f"{cell(r.intervals['slice_auc'][1])}]"
+    assert (
+        row[5] == f"{cell(r.pooled['slice_auc'])} [{cell(r.intervals['slice_auc'][0])}, "
+        f"{cell(r.intervals['slice_auc'][1])}]"
+    )
     assert [f.name for f in section.figures] == ["crossval-roc"]
     # a finished cross-validation is reused, not re-run; other settings under its name are refused
     again = run_crossval(shards, out, quick("classify"), name="cv", log=lambda *_: None)

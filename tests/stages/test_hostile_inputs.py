@@ -30,8 +30,14 @@ QUIET = {"log": lambda *_: None}
 
 
 def _dcm(seed: int, pid: str, uid: str) -> bytes:
-    return ct_bytes(head_like((128, 128), seed=seed), pid=pid, sop_uid=uid_from(uid), name="Hostile^Patient",
-                    study_uid=uid_from(f"{pid}/study"), series_uid=uid_from(f"{pid}/series"))
+    return ct_bytes(
+        head_like((128, 128), seed=seed),
+        pid=pid,
+        sop_uid=uid_from(uid),
+        name="Hostile^Patient",
+        study_uid=uid_from(f"{pid}/study"),
+        series_uid=uid_from(f"{pid}/series"),
+    )
 
 
 def build_corpus(root: Path) -> tuple[Path, Path, dict[str, str]]:
@@ -47,8 +53,13 @@ def build_corpus(root: Path) -> tuple[Path, Path, dict[str, str]]:
     # Byte-identical copies: DICOM and PNG, one of them named like a spreadsheet formula.
     copy = _dcm(20, "MRN-COPY", "copy")
     png = encode_png(apply_window(head_like((128, 128), seed=21), BRAIN))
-    for name, data in (("a/copy.dcm", copy), ("b/copy.dcm", copy), ("a/slice.png", png), ("b/slice.png", png),
-                       ("=HYPERLINK(1).png", png)):
+    for name, data in (
+        ("a/copy.dcm", copy),
+        ("b/copy.dcm", copy),
+        ("a/slice.png", png),
+        ("b/slice.png", png),
+        ("=HYPERLINK(1).png", png),
+    ):
         (src / name).write_bytes(data)
         expect[name] = "row"
     # 5 KB of RLE claiming 4096 frames of 65535 x 65535.
@@ -73,15 +84,25 @@ def build_corpus(root: Path) -> tuple[Path, Path, dict[str, str]]:
     with zipfile.ZipFile(src / "z.zip", "w") as zf:
         zf.writestr("good.dcm", _dcm(41, "MRN-ZIP", "zipgood"))
         zf.writestr(zipfile.ZipInfo("crc.dcm"), _dcm(42, "MRN-ZIP", "zipcrc"))
-        zf.writestr(zipfile.ZipInfo("deflate.dcm"), _dcm(43, "MRN-ZIP", "zipdeflate"), compress_type=zipfile.ZIP_DEFLATED)
+        zf.writestr(
+            zipfile.ZipInfo("deflate.dcm"), _dcm(43, "MRN-ZIP", "zipdeflate"), compress_type=zipfile.ZIP_DEFLATED
+        )
         zf.writestr(f"secret.dcm::{outside / 'other.zip'}", b"decoy")
     corrupt_zip_member(src / "z.zip", "crc.dcm")
     corrupt_zip_member(src / "z.zip", "deflate.dcm")
-    expect.update({"z.zip/good.dcm": "row", "z.zip/crc.dcm": "corrupt_archive", "z.zip/deflate.dcm": "corrupt_archive",
-                   f"z.zip/secret.dcm::{outside / 'other.zip'}": "unsafe_member"})
+    expect.update(
+        {
+            "z.zip/good.dcm": "row",
+            "z.zip/crc.dcm": "corrupt_archive",
+            "z.zip/deflate.dcm": "corrupt_archive",
+            f"z.zip/secret.dcm::{outside / 'other.zip'}": "unsafe_member",
+        }
+    )
     with tarfile.open(src / "t.tar", "w") as tf:
-        for name, data in (("good.dcm", _dcm(44, "MRN-TAR", "targood")),
-                           (b"bad\xfe.dcm".decode("utf-8", "surrogateescape"), b"x")):
+        for name, data in (
+            ("good.dcm", _dcm(44, "MRN-TAR", "targood")),
+            (b"bad\xfe.dcm".decode("utf-8", "surrogateescape"), b"x"),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
@@ -109,8 +130,11 @@ def outcome_of(name: str, rows: set[str], quarantine: list[dict]) -> str | None:
     member = name.split("/", 1)[1] if name.startswith(("z.zip/", "t.tar/")) else None
     for q in quarantine:
         src = q["source"]
-        if src == name or src.endswith("/" + name) or (member and src.startswith(("zip://", "tar://"))
-                                                       and src.split("://", 1)[1].startswith(member + "::")):
+        if (
+            src == name
+            or src.endswith("/" + name)
+            or (member and src.startswith(("zip://", "tar://")) and src.split("://", 1)[1].startswith(member + "::"))
+        ):
             return q["reason"]
     return None
 
@@ -177,8 +201,11 @@ def test_score_and_preview_take_the_same_corpus(corpus, ingested, tmp_path):
     assert s.slices == ingest_summary.slices and s.quarantined == ingest_summary.quarantined
     slices = pq.read_table(out / "slices.parquet").to_pylist()
     copies = {r["source"]: r["duplicate_of"] for r in slices if r["duplicate_of"]}
-    assert copies == {"b/copy.dcm": "a/copy.dcm", "a/slice.png": "=HYPERLINK(1).png",
-                      "b/slice.png": "=HYPERLINK(1).png"}
+    assert copies == {
+        "b/copy.dcm": "a/copy.dcm",
+        "a/slice.png": "=HYPERLINK(1).png",
+        "b/slice.png": "=HYPERLINK(1).png",
+    }
     rows = list(csv.reader((out / "submission.csv").read_text().splitlines()))[1:]
     ids = [r[0] for r in rows]
     assert len(ids) == len(set(ids)) == s.slices

@@ -103,8 +103,20 @@ def test_interrupted_ingest_resumes_to_the_same_rows(planted_zip, ingested, tmp_
     target, _ = planted_zip
     reference = sorted(shards(ingested[0]).column("id").to_pylist())
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "strokeray.cli", "ingest", str(target), str(out),
-           "--files-per-chunk", "16", "--files-per-task", "4", "--num-cpus", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "strokeray.cli",
+        "ingest",
+        str(target),
+        str(out),
+        "--files-per-chunk",
+        "16",
+        "--files-per-task",
+        "4",
+        "--num-cpus",
+        "1",
+    ]
     kill_after_first_chunk(cmd, out)
     assert not (out / "card.json").exists()
     done = run_ingest(str(target), str(out), IngestConfig(files_per_chunk=16, files_per_task=4))
@@ -156,8 +168,14 @@ def test_ctich_patient_grouped_ingest(ray_local, tmp_path):
     for split in card["per_split"].values():
         for k, v in split["label"].items():
             labels[k] = labels.get(k, 0) + v
-    assert labels == {"0": len(list((root / "Dataset" / "Normal").glob("*.jpg"))),
-                      "1": len(list((root / "Dataset" / "Stroke").glob("*.jpg")))} == {"0": 1551, "1": 950}
+    assert (
+        labels
+        == {
+            "0": len(list((root / "Dataset" / "Normal").glob("*.jpg"))),
+            "1": len(list((root / "Dataset" / "Stroke").glob("*.jpg"))),
+        }
+        == {"0": 1551, "1": 950}
+    )
     t = pq.read_table(sorted((out / "shards").glob("*.parquet")), columns=["source", "patient", "split"])
     split_of: dict[str, set] = {}
     for p, s in zip(t.column("patient").to_pylist(), t.column("split").to_pylist()):
@@ -171,7 +189,8 @@ def test_ctich_patient_grouped_ingest(ray_local, tmp_path):
 
 @pytest.mark.realdata
 def test_ctich_dicom_mask_pairs_ingest_to_masked_shards_and_the_density_baseline_scores_them(
-        ray_local, tmp_path, capsys):
+    ray_local, tmp_path, capsys
+):
     """The 26 CT-ICH image/mask DICOM pairs through the ingest command: masked shards of 16 patients,
     then the training-free density baseline through evaluate on every split, with patient intervals."""
     root = shared_data("ctich-dicom-masks-26")

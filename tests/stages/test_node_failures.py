@@ -27,11 +27,25 @@ def test_ingest_and_scoring_survive_a_lost_worker_node(phantom_archive, tmp_path
     # A neutral working directory: Ray workers import strokeray from the checkout the driver names.
     root = Path(__file__).resolve().parents[2]
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-m", "tests.stages.multinode_child", str(archive), str(tmp_path / "work"),
-                           classifier, segmenter], cwd=root, env=env, capture_output=True, text=True, timeout=840)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.stages.multinode_child",
+            str(archive),
+            str(tmp_path / "work"),
+            classifier,
+            segmenter,
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=840,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-4000:]
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     events = result["events"]
     # the node went while the run was under way: after its first chunk, before the last
     ingest = result["ingest"]

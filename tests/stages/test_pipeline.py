@@ -35,8 +35,20 @@ def test_the_whole_pipeline_reads_and_writes_object_storage(ray_local, s3_endpoi
 
     fs = s3fs.S3FileSystem()
     fs.mkdir("pipeline-bucket")
-    args = ["pipeline", "--out", "s3://pipeline-bucket/run", "--patients", "6", "--samples", "1", "--max-epochs", "1",
-            "--input-size", "64", "--no-preview"]
+    args = [
+        "pipeline",
+        "--out",
+        "s3://pipeline-bucket/run",
+        "--patients",
+        "6",
+        "--samples",
+        "1",
+        "--max-epochs",
+        "1",
+        "--input-size",
+        "64",
+        "--no-preview",
+    ]
     lines: list[str] = []
     result = run_pipeline(pipeline_config(build_parser().parse_args(args)), log=lines.append)
     assert result.report == "s3://pipeline-bucket/run/report/index.html"

@@ -17,10 +17,17 @@ def test_report_of_an_empty_run_names_every_missing_stage(tmp_path):
 
 def test_report_cli_writes_where_told(tmp_path, capsys):
     (tmp_path / "run" / "shards").mkdir(parents=True)
-    card = {"objects": 3, "layout": "teknofest", "slices": 2, "patients": 1, "with_mask": 1, "quarantined": 1,
-            "config_digest": "abc", "per_split": {"train": {"patients": 1, "slices": 2, "label": {"1": 1},
-                                                             "lesion": {"2": 1}}},
-            "quarantine_reasons": {"not_dicom": 1}}
+    card = {
+        "objects": 3,
+        "layout": "teknofest",
+        "slices": 2,
+        "patients": 1,
+        "with_mask": 1,
+        "quarantined": 1,
+        "config_digest": "abc",
+        "per_split": {"train": {"patients": 1, "slices": 2, "label": {"1": 1}, "lesion": {"2": 1}}},
+        "quarantine_reasons": {"not_dicom": 1},
+    }
     (tmp_path / "run" / "shards" / "card.json").write_text(json.dumps(card))
     assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "elsewhere")]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -37,7 +37,14 @@ def test_fractional_gpus_pack_small_trials_onto_one_gpu():
     search = SearchConfig(samples=4, use_gpu=True, gpus_per_trial=0.25)
     assert concurrency(search, {"CPU": 8.0, "GPU": 1.0})[0] == 4
     assert concurrency(search, {"CPU": 8.0, "GPU": 2.0})[0] == 8  # never more than the trials
-    params = {"backbone": "resnet18", "batch_size": 8, "lr": 1e-3, "weight_decay": 0.0, "input_size": 64, "augment": 0.0}
+    params = {
+        "backbone": "resnet18",
+        "batch_size": 8,
+        "lr": 1e-3,
+        "weight_decay": 0.0,
+        "input_size": 64,
+        "augment": 0.0,
+    }
     train = trial_train_config(search, params, cpus_per_worker=1.0)
     assert (train.use_gpu, train.num_workers, train.gpus_per_worker) == (True, 1, 0.25)
     two = SearchConfig(workers_per_trial=2, use_gpu=True)

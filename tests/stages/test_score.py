@@ -74,7 +74,11 @@ def test_study_volumes_are_area_times_thickness(scored):
     studies = pq.read_table(out / "studies.parquet").to_pylist()
     assert sum(st["slices"] for st in studies) == len(slices)
     for st in studies:
-        mine = [r for r in slices if (r["study"] or f"patient:{r['patient']}") == st["study"] and r["series"] == st["series"]]
+        mine = [
+            r
+            for r in slices
+            if (r["study"] or f"patient:{r['patient']}") == st["study"] and r["series"] == st["series"]
+        ]
         assert len(mine) == st["slices"]
         for kind, col in (("hemorrhage_ml", "hemorrhagic_area_mm2"), ("ischemia_ml", "ischemic_area_mm2")):
             assert st[kind] == pytest.approx(sum(r[col] * r["thickness_mm"] for r in mine) / 1000.0)
@@ -103,17 +107,34 @@ def test_finished_run_rewrites_nothing(scored, bundles, planted_zip):
     assert again.reused and again.slices > 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
     with pytest.raises(ValueError, match="other inputs or settings"):
-        run_score(str(planted_zip[0]), str(out), *bundles, registry=None,
-                  cfg=ScoreConfig(threshold=0.7, files_per_chunk=24), log=lambda *_: None)
+        run_score(
+            str(planted_zip[0]),
+            str(out),
+            *bundles,
+            registry=None,
+            cfg=ScoreConfig(threshold=0.7, files_per_chunk=24),
+            log=lambda *_: None,
+        )
 
 
 def test_models_default_to_the_registry(planted_zip, bundles, ray_local, tmp_path):
     reg = tmp_path / "registry"
     for task in ("classify", "segment"):
-        registry.publish(str(reg), task, lambda url, task=task: tiny_bundle(Path(url), task), {}, [],
-                         {"metric": "m", "value": 1.0, "dataset": "d"})
-    s = run_score(str(planted_zip[0]), str(tmp_path / "out"), registry=str(reg), cfg=ScoreConfig(threshold=0.9),
-                  log=lambda *_: None)
+        registry.publish(
+            str(reg),
+            task,
+            lambda url, task=task: tiny_bundle(Path(url), task),
+            {},
+            [],
+            {"metric": "m", "value": 1.0, "dataset": "d"},
+        )
+    s = run_score(
+        str(planted_zip[0]),
+        str(tmp_path / "out"),
+        registry=str(reg),
+        cfg=ScoreConfig(threshold=0.9),
+        log=lambda *_: None,
+    )
     assert s.models["classifier"].endswith("classify/v0001") and s.models["segmenter"].endswith("segment/v0001")
 
 
@@ -139,8 +160,14 @@ def test_killed_actor_loses_and_duplicates_nothing(planted_zip, bundles, scored,
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     out = tmp_path / "out"
-    run_score(str(planted_zip[0]), str(out), *bundles, registry=None,
-              cfg=ScoreConfig(threshold=0.0, batch_size=1, files_per_chunk=200), log=lambda *_: None)
+    run_score(
+        str(planted_zip[0]),
+        str(out),
+        *bundles,
+        registry=None,
+        cfg=ScoreConfig(threshold=0.0, batch_size=1, files_per_chunk=200),
+        log=lambda *_: None,
+    )
     thread.join(timeout=5)
     assert killed, "no scoring actor was found to kill"
     assert sorted(pq.read_table(out / "slices.parquet").column("id").to_pylist()) == reference
@@ -149,9 +176,25 @@ def test_killed_actor_loses_and_duplicates_nothing(planted_zip, bundles, scored,
 def test_killed_driver_rerun_completes_exactly_once(planted_zip, bundles, scored, tmp_path):
     reference = sorted(pq.read_table(scored[0] / "slices.parquet").column("id").to_pylist())
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "strokeray.cli", "score", str(planted_zip[0]), "--out", str(out),
-           "--classifier", bundles[0], "--segmenter", bundles[1], "--threshold", "0", "--files-per-chunk", "12",
-           "--num-cpus", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "strokeray.cli",
+        "score",
+        str(planted_zip[0]),
+        "--out",
+        str(out),
+        "--classifier",
+        bundles[0],
+        "--segmenter",
+        bundles[1],
+        "--threshold",
+        "0",
+        "--files-per-chunk",
+        "12",
+        "--num-cpus",
+        "2",
+    ]
     env = kill_after_first_chunk(cmd, out)
     assert not (out / "summary.json").exists()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -166,8 +209,7 @@ def test_real_dicom_tar_gets_a_row_per_slice(bundles, ray_local, tmp_path):
     tarred = tmp_path / "rsna.tar"
     with tarfile.open(tarred, "w") as tf:
         tf.add(root / "Major Project ICH Detection", arcname="Major Project ICH Detection")
-    s = run_score(str(tarred), str(tmp_path / "out"), *bundles, registry=None, cfg=ScoreConfig(),
-                  log=lambda *_: None)
+    s = run_score(str(tarred), str(tmp_path / "out"), *bundles, registry=None, cfg=ScoreConfig(), log=lambda *_: None)
     slices = pq.read_table(tmp_path / "out" / "slices.parquet")
     assert s.slices == slices.num_rows == 20 and s.quarantined == 0
     prob = np.asarray(slices.column("stroke_probability"))

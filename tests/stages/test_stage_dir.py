@@ -47,8 +47,7 @@ def test_ingest_and_score_refuse_an_out_that_overlaps_the_source(user_src, tmp_p
     cls = tiny_bundle(tmp_path.parent / f"bundle-{where}", "classify")
     before = snapshot(tmp_path)
     assert main(["ingest", str(user_src), str(out), "--overwrite"]) == 2
-    assert main(["score", str(user_src), "--out", str(out), "--classifier", cls, "--no-segmenter",
-                 "--overwrite"]) == 2
+    assert main(["score", str(user_src), "--out", str(out), "--classifier", cls, "--no-segmenter", "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert err.count("choose an output folder outside the input") == 2 and "Traceback" not in err
     assert snapshot(tmp_path) == before
@@ -93,8 +92,14 @@ def test_a_search_made_before_markers_is_adopted_and_overwrite_removes_only_tune
     from strokeray.stages.tune import PUBLISHED, SEARCH_OUTPUTS, SETTINGS
 
     path = tmp_path / "tune" / "classify-search"
-    for name in (SETTINGS, "experiment_state-2026.json", "tuner.pkl", "trial_driver_ab_00000/result.json",
-                 "train/ab_00000/checkpoint/state.json", "notes.txt"):
+    for name in (
+        SETTINGS,
+        "experiment_state-2026.json",
+        "tuner.pkl",
+        "trial_driver_ab_00000/result.json",
+        "train/ab_00000/checkpoint/state.json",
+        "notes.txt",
+    ):
         (path / name).parent.mkdir(parents=True, exist_ok=True)
         (path / name).write_text("x")
     stage = StageDir(str(path), "tune", SEARCH_OUTPUTS, done=PUBLISHED)
@@ -137,8 +142,7 @@ def test_arguments_are_checked_before_anything_starts(user_src, tmp_path, capsys
     assert "holds no input files" in capsys.readouterr().err
     assert main(["ingest", str(tmp_path / "missing"), str(tmp_path / "o3")]) == 2
     assert "no such input" in capsys.readouterr().err
-    assert main(["score", str(user_src), "--out", str(tmp_path / "o4"), "--threshold", "1.5",
-                 "--no-segmenter"]) == 2
+    assert main(["score", str(user_src), "--out", str(tmp_path / "o4"), "--threshold", "1.5", "--no-segmenter"]) == 2
     assert "threshold" in capsys.readouterr().err
 
 

@@ -35,9 +35,17 @@ def shards(ray_local, tmp_path_factory) -> str:
 def small(task: str, epochs: int) -> TrainConfig:
     # "Does the loop learn", made reliable: ~70 training slices split over 2 workers need small
     # batches for enough optimizer steps, and augmentation and dropout only add noise to the check.
-    return TrainConfig(task=task, model=ModelConfig(backbone="resnet18", dropout=0.0), epochs=epochs,
-                       batch_size=4, input_size=64, lr=3e-4, num_workers=2, seed=1,
-                       augment=AugmentConfig(strength=0.0))
+    return TrainConfig(
+        task=task,
+        model=ModelConfig(backbone="resnet18", dropout=0.0),
+        epochs=epochs,
+        batch_size=4,
+        input_size=64,
+        lr=3e-4,
+        num_workers=2,
+        seed=1,
+        augment=AugmentConfig(strength=0.0),
+    )
 
 
 @pytest.mark.parametrize("task", ["classify", "segment"])
@@ -155,7 +163,7 @@ def test_a_checkpoint_round_trips_weights_optimizer_loop_and_amp_scaler(tmp_path
     assert again["exp_avg"].device.type == "cpu" and torch.equal(again["exp_avg"], first["exp_avg"])
     resumed_scaler = torch.amp.GradScaler("cpu")
     resumed_scaler.load_state_dict(scaler_state)
-    assert resumed_scaler.state_dict() == scaler.state_dict() and resumed_scaler.get_scale() != 2.0 ** 16
+    assert resumed_scaler.state_dict() == scaler.state_dict() and resumed_scaler.get_scale() != 2.0**16
 
 
 def test_a_local_weights_file_reaches_the_workers_as_an_absolute_path(shards, tmp_path, monkeypatch):
@@ -170,8 +178,9 @@ def test_a_local_weights_file_reaches_the_workers_as_an_absolute_path(shards, tm
     model = build_model(ModelConfig(task="segment", backbone="resnet18", num_classes=3))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, "start.safetensors")
     data = ShardSet.open(shards)
-    cfg = with_model_shape(TrainConfig(task="segment", model=ModelConfig(backbone="resnet18",
-                                                                         weights="start.safetensors")), data)
+    cfg = with_model_shape(
+        TrainConfig(task="segment", model=ModelConfig(backbone="resnet18", weights="start.safetensors")), data
+    )
     assert cfg.model.weights == str(tmp_path / "start.safetensors") and cfg.model.in_channels == 3
     loaded = build_model(cfg.model)  # what each worker does with it
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))

@@ -30,8 +30,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(1500)]
 
 # Cheap trials (64 px, ~70 training slices). The validation loss is the metric: continuous, so
 # ASHA's comparisons never tie, which makes "some trial is stopped early" reliable with 8 trials.
-SPACE = SearchSpace(backbones=("resnet18", "resnet34"), lr=(1e-4, 3e-3), batch_size=(8,), augment=(0.0,),
-                    input_size=(64,))
+SPACE = SearchSpace(
+    backbones=("resnet18", "resnet34"), lr=(1e-4, 3e-3), batch_size=(8,), augment=(0.0,), input_size=(64,)
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,16 @@ def test_search_space_from_json_rejects_unknown_keys():
 
 def test_search_stops_early_exports_the_best_trial_and_reuses_a_finished_search(shards, tmp_path):
     reg = str(tmp_path / "registry")
-    cfg = SearchConfig(task="classify", space=SPACE, samples=4, max_epochs=3, grace_period=1, reduction_factor=2,
-                       metric="val_loss", seed=3)
+    cfg = SearchConfig(
+        task="classify",
+        space=SPACE,
+        samples=4,
+        max_epochs=3,
+        grace_period=1,
+        reduction_factor=2,
+        metric="val_loss",
+        seed=3,
+    )
     r = run_search(shards, str(tmp_path / "tune"), cfg, registry=reg, log=lambda *_: None)
     rows = r.rows
     assert len(rows) == 8 and {row["param_backbone"] for row in rows} == {"resnet18", "resnet34"}
@@ -99,8 +108,13 @@ def test_search_stops_early_exports_the_best_trial_and_reuses_a_finished_search(
     assert again.reused and again.version == "v0001" and registry.versions(reg, "classify") == ["v0001"]
     # Other settings under the same name are refused, not silently started over.
     with pytest.raises(ValueError, match="other inputs or settings"):
-        run_search(shards, str(tmp_path / "tune"), SearchConfig(task="classify", space=SPACE, samples=1),
-                   registry=reg, log=lambda *_: None)
+        run_search(
+            shards,
+            str(tmp_path / "tune"),
+            SearchConfig(task="classify", space=SPACE, samples=1),
+            registry=reg,
+            log=lambda *_: None,
+        )
 
 
 def _trial_states(search: Path) -> dict[str, str]:
@@ -122,15 +136,38 @@ def _trial_states(search: Path) -> dict[str, str]:
 def test_interrupted_search_resumes_without_rerunning_finished_trials(shards, tmp_path):
     out, reg = tmp_path / "tune", tmp_path / "registry"
     # --data relative to the working directory: trials run in their own directories, so it must be resolved.
-    cmd = [sys.executable, "-m", "strokeray.cli", "tune", "classify", "--data", Path(shards).name, "--out", str(out),
-           "--registry", str(reg), "--name", "s", "--backbones", "resnet18,resnet34", "--samples", "2",
-           "--max-epochs", "3", "--grace-period", "3", "--seed", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "strokeray.cli",
+        "tune",
+        "classify",
+        "--data",
+        Path(shards).name,
+        "--out",
+        str(out),
+        "--registry",
+        str(reg),
+        "--name",
+        "s",
+        "--backbones",
+        "resnet18,resnet34",
+        "--samples",
+        "2",
+        "--max-epochs",
+        "3",
+        "--grace-period",
+        "3",
+        "--seed",
+        "1",
+    ]
     cmd += ["--space", json.dumps({"batch_size": [8], "augment": [0.0], "input_size": [64]})]  # inline JSON
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["TUNE_GLOBAL_CHECKPOINT_S"] = "1"
     cwd = Path(shards).parent
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
         if "TERMINATED" in _trial_states(out / "s").values():
@@ -169,8 +206,15 @@ def test_classifier_dropout_is_searched_and_reaches_the_model():
     cfg = SearchConfig(task="classify", space=SearchSpace(dropout=(0.0, 0.3)))
     space = param_space(cfg)
     assert isinstance(space["dropout"], tune.search.sample.Categorical) and space["dropout"].categories == [0.0, 0.3]
-    params = {"backbone": "resnet18", "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 8, "augment": 0.5,
-              "input_size": 64, "dropout": 0.3}
+    params = {
+        "backbone": "resnet18",
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "batch_size": 8,
+        "augment": 0.5,
+        "input_size": 64,
+        "dropout": 0.3,
+    }
     assert trial_train_config(cfg, params, 0.5).model.dropout == 0.3
     assert "dropout" not in param_space(SearchConfig(task="segment"))
     assert SearchSpace.from_json('{"dropout": [0.1]}').dropout == (0.1,)

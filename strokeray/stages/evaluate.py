@@ -54,6 +54,26 @@ def prediction_rows(task, part, outputs: np.ndarray, truth: np.ndarray) -> dict[
     return rows
 
 
+def predict_split(predictor, data: ShardSet, split: str, batch_size: int, meter) -> dict[str, list]:
+    """Feed ``meter`` with the predictor's outputs on every ``split`` slice with a truth; the
+    per-slice prediction columns."""
+    task = predictor.task
+    size = predictor.doc["preprocess"][task.view]["size"]  # the bundle's view (masks are scored at it)
+    shape = (len(predictor.doc["windows"]), size, size)
+    columns: dict[str, list] = {}
+    for table in data.tables(list(dict.fromkeys([task.image_column, "id", "split", "patient", *task.truth_columns]))):
+        table = task.rows(table, split)
+        for start in range(0, table.num_rows, batch_size):
+            part = table.slice(start, batch_size)
+            outputs = predictor.predict(tensor_array(part[task.image_column], shape))
+            truth = task.targets(part[task.target_column], size)
+            patients = np.asarray(part["patient"]) if "patient" in part.column_names else None
+            meter.update(outputs, truth, {"patient": patients})
+            for k, v in prediction_rows(task, part, outputs, truth).items():
+                columns.setdefault(k, []).extend(v)
+    return columns
+
+
 def run_evaluate(
     bundle: str,
     shards: str | ShardSet,
@@ -78,21 +98,8 @@ def run_evaluate(
         or BundlePredictor(bundle, device)
     )
     task = predictor.task
-    size = predictor.doc["preprocess"][task.view]["size"]  # the bundle's view (masks are scored at it)
-    shape = (len(predictor.doc["windows"]), size, size)
     meter = task.val_meter(threshold=predictor.threshold if not task.dense else None)
-    columns: dict[str, list] = {}
-    for table in data.tables(list(dict.fromkeys([task.image_column, "id", "split", "patient", *task.truth_columns]))):
-        table = task.rows(table, split)
-        for start in range(0, table.num_rows, batch_size):
-            part = table.slice(start, batch_size)
-            outputs = predictor.predict(tensor_array(part[task.image_column], shape))
-            truth = task.targets(part[task.target_column], size)
-            meter.update(
-                outputs, truth, {"patient": np.asarray(part["patient"]) if "patient" in part.column_names else None}
-            )
-            for k, v in prediction_rows(task, part, outputs, truth).items():
-                columns.setdefault(k, []).extend(v)
+    columns = predict_split(predictor, data, split, batch_size, meter)
     n = len(columns.get("id", []))
     if n == 0:
         raise EmptySplitError(f"{data.url} has no {split} slices with a truth for the {task.name} task")
@@ -106,16 +113,8 @@ def run_evaluate(
         with fsspec.open(predictions, "wb") as fh:
             pq.write_table(pa.table(columns), fh)
     if out:
-        write_json(
-            out,
-            {
-                "bundle": bundle,
-                "bundle_version": predictor.version,
-                "shards": data.url,
-                "shards_version": data.version,
-                **result.__dict__,
-            },
-        )
+        source = {"bundle": bundle, "bundle_version": predictor.version, "shards": data.url}
+        write_json(out, {**source, "shards_version": data.version, **result.__dict__})
     log(
         f"[evaluate] {task.name} on {split} ({n} slices): "
         + ", ".join(f"{k}={result.metrics[k]:.3f}" for k in task.headline)

@@ -251,12 +251,7 @@ def build_manifest(
     keys = [_row_key(rec) for rec in records]
     listing_digest = _digest_of(keys)
     problems = [{"source": p.source, "stage": "list", "reason": p.reason, "detail": p.detail} for p in listing.problems]
-    if (
-        meta is not None
-        and previous is not None
-        and meta.get("listing") == listing_digest
-        and meta.get("problems") == problems
-    ):
+    if previous is not None and meta and (meta.get("listing"), meta.get("problems")) == (listing_digest, problems):
         log(f"[manifest] reusing {out}/manifest.parquet ({previous.num_rows} objects, unchanged)")
         return Manifest(
             previous, meta["layout"], meta["problems"], meta["skipped"], meta["shadowed"], digest, listing_digest
@@ -266,38 +261,34 @@ def build_manifest(
         [{**rec, KEY_COLUMN: k, CHUNK_COLUMN: n} for rec, k, n in zip(records, keys, numbers)], schema=_schema()
     )
     changes = _changes(previous, table) if previous is not None else {}
-    fs.makedirs(base, exist_ok=True)
-    with fs.open(f"{base}/manifest.parquet", "wb") as fh:
-        pq.write_table(table, fh)
-    meta = {
-        "digest": digest,
-        "listing": listing_digest,
-        "source": src,
-        "layout": labelled.layout,
-        "problems": problems,
-        "skipped": listing.skipped,
-        "shadowed": labelled.dropped_duplicates,
-        "rows": table.num_rows,
-        "changes": changes,
-    }
-    with fs.open(f"{base}/manifest.json", "w") as fh:  # written last: a manifest.json names a whole table
-        json.dump(meta, fh, indent=1)
+    doc: dict = {"digest": digest, "listing": listing_digest, "source": src, "layout": labelled.layout}
+    doc.update(problems=problems, skipped=listing.skipped, shadowed=labelled.dropped_duplicates)
+    write_manifest(fs, base, table, {**doc, "rows": table.num_rows, "changes": changes})
     if changes:
-        log(
-            f"[manifest] the source changed since the last run: {changes['new']} new, {changes['changed']} changed,"
-            f" {changes['removed']} removed objects; {kept} finished chunks kept"
-            + (
-                f" (new: {', '.join(changes['new_names'])}{' ...' if changes['new'] > 5 else ''})"
-                if changes["new"]
-                else ""
-            )
-        )
+        _log_changes(changes, kept, log)
     log(
         f"[manifest] {table.num_rows} objects, layout {labelled.layout}, {len(problems)} listing problems,"
         f" {len(listing.skipped)} sidecar files skipped, {len(labelled.dropped_duplicates)} PNGs shadowed by DICOM"
     )
     return Manifest(
         table, labelled.layout, problems, listing.skipped, labelled.dropped_duplicates, digest, listing_digest, changes
+    )
+
+
+def write_manifest(fs, base: str, table: pa.Table, meta: dict) -> None:
+    """manifest.parquet, then manifest.json (last: a manifest.json names a whole table)."""
+    fs.makedirs(base, exist_ok=True)
+    with fs.open(f"{base}/manifest.parquet", "wb") as fh:
+        pq.write_table(table, fh)
+    with fs.open(f"{base}/manifest.json", "w") as fh:
+        json.dump(meta, fh, indent=1)
+
+
+def _log_changes(changes: dict, kept: int, log=print) -> None:
+    new = f" (new: {', '.join(changes['new_names'])}{' ...' if changes['new'] > 5 else ''})" if changes["new"] else ""
+    log(
+        f"[manifest] the source changed since the last run: {changes['new']} new, {changes['changed']} changed,"
+        f" {changes['removed']} removed objects; {kept} finished chunks kept{new}"
     )
 
 

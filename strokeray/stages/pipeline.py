@@ -157,35 +157,23 @@ def trainable_tasks(shards: str) -> list[Task]:
     return [CLASSIFY, SEGMENT] if card.get("with_mask", 0) else [CLASSIFY]
 
 
-def run_pipeline(cfg: PipelineConfig = PipelineConfig(), log=print) -> PipelineResult:
-    """Run every stage into ``cfg.out``; see the module docstring."""
-    from strokeray.stages.report import run_report
-    from strokeray.stages.runtime import ensure_ray
-    from strokeray.stages.score import run_score
+class Laps:
+    """Seconds per pipeline step, each from the end of the step before."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def __call__(self, step: str) -> None:
+        now = time.perf_counter()
+        self.seconds[step] = round(now - self._t, 1)
+        self._t = now
+
+
+def search_and_evaluate(cfg: PipelineConfig, layout: RunLayout, lap: Laps, log=print) -> tuple[dict, dict]:
+    """Tune and evaluate every task the shards can train: ({task: bundle}, {task: test metrics})."""
     from strokeray.stages.tune import run_search
 
-    layout = RunLayout(cfg.out)
-    StageDir(cfg.out, "pipeline", PIPELINE_OUTPUTS).claim([s for s in (cfg.src, cfg.score_src) if s])
-    seconds: dict[str, float] = {}
-    t = time.perf_counter()
-
-    def lap(step: str) -> None:
-        nonlocal t
-        now = time.perf_counter()
-        seconds[step] = round(now - t, 1)
-        t = now
-
-    ensure_ray(cfg.ingest.num_cpus)
-    reused, archive = False, cfg.src or layout.archive
-    if cfg.src is None:
-        reused = demo_archive(layout, cfg.synth, log)
-    lap("synth")
-    ingested = run_ingest(archive, layout.shards, cfg.ingest, log)
-    lap("ingest")
-    if cfg.preview is not None:
-        p = run_preview(archive, layout.preview, cfg.preview)
-        log(f"[preview] {p.slices} slices from {p.files} files, {p.quarantined} quarantined -> {layout.preview}")
-    lap("preview")
     bundles, evaluation = {}, {}
     tasks = trainable_tasks(layout.shards)
     if SEGMENT not in tasks:
@@ -206,6 +194,30 @@ def run_pipeline(cfg: PipelineConfig = PipelineConfig(), log=print) -> PipelineR
         lap(f"tune_{task.name}")
         evaluation[task.name] = evaluate_once(found.bundle, layout, task, log, use_gpu=cfg.search(task).use_gpu)
         lap(f"evaluate_{task.name}")
+    return bundles, evaluation
+
+
+def run_pipeline(cfg: PipelineConfig = PipelineConfig(), log=print) -> PipelineResult:
+    """Run every stage into ``cfg.out``; see the module docstring."""
+    from strokeray.stages.report import run_report
+    from strokeray.stages.runtime import ensure_ray
+    from strokeray.stages.score import run_score
+
+    layout = RunLayout(cfg.out)
+    StageDir(cfg.out, "pipeline", PIPELINE_OUTPUTS).claim([s for s in (cfg.src, cfg.score_src) if s])
+    lap = Laps()
+    ensure_ray(cfg.ingest.num_cpus)
+    reused, archive = False, cfg.src or layout.archive
+    if cfg.src is None:
+        reused = demo_archive(layout, cfg.synth, log)
+    lap("synth")
+    ingested = run_ingest(archive, layout.shards, cfg.ingest, log)
+    lap("ingest")
+    if cfg.preview is not None:
+        p = run_preview(archive, layout.preview, cfg.preview)
+        log(f"[preview] {p.slices} slices from {p.files} files, {p.quarantined} quarantined -> {layout.preview}")
+    lap("preview")
+    bundles, evaluation = search_and_evaluate(cfg, layout, lap, log)
     scored = run_score(
         cfg.score_src or archive,
         layout.score,
@@ -221,9 +233,9 @@ def run_pipeline(cfg: PipelineConfig = PipelineConfig(), log=print) -> PipelineR
     if cfg.report:
         report = run_report(cfg.out, log=log).html
         lap("report")
-    total = sum(seconds.values())
+    seconds = lap.seconds
     log(
-        f"[pipeline] done in {total:.0f}s: "
+        f"[pipeline] done in {sum(seconds.values()):.0f}s: "
         + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items())
         + (f"; report: {report}" if report else "")
     )

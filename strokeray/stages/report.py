@@ -246,6 +246,34 @@ def segmenter_test_section(layout: RunLayout, doc: dict | None) -> Section:
     return s
 
 
+def _trials_table(rows: list[dict], params: list[str], metric: str) -> Table:
+    """One row per trial: its sampled parameters, status, epochs and best score."""
+    head = ["trial", *[p[len("param_") :] for p in params], "status", "epochs", f"best {metric}", "at epoch"]
+    body = [
+        [r["trial_id"], *[_param(r.get(p)) for p in params], r["status"], r["epochs_run"], r["best_score"]]
+        + [r["best_epoch"], round(float(r.get("time_s") or 0.0))]
+        for r in sorted(rows, key=lambda r: r["trial_id"])
+    ]
+    return Table([*head, "seconds"], body, text_columns=1 + len(params) + 1)
+
+
+def _trial_curves(layout: RunLayout, task: Task, rows: list[dict], metric: str) -> Figure | None:
+    """Every trial's validation metric per epoch, from its last checkpoint's history."""
+    trials = {}
+    for r in rows:
+        ckpts = tune.trial_checkpoints(f"{layout.search(task)}/train", r["trial_id"])
+        if ckpts:
+            trials[r["trial_id"]] = ckpts[-1]["history"]
+    if not trials:
+        return None
+    label = metric.replace("val_", "validation ").replace("_", " ")
+    return Figure(
+        f"{task.name}-search",
+        figures.trial_curves(trials, metric, label, f"{task.title}: every trial"),
+        f"Validation {metric} per epoch of each trial; lines that end early were stopped by ASHA.",
+    )
+
+
 def search_section(layout: RunLayout, task: Task) -> Section:
     name = task.title
     s = Section(f"{name}: model search")
@@ -262,50 +290,12 @@ def search_section(layout: RunLayout, task: Task) -> Section:
         f"({metric} {cell(doc['best']['best_score'])}), published as registry version "
         f"{doc['version']}" + (" (the registry's current best)." if doc.get("current") else ".")
     )
-    table_rows = []
-    for r in sorted(rows, key=lambda r: r["trial_id"]):
-        table_rows.append(
-            [
-                r["trial_id"],
-                *[_param(r.get(p)) for p in params],
-                r["status"],
-                r["epochs_run"],
-                r["best_score"],
-                r["best_epoch"],
-                round(float(r.get("time_s") or 0.0)),
-            ]
-        )
     if "param_seg_loss" in params:
         s.paragraphs.append("seg_loss: the weights of the dice, cross-entropy and focal terms.")
-    s.tables.append(
-        Table(
-            [
-                "trial",
-                *[p[len("param_") :] for p in params],
-                "status",
-                "epochs",
-                f"best {metric}",
-                "at epoch",
-                "seconds",
-            ],
-            table_rows,
-            text_columns=1 + len(params) + 1,
-        )
-    )
-    trials = {}
-    for r in rows:
-        ckpts = tune.trial_checkpoints(f"{layout.search(task)}/train", r["trial_id"])
-        if ckpts:
-            trials[r["trial_id"]] = ckpts[-1]["history"]
-    if trials:
-        label = metric.replace("val_", "validation ").replace("_", " ")
-        s.figures.append(
-            Figure(
-                f"{task.name}-search",
-                figures.trial_curves(trials, metric, label, f"{name}: every trial"),
-                f"Validation {metric} per epoch of each trial; lines that end early were stopped by ASHA.",
-            )
-        )
+    s.tables.append(_trials_table(rows, params, metric))
+    curves = _trial_curves(layout, task, rows, metric)
+    if curves is not None:
+        s.figures.append(curves)
     return s
 
 
@@ -314,10 +304,37 @@ def _interval(doc: dict, key: str) -> str:
     return cell(value) + (f" [{cell(iv[0])}, {cell(iv[1])}]" if iv else "")
 
 
+CROSSVAL_COLUMNS = ["name", "task", "recipe", "folds", "patients", "slice AUC", "patient AUC"]
+CROSSVAL_COLUMNS += ["patient sensitivity", "patient specificity"]
+
+
+def _crossval_row(layout: RunLayout, name: str) -> tuple[list, tuple | None]:
+    """A cross-validation's row of the report's table, and its pooled slice ROC (classifier)."""
+    from strokeray.stages.crossval import PREDICTIONS, SUMMARY
+
+    doc = read_json(f"{layout.crossval}/{name}/{SUMMARY}")
+    train = doc["config"]["train"]
+    recipe = f"{train['model']['backbone']} {train['input_size'] or ''}px, {train['epochs']} epochs"
+    classify = doc["task"] == CLASSIFY.name
+    if classify:  # crossval.json files made before --patient-pool pooled by the max
+        recipe += f"; a patient by the {doc['config'].get('patient_pool', 'max')} of its slices"
+    row = [name, doc["task"], recipe, len(doc["folds"]), sum(f["test_patients"] for f in doc["folds"])]
+    if not classify:
+        iou = f"mean lesion IoU {_interval(doc, 'mean_lesion_iou')}; competition IoU "
+        return row + ["", "", "", iou + f"{cell(doc['pooled'].get('competition_iou'))} (fold mean)"], None
+    row += [_interval(doc, k) for k in ("slice_auc", "patient_auc", "patient_sensitivity", "patient_specificity")]
+    t = _parquet(f"{layout.crossval}/{name}/{PREDICTIONS}", ["label", "probability"])
+    lab, prob = np.asarray(t["label"]), np.asarray(t["probability"])
+    if not 0 < lab.sum() < len(lab):
+        return row, None
+    fpr, tpr, _ = roc_curve(lab, prob)
+    return row, (fpr, tpr, roc_auc(lab, prob))
+
+
 def crossval_section(layout: RunLayout) -> Section | None:
     """Every cross-validation under RUN_DIR/crossval: pooled out-of-fold metrics with their
     intervals. None when there is none: cross-validation is not a pipeline stage, so it is no gap."""
-    from strokeray.stages.crossval import PREDICTIONS, SUMMARY
+    from strokeray.stages.crossval import SUMMARY
 
     s = Section("Cross-validation")
     fs, base = fsspec.core.url_to_fs(layout.crossval)
@@ -330,60 +347,11 @@ def crossval_section(layout: RunLayout) -> Section | None:
     )
     rows, curves = [], {}
     for name in names:
-        doc = read_json(f"{layout.crossval}/{name}/{SUMMARY}")
-        train = doc["config"]["train"]
-        recipe = f"{train['model']['backbone']} {train['input_size'] or ''}px, {train['epochs']} epochs"
-        if doc["task"] == CLASSIFY.name:
-            rows.append(
-                [
-                    name,
-                    doc["task"],
-                    recipe,
-                    len(doc["folds"]),
-                    sum(f["test_patients"] for f in doc["folds"]),
-                    *(
-                        _interval(doc, k)
-                        for k in ("slice_auc", "patient_auc", "patient_sensitivity", "patient_specificity")
-                    ),
-                ]
-            )
-            t = _parquet(f"{layout.crossval}/{name}/{PREDICTIONS}", ["label", "probability"])
-            lab, prob = np.asarray(t["label"]), np.asarray(t["probability"])
-            if 0 < lab.sum() < len(lab):
-                fpr, tpr, _ = roc_curve(lab, prob)
-                curves[name] = (fpr, tpr, roc_auc(lab, prob))
-        else:
-            rows.append(
-                [
-                    name,
-                    doc["task"],
-                    recipe,
-                    len(doc["folds"]),
-                    sum(f["test_patients"] for f in doc["folds"]),
-                    "",
-                    "",
-                    "",
-                    f"mean lesion IoU {_interval(doc, 'mean_lesion_iou')}; competition IoU "
-                    f"{cell(doc['pooled'].get('competition_iou'))} (fold mean)",
-                ]
-            )
-    s.tables.append(
-        Table(
-            [
-                "name",
-                "task",
-                "recipe",
-                "folds",
-                "patients",
-                "slice AUC",
-                "patient AUC",
-                "patient sensitivity",
-                "patient specificity",
-            ],
-            rows,
-            text_columns=3,
-        )
-    )
+        row, curve = _crossval_row(layout, name)
+        rows.append(row)
+        if curve is not None:
+            curves[name] = curve
+    s.tables.append(Table(CROSSVAL_COLUMNS, rows, text_columns=3))
     if curves:
         s.figures.append(
             Figure(

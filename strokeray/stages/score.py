@@ -494,7 +494,7 @@ def run_score(
 ) -> ScoreSummary:
     """Score ``src`` into ``out``; see the module docstring."""
     from strokeray.learn.predict import bundle_version
-    from strokeray.stages.ingest import IngestConfig, merge_quarantine, run_chunk, run_chunks
+    from strokeray.stages.ingest import IngestConfig, run_chunk, run_chunks
     from strokeray.stages.manifest import ManifestConfig, build_manifest, check_source, options_digest
     from strokeray.stages.runtime import absolute, ensure_ray
 
@@ -538,7 +538,14 @@ def run_score(
         "_parts/slices",
         log,
     )
-    fs, base = stage.fs, stage.base
+    return finish_score(stage, manifest, summary, cfg, started, log)
+
+
+def finish_score(stage: StageDir, manifest, summary: ScoreSummary, cfg: ScoreConfig, started: float, log=print):
+    """Merge the chunks' slices and quarantine, write the results and the summary (last)."""
+    from strokeray.stages.ingest import merge_quarantine
+
+    fs, base, out = stage.fs, stage.base, summary.out
     quarantine = merge_quarantine(fs, base, manifest)
     slices = collect_slices(fs, base, out)
     assert cfg.threshold is not None  # check_bundles filled it in

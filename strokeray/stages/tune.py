@@ -300,6 +300,7 @@ def results_table(grid, cfg: SearchConfig, train_storage: str) -> list[dict]:
 
 # What a search writes beside Tune's own files: its settings (first) and what it published (last).
 SETTINGS, PUBLISHED = "strokeray-search.json", "published.json"
+PUBLISHED_FIELDS = ("rows", "best", "version", "bundle", "current")  # published.json: a SearchResult's
 # Everything in a search folder that the search wrote (what --overwrite may remove): Tune's state
 # and trial folders, the trials' Train runs, and the two documents above.
 SEARCH_OUTPUTS = (
@@ -442,45 +443,25 @@ def run_search(
     # Another search here is refused, or with overwrite its files (only those) are removed; a
     # folder strokeray did not make is never written into.
     stage.claim((data.url,), settings_digest(settings), overwrite)
+    done = published(path)
+    if done:
+        log(f"[tune] {path} finished earlier; its best is registry version {done['version']}")
+        return SearchResult(path=path, resumed=False, reused=True, **{k: done[k] for k in PUBLISHED_FIELDS})
     ensure_ray()
     max_trials, per_worker = concurrency(cfg, cluster_capacity())
     trainable = tune.with_parameters(
         trial_driver, cfg=cfg, shards=data.url, train_storage=f"{path}/train", cpus_per_worker=per_worker
     )
     trainable = tune.with_resources(trainable, {"CPU": DRIVER_CPUS})
-    done = published(path)
-    if done:
-        log(f"[tune] {path} finished earlier; its best is registry version {done['version']}")
-        return SearchResult(
-            path=path,
-            rows=done["rows"],
-            best=done["best"],
-            version=done["version"],
-            bundle=done["bundle"],
-            current=done["current"],
-            resumed=False,
-            reused=True,
-        )
     tuner, resumed = make_tuner(path, trainable, cfg, max_trials, settings, log)
     rows = results_table(tuner.fit(), cfg, f"{path}/train")
     best = best_row(rows, path)
     pub = publish_best(best, rows, cfg, data, path, settings, per_worker, registry)
-    write_json(
-        f"{path}/{PUBLISHED}",  # written last: marks the search finished
-        {"version": pub.version, "bundle": pub.bundle, "current": pub.current, "best": best, "rows": rows},
-    )
+    doc = {"version": pub.version, "bundle": pub.bundle, "current": pub.current, "best": best, "rows": rows}
+    write_json(f"{path}/{PUBLISHED}", doc)  # written last: marks the search finished
     log(
         f"[tune] best trial {best['trial_id']} ({best['param_backbone']}): {cfg.metric_name()}="
         f"{best['best_score']:.4f} at epoch {best['best_epoch']} -> {pub.bundle}"
         + (" (now current)" if pub.current else "")
     )
-    return SearchResult(
-        path=path,
-        rows=rows,
-        best=best,
-        version=pub.version,
-        bundle=pub.bundle,
-        current=pub.current,
-        resumed=resumed,
-        reused=False,
-    )
+    return SearchResult(path=path, resumed=resumed, reused=False, **doc)

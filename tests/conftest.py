@@ -76,6 +76,22 @@ def ray_processes() -> list:
     return psutil.Process().children(recursive=True)
 
 
+def stop_processes_naming(temp_dir: str) -> None:
+    """Stop exactly the Ray a test started with ``--temp-dir`` (`ray stop` would also stop the
+    session's own local Ray): every process whose command line names that folder."""
+    import psutil
+
+    procs = [p for p in psutil.process_iter(["cmdline"]) if any(temp_dir in a for a in (p.info["cmdline"] or []))]
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=20)
+    for p in alive:
+        p.kill()
+
+
 def kill_after_first_chunk(cmd: list[str], out: Path, **popen) -> dict:
     """Start ``cmd`` (a chunked stage's CLI) in its own process group, SIGKILL the whole group as
     soon as OUT/_state/done/chunk-00000.json appears; returns the environment it ran with."""

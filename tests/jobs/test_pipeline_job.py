@@ -16,27 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ..conftest import _free_port
+from ..conftest import _free_port, stop_processes_naming
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.timeout(1200)
-
-
-def _stop_head(temp_dir: str) -> None:
-    """Stop exactly the head this module started (`ray stop` would also stop the test session's
-    own local Ray): every process whose command line names its temp dir."""
-    import psutil
-
-    procs = [p for p in psutil.process_iter(["cmdline"]) if any(temp_dir in a for a in (p.info["cmdline"] or []))]
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=20)
-    for p in alive:
-        p.kill()
 
 
 def job_status(head: dict, job_id: str) -> str:
@@ -78,7 +62,7 @@ def ray_head():
         assert started.returncode == 0, started.stdout + started.stderr
         yield {"env": env, "address": f"http://127.0.0.1:{dashboard}", "temp_dir": temp_dir}
     finally:
-        _stop_head(temp_dir)
+        stop_processes_naming(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

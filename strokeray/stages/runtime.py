@@ -8,18 +8,40 @@ import pyarrow.fs as pafs
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
-    """Start or join Ray once per process; local runs get ``num_cpus`` (default: all cores)."""
+    """Start or join Ray once per process; local runs get ``num_cpus`` (default: all cores).
+
+    Every worker process of the run is told where its cluster's State API is: Ray Train's
+    placement-group cleaner otherwise finds it by scanning this machine's processes, which fails
+    where two Rays run on one machine (a test suite beside a run, two runs on a workstation), and
+    then the CPUs of every stopped Tune trial stay reserved and later stages wait forever."""
     import ray
 
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        address = os.environ["RAY_ADDRESS"]
+        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": {"RAY_ADDRESS": address}})
     else:
-        # The dashboard serves the State API, through which Ray Train's placement-group cleaner
-        # learns that a run's controller died (a Tune trial stopped early): without it those
-        # placement groups leak and later trials wait for CPUs forever.
-        ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=True, configure_logging=False)
+        # The dashboard serves the State API, through which the cleaner learns that a run's
+        # controller died (a Tune trial stopped early).
+        port = free_port()
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            dashboard_port=port,
+            runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+            log_to_driver=True,
+            configure_logging=False,
+        )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def arrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:

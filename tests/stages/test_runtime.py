@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from strokeray.stages.runtime import capacity, need_gpus
@@ -52,3 +54,51 @@ def test_fractional_gpus_pack_small_trials_onto_one_gpu():
     with pytest.raises(ValueError, match="fraction of one GPU with one worker"):
         SearchConfig(workers_per_trial=2, use_gpu=True, gpus_per_trial=0.5)  # DDP ranks cannot share a GPU
     assert need_gpus({"GPU": 1.0}, 0.3, "trial") == 3
+
+
+@pytest.fixture
+def second_ray(tmp_path):
+    """Another Ray head on this machine, as when a test suite runs beside a run."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from ..conftest import _free_port, stop_processes_naming
+
+    temp_dir = tempfile.mkdtemp(prefix="sr2", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    cmd = [ray_bin, "start", "--head", "--port=0", "--num-cpus=1", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+    cmd += [f"--dashboard-port={_free_port()}", f"--ray-client-server-port={_free_port()}"]
+    cmd += [f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    try:
+        started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield
+    finally:
+        stop_processes_naming(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_workers_find_their_own_clusters_state_api_beside_another_ray(ray_local, second_ray):
+    """Ray Train's placement-group cleaner asks the State API whether a run's controller lives; on
+    a machine with two Rays, a worker that scans for its cluster fails ("Found multiple active Ray
+    instances") and the placement groups of stopped trials are never removed."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Alive:
+        def ping(self) -> bool:
+            return True
+
+    @ray.remote(num_cpus=0)
+    def state_of(actor_id: str) -> str:
+        from ray.util.state import get_actor
+
+        return get_actor(actor_id, timeout=30).state
+
+    actor = Alive.remote()
+    assert ray.get(actor.ping.remote())
+    assert ray.get(state_of.remote(actor._actor_id.hex())) == "ALIVE"

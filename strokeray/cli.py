@@ -669,8 +669,12 @@ def _add_score(sub) -> None:
         type=float,
         help="stroke probability threshold (default: the classifier bundle's, chosen on validation)",
     )
-    p.add_argument("--batch-size", type=int, help="slices per model call")
-    p.add_argument("--actors", type=int, help="scoring actors (default: one per GPU with --gpu, else 1)")
+    p.add_argument("--batch-size", type=int, help="slices per model call (default 16 on CPUs, by free memory on a GPU)")
+    p.add_argument(
+        "--actors",
+        type=int,
+        help="scoring actors (default with --gpu: one per chunk of files, up to one per GPU the cluster can hold; else 1)",
+    )
     p.add_argument("--gpu", action="store_true", help="one GPU per scoring actor")
     p.add_argument("--cpus-per-actor", type=float, help="CPUs each scoring actor reserves")
     p.add_argument("--threads-per-actor", type=int, help="torch threads of a CPU actor (default: the CPUs / actors)")

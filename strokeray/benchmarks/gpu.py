@@ -239,10 +239,14 @@ def run_gpu_check(workdir: str, patients: int = 16, epochs: int = 3, log=print) 
             bundles[CLASSIFY.name],
             bundles[SEGMENT.name],
             registry=None,
-            cfg=ScoreConfig(use_gpu=True, batch_size=64, overwrite=True),
+            cfg=ScoreConfig(use_gpu=True, overwrite=True),
             log=quiet,
+        )  # batch sized by free memory
+        return (
+            r.slices > 0,
+            {"slices": r.slices, "slices_per_s": round(r.slices / max(r.seconds, 1e-9), 1), "batch_size": r.batch_size},
+            None,
         )
-        return r.slices > 0, {"slices": r.slices, "slices_per_s": round(r.slices / max(r.seconds, 1e-9), 1)}, None
 
     def flips():
         probs, threshold = {}, 0.5

@@ -2,10 +2,11 @@
 every study a decision and lesion volumes.
 
 Ray Data reads and decodes the archive in CPU tasks (the ingest's per-file work, with the
-classifier bundle's preprocessing), then an actor pool runs the cascade: each actor loads the
-classifier and the segmenter once (one actor per GPU on a GPU cluster) and segments only the
-slices its classifier calls positive. Chunks of files are written, promoted and marked done as
-in ingest, so an interrupted run re-run scores only what is missing.
+classifier bundle's preprocessing), then the run's scoring actors (``stages.cascade``) run the
+cascade: each loads the classifier and the segmenter once per run (one actor per GPU on a GPU
+cluster) and segments only the slices its classifier calls positive. Chunks of files are
+written, promoted and marked done as in ingest, so an interrupted run re-run scores only what is
+missing.
 
 OUT/
   slices.parquet      one row per source slice (no images): probability, decision, lesion class
@@ -29,7 +30,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import PurePosixPath
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,25 +39,9 @@ from strokeray.checks import check_positive, check_range
 from strokeray.datasets.slice_records import RecordConfig
 from strokeray.io.csv_cells import safe_cell
 from strokeray.learn.accel import precision_name
-from strokeray.learn.tasks import CLASSIFY, LESION_NAMES, SEGMENT, Task
+from strokeray.learn.tasks import CLASSIFY, SEGMENT, Task
 from strokeray.stages.stage_dir import StageDir, settings_digest
 
-# Per-slice columns carried from decoding into the output (identifiers are pseudonyms).
-CARRIED = (
-    "id",
-    "source",
-    "patient",
-    "study",
-    "series",
-    "instance_number",
-    "frame",
-    "z_mm",
-    "thickness_mm",
-    "seg_spacing_mm",
-    "brain_found",
-    "seg_box",
-    "source_shape",
-)
 # Everything score writes in OUT (what --overwrite may remove); anything else there is left alone.
 SUMMARY = "summary.json"  # written last: the run is complete
 SCORE_OUTPUTS = (
@@ -95,8 +79,10 @@ class ScoreConfig:
     # stroke probability at or above which a slice is positive (None: the classifier bundle's own,
     # chosen on its validation split; 0.5 for bundles without one)
     threshold: float | None = None
-    batch_size: int = 16  # slices per model call
-    actors: int | None = None  # scoring actors (None: 1 to one per GPU the cluster can hold with use_gpu, else 1)
+    batch_size: int | None = None  # slices per model call (None: 16 on a CPU, by free memory on a GPU)
+    # scoring actors (None: with use_gpu one per files_per_chunk files, up to one per GPU the cluster
+    # can hold; else 1)
+    actors: int | None = None
     use_gpu: bool = False
     cpus_per_actor: float = 1.0  # CPUs each scoring actor reserves
     # Torch threads of a CPU actor (None: the cluster's CPUs shared by the actors). More than it
@@ -138,85 +124,7 @@ class ScoreSummary:
     seconds: float = 0.0
     reused: bool = False  # the run had already finished: nothing was written
     models: dict[str, str] = field(default_factory=dict)
-
-
-class CascadeScorer:
-    """Ray Data actor: classifier on every slice, segmenter on the positive ones."""
-
-    def __init__(
-        self,
-        classifier: str,
-        segmenter: str | None,
-        threshold: float,
-        overlays: str | None,
-        use_gpu: bool,
-        threads: int,
-        source_masks: str | None = None,
-    ) -> None:
-        import torch
-
-        from strokeray.learn.predict import BundlePredictor
-
-        if not use_gpu:
-            torch.set_num_threads(max(1, threads))
-        device = "cuda" if use_gpu else "cpu"
-        self.classifier = BundlePredictor(classifier, device)
-        self.segmenter = BundlePredictor(segmenter, device) if segmenter else None
-        self.threshold = threshold
-        self.overlays = overlays
-        self.source_masks = source_masks
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from strokeray.imaging.rle import encode_rle
-
-        prob = self.classifier.stroke_probability(batch["cls_image"])
-        positive = prob >= self.threshold
-        n, size = len(prob), batch["seg_image"].shape[-1]
-        masks = np.zeros((n, size, size), np.uint8)
-        if self.segmenter is not None and positive.any():
-            masks[positive] = self.segmenter.lesion_classes(batch["seg_image"][positive])
-        px_mm2 = np.asarray(batch["seg_spacing_mm"], dtype=np.float64) ** 2  # NaN when the spacing is unknown
-        out = {k: batch[k] for k in CARRIED}
-        out["stroke_probability"] = prob
-        out["decision"] = positive.astype(np.int8)
-        pixels = {c: (masks == c).reshape(n, -1).sum(1) for c in LESION_NAMES}
-        for c, name in LESION_NAMES.items():
-            out[f"{name}_pixels"] = pixels[c].astype(np.int32)
-            out[f"{name}_area_mm2"] = pixels[c] * px_mm2
-        both = np.stack([pixels[1], pixels[2]], 1)
-        out["lesion_class"] = np.where(both.sum(1) > 0, both.argmax(1) + 1, 0).astype(np.int8)
-        out["segmented"] = positive & (self.segmenter is not None)
-        out["mask_rle"] = np.asarray([encode_rle(m) if p else "" for m, p in zip(masks, positive)], dtype=object)
-        out["classifier_version"] = np.full(n, self.classifier.version, dtype=object)
-        out["segmenter_version"] = np.full(n, self.segmenter.version if self.segmenter else "", dtype=object)
-        if self.overlays:
-            self._write_overlays(batch, masks, positive)
-        if self.source_masks:
-            self._write_source_masks(out, masks, positive)
-        return out
-
-    def _write_source_masks(self, out, masks, positive) -> None:
-        from strokeray.imaging.geometry import Box, mask_to_source
-        from strokeray.io.raster import encode_png
-
-        fs, base = fsspec.core.url_to_fs(self.source_masks)
-        fs.makedirs(base, exist_ok=True)
-        for i in np.flatnonzero(positive):
-            rows, cols = (int(v) for v in out["source_shape"][i])
-            mask = mask_to_source(masks[i], Box(*(int(v) for v in out["seg_box"][i])), (rows, cols))
-            with fs.open(f"{base}/{out['id'][i]}.png", "wb") as fh:
-                fh.write(encode_png(mask))
-
-    def _write_overlays(self, batch, masks, positive) -> None:
-        from strokeray.imaging.overlay import paint_overlay
-        from strokeray.io.raster import encode_png
-
-        fs, base = fsspec.core.url_to_fs(self.overlays)
-        fs.makedirs(base, exist_ok=True)
-        for i in np.flatnonzero(positive):
-            grey = batch["seg_image"][i, 0]  # the first window (brain)
-            with fs.open(f"{base}/{batch['id'][i]}.png", "wb") as fh:
-                fh.write(encode_png(np.concatenate([np.stack([grey] * 3, -1), paint_overlay(grey, masks[i])], 1)))
+    batch_size: int = 0  # slices per model call (0: every chunk was already done)
 
 
 def source_mask(row: Mapping) -> np.ndarray:
@@ -407,14 +315,17 @@ def scorer_pool(cfg: ScoreConfig, capacity: dict, now: dict) -> tuple[int, int, 
     return actors, actors, cfg.threads_per_actor or max(1, int(now.get("CPU", 1) // actors))
 
 
-def cascade_stage(classifier: str, segmenter: str | None, cfg: ScoreConfig, out: str):
-    """The scoring step appended to each chunk's decode: a pool of ``CascadeScorer`` actors
-    (``scorer_pool``), each using its share of the cluster's CPUs for torch threads."""
+def start_scorers(classifier: str, segmenter: str | None, cfg: ScoreConfig, out: str, files: int):
+    """The run's ``ScorerPool``: with ``use_gpu`` one actor per ``files_per_chunk`` files to score,
+    between ``scorer_pool``'s fewest and most (a small archive does not start every GPU node the
+    cluster could hold); on CPUs the fixed pool, each actor with its share of the CPUs as threads."""
     import ray
 
+    from strokeray.stages.cascade import ScorerPool
     from strokeray.stages.runtime import cluster_capacity
 
     fewest, most, threads = scorer_pool(cfg, cluster_capacity(), ray.cluster_resources())
+    actors = min(most, max(fewest, -(-files // cfg.files_per_chunk)))
     out = out.rstrip("/")
     kwargs = {
         "classifier": classifier,
@@ -425,19 +336,7 @@ def cascade_stage(classifier: str, segmenter: str | None, cfg: ScoreConfig, out:
         "use_gpu": cfg.use_gpu,
         "threads": threads,
     }
-
-    def extend(ds):
-        return ds.map_batches(
-            CascadeScorer,
-            fn_constructor_kwargs=kwargs,
-            batch_size=cfg.batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(min_size=fewest, max_size=most),
-            num_cpus=cfg.cpus_per_actor,
-            num_gpus=1 if cfg.use_gpu else 0,
-        )
-
-    return extend
+    return ScorerPool.start(actors, kwargs, cfg.cpus_per_actor, cfg.use_gpu, cfg.batch_size)
 
 
 def collect_slices(fs, base: str, out: str) -> pa.Table:
@@ -494,7 +393,7 @@ def run_score(
 ) -> ScoreSummary:
     """Score ``src`` into ``out``; see the module docstring."""
     from strokeray.learn.predict import bundle_version
-    from strokeray.stages.ingest import IngestConfig, run_chunk, run_chunks
+    from strokeray.stages.ingest import IngestConfig
     from strokeray.stages.manifest import ManifestConfig, build_manifest, check_source, options_digest
     from strokeray.stages.runtime import absolute, ensure_ray
 
@@ -517,7 +416,6 @@ def run_score(
     if done:
         return done
     ensure_ray(cfg.num_cpus)
-    extend = cascade_stage(classifier, segmenter, cfg, out)
     ingest_cfg = IngestConfig(
         records=cfg.records, files_per_chunk=cfg.files_per_chunk, files_per_task=cfg.files_per_task
     )
@@ -530,15 +428,37 @@ def run_score(
             **{f"{k}_version": v for k, v in versions.items()},
         },
     )
-    summary.chunks_done, summary.chunks_skipped = run_chunks(
-        manifest,
-        out,
-        lambda index, table, run: run_chunk(index, table, out, run, ingest_cfg, dest="_parts/slices", extend=extend),
-        "score",
-        "_parts/slices",
-        log,
-    )
+    score_chunks(manifest, out, ingest_cfg, (classifier, segmenter), cfg, summary, log)
     return finish_score(stage, manifest, summary, cfg, started, log)
+
+
+def score_chunks(manifest, out: str, ingest_cfg, models: tuple, cfg: ScoreConfig, summary: ScoreSummary, log=print):
+    """Decode and score every unfinished chunk; the scoring actors start with the first chunk that
+    runs (none when every chunk is done) and serve every chunk after it."""
+    from strokeray.stages.ingest import run_chunk, run_chunks
+
+    pools: list = []
+
+    def scored(ds):
+        if not pools:
+            pools.append(start_scorers(*models, cfg, out, manifest.rows))
+        return pools[0].extend(ds)
+
+    try:
+        summary.chunks_done, summary.chunks_skipped = run_chunks(
+            manifest,
+            out,
+            lambda index, table, run: run_chunk(
+                index, table, out, run, ingest_cfg, dest="_parts/slices", extend=scored
+            ),
+            "score",
+            "_parts/slices",
+            log,
+        )
+    finally:
+        for pool in pools:
+            summary.batch_size = pool.batch_size
+            pool.stop()
 
 
 def finish_score(stage: StageDir, manifest, summary: ScoreSummary, cfg: ScoreConfig, started: float, log=print):

@@ -38,12 +38,38 @@ def scored(planted_zip, bundles, ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("score") / "out"
     # Threshold 0: every slice is positive, so the segmenter and the volumes are exercised.
     cfg = ScoreConfig(threshold=0.0, batch_size=8, files_per_chunk=24, overlays=True, source_masks=True)
+    before = set(ray_actors())
     s = run_score(str(target), str(out), *bundles, registry=None, cfg=cfg, log=lambda *_: None)
-    return out, s, summary, cfg
+    started = [a["ActorClassName"] for k, a in ray_actors().items() if k not in before]
+    return out, s, summary, cfg, started
+
+
+def ray_actors() -> dict:
+    """Every actor the local Ray has had (the GCS's table: dead ones too)."""
+    from ray._private import state
+
+    return state.actors()
+
+
+def test_the_models_load_once_per_run_not_per_chunk(scored):
+    """Each chunk is its own Ray Data run; its tasks feed the run's one scorer, which loaded the
+    bundles once (an actor pool per chunk loaded them, and started a process, once per chunk)."""
+    _, s, _, _, started = scored
+    assert s.chunks_done >= 2
+    assert sum("CascadeScorer" in name for name in started) == 1, started
+
+
+def test_gpu_batches_are_sized_by_free_memory():
+    from strokeray.stages.cascade import batch_for_memory
+
+    gib = 2**30
+    assert batch_for_memory(80 * gib, 40 * 2**20) == 512  # an H100's 80 GiB: the cap
+    assert batch_for_memory(8 * gib, 40 * 2**20) == 64  # 4 GiB for 40 MiB a slice: 102 -> 64
+    assert batch_for_memory(gib, 40 * 2**20) == 16  # never under the CPU's batch
 
 
 def test_every_good_slice_scored_once_every_bad_file_quarantined(scored):
-    out, s, summary, _ = scored
+    out, s, summary, _, _ = scored
     slices = pq.read_table(out / "slices.parquet")
     ids = slices.column("id").to_pylist()
     planted_ok = sum(p["expect"] == "ok" for p in summary.planted)
@@ -69,7 +95,7 @@ def test_every_good_slice_scored_once_every_bad_file_quarantined(scored):
 
 
 def test_study_volumes_are_area_times_thickness(scored):
-    out, _, _, _ = scored
+    out, _, _, _, _ = scored
     slices = pq.read_table(out / "slices.parquet").to_pylist()
     studies = pq.read_table(out / "studies.parquet").to_pylist()
     assert sum(st["slices"] for st in studies) == len(slices)
@@ -88,7 +114,7 @@ def test_study_volumes_are_area_times_thickness(scored):
 
 
 def test_submission_and_privacy(scored):
-    out, _, _, _ = scored
+    out, _, _, _, _ = scored
     slices = pq.read_table(out / "slices.parquet")
     with open(out / "submission.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -101,7 +127,7 @@ def test_submission_and_privacy(scored):
 
 
 def test_finished_run_rewrites_nothing(scored, bundles, planted_zip):
-    out, _, _, cfg = scored
+    out, _, _, cfg, _ = scored
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     again = run_score(str(planted_zip[0]), str(out), *bundles, registry=None, cfg=cfg, log=lambda *_: None)
     assert again.reused and again.slices > 0

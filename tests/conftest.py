@@ -76,6 +76,22 @@ def ray_processes() -> list:
     return psutil.Process().children(recursive=True)
 
 
+def ray_head_command(temp_dir: str, *extra: str) -> list[str]:
+    """`ray start --head` for a test's own head: in its own temp dir (so ``stop_processes_naming``
+    stops exactly it) and on free ports, beside the session's local Ray."""
+    import sys
+
+    cmd = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]
+    cmd += [f"--ray-client-server-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
+    return cmd + [f"--metrics-export-port={_free_port()}", *extra]
+
+
 def stop_processes_naming(temp_dir: str) -> None:
     """Stop exactly the Ray a test started with ``--temp-dir`` (`ray stop` would also stop the
     session's own local Ray): every process whose command line names that folder."""

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from ..conftest import _free_port, stop_processes_naming
+from ..conftest import _free_port, ray_head_command, stop_processes_naming
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 BIN = Path(sys.executable).parent
@@ -77,10 +77,8 @@ def autoscaling_head():
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
     env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
-    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=0"]
-    cmd += [f"--autoscaling-config={config}", f"--temp-dir={temp_dir}", "--include-dashboard=false"]
-    cmd += [f"--ray-client-server-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
-    cmd += [f"--metrics-export-port={_free_port()}", "--disable-usage-stats"]
+    cmd = ray_head_command(temp_dir, "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=0")
+    cmd += [f"--autoscaling-config={config}", "--include-dashboard=false"]
     try:
         started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
         assert started.returncode == 0, started.stdout + started.stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ..conftest import _free_port, stop_processes_naming
+from ..conftest import _free_port, ray_head_command, stop_processes_naming
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -40,23 +40,13 @@ def ray_head():
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
     dashboard = _free_port()
-    cmd = [
-        str(BIN / "ray"),
-        "start",
-        "--head",
-        "--node-ip-address=127.0.0.1",
-        "--port=0",
-        "--num-cpus=2",
+    cmd = ray_head_command(temp_dir, "--node-ip-address=127.0.0.1", "--port=0", "--num-cpus=2")
+    cmd += [
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard}",
-        f"--ray-client-server-port={_free_port()}",
         f"--dashboard-agent-listen-port={_free_port()}",
-        f"--dashboard-agent-grpc-port={_free_port()}",
-        f"--runtime-env-agent-port={_free_port()}",
-        f"--metrics-export-port={_free_port()}",
-        f"--temp-dir={temp_dir}",
-        "--disable-usage-stats",
     ]
+    cmd += [f"--dashboard-agent-grpc-port={_free_port()}"]
     try:
         started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
         assert started.returncode == 0, started.stdout + started.stderr

@@ -61,17 +61,12 @@ def second_ray(tmp_path):
     """Another Ray head on this machine, as when a test suite runs beside a run."""
     import shutil
     import subprocess
-    import sys
     import tempfile
-    from pathlib import Path
 
-    from ..conftest import _free_port, stop_processes_naming
+    from ..conftest import _free_port, ray_head_command, stop_processes_naming
 
     temp_dir = tempfile.mkdtemp(prefix="sr2", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    cmd = [ray_bin, "start", "--head", "--port=0", "--num-cpus=1", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
-    cmd += [f"--dashboard-port={_free_port()}", f"--ray-client-server-port={_free_port()}"]
-    cmd += [f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
+    cmd = ray_head_command(temp_dir, "--port=0", "--num-cpus=1", f"--dashboard-port={_free_port()}")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     try:
         started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)

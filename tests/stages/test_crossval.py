@@ -71,7 +71,7 @@ def test_classifier_crossval_tests_every_patient_once_and_pools_with_intervals(s
     section = crossval_section(RunLayout(str(tmp_path / "run")))
     assert section is not None and crossval_section(RunLayout(str(tmp_path / "empty"))) is None
     (row,) = section.tables[0].rows
-    assert row[:5] == ["cv", "classify", "resnet18 64px, 1 epochs", 2, 16]
+    assert row[:5] == ["cv", "classify", "resnet18 64px, 1 epochs; a patient by the max of its slices", 2, 16]
     assert (
         row[5] == f"{cell(r.pooled['slice_auc'])} [{cell(r.intervals['slice_auc'][0])}, "
         f"{cell(r.intervals['slice_auc'][1])}]"

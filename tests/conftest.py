@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from strokeray.stages.runtime import free_port as _free_port
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -178,14 +180,6 @@ def tiny_bundle(path: Path, task: str) -> str:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

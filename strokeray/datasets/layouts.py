@@ -79,6 +79,10 @@ UNDERSCORE_NAME = re.compile(r"^(?P<patient>\d+)_(?P<slice>\d+)$")
 MASK_FOLDER = re.compile(r"mask", re.IGNORECASE)
 
 
+# The group rule of a DICOM row whose patient key is left to decoding (scoring reads no header first).
+DEFERRED_RULE = "dicom_at_decode"
+
+
 @dataclass
 class ManifestRow:
     """One input object, labelled; ``group`` is a pseudonymous patient key (may be filled later)."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from strokeray.datasets.layouts import DEFERRED_RULE
 from strokeray.imaging.overlay import BACKGROUND, lesion_mask_from_overlay
 from strokeray.imaging.views import PreprocessConfig, preprocess
 from strokeray.imaging.windows import BRAIN, apply_window
@@ -64,6 +65,15 @@ def _mask(row: dict, shape: tuple[int, int]) -> tuple[np.ndarray | None, dict | 
     return mask, None
 
 
+def _patient(row: dict, dicom_key: str) -> str:
+    """The split's group, so that every reader groups patients as the split did (a labels CSV may
+    merge or rename patients); the decoded PatientID's key where the manifest left it to decoding
+    (the group is then only the file-name rule's fallback) or found none."""
+    if row.get("group_rule") == DEFERRED_RULE:
+        return dicom_key or row["group"]
+    return row["group"] or dicom_key
+
+
 def records_for(
     row: dict, cfg: RecordConfig = RecordConfig(), with_source: bool = False
 ) -> tuple[list[dict], list[dict]]:
@@ -109,9 +119,7 @@ def _records(row: dict, cfg: RecordConfig, with_source: bool) -> tuple[list[dict
             {
                 "id": ct.instance_key,
                 "source": name,
-                # The split group, so that every reader groups patients as the split did
-                # (a labels CSV may merge or rename patients); the DICOM key where there is none.
-                "patient": row["group"] or ct.patient_key,
+                "patient": _patient(row, ct.patient_key),
                 "study": ct.study_key,
                 "series": ct.series_key,
                 "split": row["split"],

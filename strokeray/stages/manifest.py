@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from strokeray.datasets.layouts import LabelsTable, ManifestRow, label_listing
+from strokeray.datasets.layouts import DEFERRED_RULE, LabelsTable, ManifestRow, label_listing
 from strokeray.datasets.splits import SplitConfig, assign_splits
 from strokeray.imaging.overlay import HEMORRHAGIC, ISCHEMIC
 from strokeray.io.decode import is_raster
@@ -41,6 +41,10 @@ class ManifestConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     limits: SourceLimits = field(default_factory=SourceLimits)
     mask_lesion: int | None = None  # class of paired binary masks (1 ischemic, 2 hemorrhagic); layouts
+    # Read DICOM headers for patient keys before decoding: the split needs them. Scoring has no split
+    # and decoding reads the same key, so it skips this second pass over every object (rows then
+    # carry DEFERRED_RULE and take the decoder's key; see ``slice_records``).
+    read_headers: bool = True
 
     def __post_init__(self) -> None:
         if self.mask_lesion not in (None, ISCHEMIC, HEMORRHAGIC):
@@ -84,6 +88,8 @@ def options_digest(src: str, cfg: ManifestConfig, labels: bytes | None) -> str:
     options = asdict(cfg)
     if options["mask_lesion"] is None:
         del options["mask_lesion"]  # added later: manifests made before keep their digest
+    # How patient keys are read is not what the dataset is: rows record it in their group rule.
+    del options["read_headers"]
     return _digest_of({"src": src, "cfg": options, "labels": hashlib.sha256(labels or b"").hexdigest()})
 
 
@@ -111,6 +117,11 @@ def _header_groups(batch: dict) -> dict:
     return {"uri": batch["uri"], "group": np.array(keys, dtype=object), "tag": np.array(tags, dtype=object)}
 
 
+def _may_name_patient(row: ManifestRow) -> bool:
+    """Whether the object's DICOM header may name its patient (a labels CSV's patient column wins)."""
+    return row.group_rule != "labels_csv" and not row.name.lower().endswith(RASTER_SUFFIXES)
+
+
 def _fill_dicom_groups(
     rows: list[ManifestRow], known: dict[tuple[str, str], tuple[str, str]], num_cpus: int | None = None
 ) -> None:
@@ -119,7 +130,7 @@ def _fill_dicom_groups(
     stamp are reused."""
     need = []
     for r in rows:
-        if r.group_rule == "labels_csv" or r.name.lower().endswith(RASTER_SUFFIXES):
+        if not _may_name_patient(r):
             continue
         hit = known.get((r.uri, r.stamp))
         if hit is None:
@@ -205,10 +216,13 @@ def _group_and_split(rows: list, previous: pa.Table | None, cfg: ManifestConfig,
     if previous is not None:
         prev = previous.select(["uri", "stamp", "group", "group_rule"]).to_pydict()
         known = {(u, s): (g, r) for u, s, g, r in zip(prev["uri"], prev["stamp"], prev["group"], prev["group_rule"])}
-    _fill_dicom_groups(rows, known, num_cpus)
+    if cfg.read_headers:
+        _fill_dicom_groups(rows, known, num_cpus)
     for r in rows:
         if not r.group:  # no patient known: the file is its own group (it cannot leak anyway)
             r.group, r.group_rule = pseudonym(r.name, "file"), "file"
+        if not cfg.read_headers and _may_name_patient(r):
+            r.group_rule = DEFERRED_RULE  # r.group stays the fallback for a file with no PatientID
     strata: dict[str, int] = {}
     layout_splits: dict[str, str] = {}
     for r in rows:

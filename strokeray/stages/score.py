@@ -404,7 +404,7 @@ def run_score(
     classifier, segmenter = absolute(classifier), absolute(segmenter) if segmenter else None
     cfg = check_bundles(classifier, segmenter, cfg, log)
     versions = {"classifier": bundle_version(classifier), "segmenter": bundle_version(segmenter) if segmenter else ""}
-    labels = ManifestConfig()
+    labels = ManifestConfig(read_headers=False)  # scoring has no split: decoding reads the patient keys
     stage = StageDir(out, "score", SCORE_OUTPUTS, done=SUMMARY)
     same = stage.claim(
         [src, classifier, *([segmenter] if segmenter else [])],

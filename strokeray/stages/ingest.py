@@ -37,7 +37,7 @@ from strokeray.datasets.slice_records import RecordConfig, records_for, stack_re
 from strokeray.io.shard_schema import QUARANTINE_COLUMNS, SCHEMA_VERSION
 from strokeray.io.sources import read_bytes
 from strokeray.stages.manifest import Manifest, ManifestConfig, build_manifest, check_source, options_digest
-from strokeray.stages.runtime import arrow_filesystem, ensure_ray
+from strokeray.stages.runtime import arrow_filesystem, cluster_capacity, ensure_ray
 from strokeray.stages.stage_dir import StageDir, settings_digest
 
 # Everything ingest writes in OUT (what --overwrite may remove); anything else there is left alone.
@@ -116,6 +116,13 @@ def _tag(number: int) -> str:
     return f"chunk-{number:05d}"
 
 
+def files_per_task(files: int, cpus: float, most: int) -> int:
+    """Files per decode task: at most ``most``, and few enough that a chunk gives every CPU the
+    cluster can have two tasks. Sized from what the autoscaler can add, not what is up: a cluster
+    scaling from zero would otherwise cut each chunk for one CPU and leave the nodes that come idle."""
+    return max(1, min(most, -(-files // (2 * max(1, int(cpus))))))
+
+
 def run_chunk(
     index: int, table: pa.Table, out: str, run: str, cfg: IngestConfig, dest: str = "shards", extend=None
 ) -> int:
@@ -134,8 +141,7 @@ def run_chunk(
     run_dir = f"{out.rstrip('/')}/_state/runs/{run}"
     scratch = f"{base}/_state/runs/{run}/scratch/{tag}"
     _remove_chunk_outputs(fs, base, dest, tag)  # left by a run that died while promoting this chunk
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    step = max(1, min(cfg.files_per_task, -(-table.num_rows // (2 * cpus))))
+    step = files_per_task(table.num_rows, cluster_capacity().get("CPU", 1.0), cfg.files_per_task)
     blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)]
     ds = ray.data.from_arrow(blocks).map_batches(
         process_batch,  # type: ignore[arg-type]  # fn_kwargs fill in the rest

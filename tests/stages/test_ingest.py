@@ -242,3 +242,12 @@ def test_s3_in_and_out(phantom_archive, ray_local, s3_endpoint, tmp_path):
     card = json.loads(fs.cat("strokeray-test/out/card.json"))
     assert card["slices"] == s.slices and card["quarantined"] == s.quarantined
     assert len(fs.glob("strokeray-test/out/shards/*.parquet")) == len(card["shards"])
+
+
+def test_decode_tasks_are_cut_for_the_cluster_the_autoscaler_can_grow_to():
+    from strokeray.stages.ingest import files_per_task
+
+    assert files_per_task(1000, 2, 128) == 128  # a laptop: the cap
+    assert files_per_task(1000, 100, 64) == 5  # 200 tasks: two for every CPU the cluster can have
+    assert files_per_task(1000, 0, 64) == 64  # nothing up and no autoscaler: as for one CPU
+    assert files_per_task(3, 100, 64) == 1

@@ -23,9 +23,12 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": {"RAY_ADDRESS": address}})
     else:
         # The dashboard serves the State API, through which the cleaner learns that a run's
-        # controller died (a Tune trial stopped early).
+        # controller died (a Tune trial stopped early). address="local": a new Ray of this run's
+        # own, as documented (only RAY_ADDRESS joins a cluster). Ray's default would join the last
+        # `ray start` cluster of this machine, and fail if that one is gone but left its address file.
         port = free_port()
         ray.init(
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=True,
             dashboard_port=port,

@@ -97,3 +97,32 @@ def test_workers_find_their_own_clusters_state_api_beside_another_ray(ray_local,
     actor = Alive.remote()
     assert ray.get(actor.ping.remote())
     assert ray.get(state_of.remote(actor._actor_id.hex())) == "ALIVE"
+
+
+def test_a_local_run_starts_its_own_ray_despite_a_dead_clusters_address_file():
+    """A `ray start` cluster that died without `ray stop` leaves its address in
+    RAY_TMPDIR/ray/ray_current_cluster; Ray's default ray.init() would join that address (and
+    fail: "When connecting to an existing cluster, num_cpus ... must not be provided")."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from ..conftest import stop_processes_naming
+
+    temp_dir = tempfile.mkdtemp(prefix="sr3", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    os.makedirs(f"{temp_dir}/ray")
+    with open(f"{temp_dir}/ray/ray_current_cluster", "w") as fh:
+        fh.write("127.0.0.1:9")  # nothing listens there
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = temp_dir
+    code = (
+        "import ray\nfrom strokeray.stages.runtime import ensure_ray\n"
+        "ensure_ray(1)\nprint('CPUS', int(ray.cluster_resources()['CPU']))\nray.shutdown()\n"
+    )
+    try:
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    finally:
+        stop_processes_naming(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert run.returncode == 0 and "CPUS 1" in run.stdout, run.stderr[-3000:]

@@ -163,6 +163,9 @@ def restore(model, checkpoint) -> tuple[LoopState, dict | None, dict | None]:
     return LoopState(state["epoch"], state["best"], state["history"]), optimizer_state, state.get("scaler")
 
 
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt")
+
+
 def write_checkpoint(folder: str, model, optimizer, scaler, state: LoopState, epoch: int) -> None:
     """A checkpoint's files in ``folder``: safetensors weights, optimizer state, loop and AMP scaler state."""
     import torch
@@ -174,9 +177,23 @@ def write_checkpoint(folder: str, model, optimizer, scaler, state: LoopState, ep
     )
     torch.save(optimizer.state_dict(), os.path.join(folder, "optimizer.pt"))
     # the scaler's loss scale and growth tracker: without them a resumed AMP run starts again at
-    # 2**16 and skips steps until the scale has come down
+    # 2**16 and skips steps until the scale has come down. The sizes of the other files: a copy to
+    # storage cut off by a lost node can leave a full state.json beside a truncated model.
+    sizes = {name: os.path.getsize(os.path.join(folder, name)) for name in CHECKPOINT_FILES}
+    doc = {"epoch": epoch, "best": state.best, "history": state.history, "scaler": scaler.state_dict(), "sizes": sizes}
     with open(os.path.join(folder, "state.json"), "w") as fh:
-        json.dump({"epoch": epoch, "best": state.best, "history": state.history, "scaler": scaler.state_dict()}, fh)
+        json.dump(doc, fh)
+
+
+def checkpoint_complete(fs, folder: str, state: dict) -> bool:
+    """Whether every file a checkpoint's ``state`` (its state.json) lists is in ``folder`` at its
+    size (checkpoints written before the sizes were recorded: whether the weights are there)."""
+    sizes = state.get("sizes") or {"model.safetensors": None}
+    for name, size in sizes.items():
+        path = f"{folder.rstrip('/')}/{name}"
+        if not fs.exists(path) or (size is not None and fs.size(path) != size):
+            return False
+    return True
 
 
 def train_one_epoch(model, optimizer, steps, shard, cfg: TrainConfig, epoch: int) -> dict:
@@ -394,8 +411,11 @@ def cpus_per_worker(cfg: TrainConfig) -> float:
     return max(0.1, min(1.0, (total - 1.0) / cfg.num_workers))
 
 
-def prepare_run(shards: ShardSet, out: str, cfg: TrainConfig, name: str | None = None, callbacks=()) -> PreparedRun:
-    """A TorchTrainer for ``cfg`` on ``shards``, storing under ``out/<name>`` (Ray must be up)."""
+def prepare_run(
+    shards: ShardSet, out: str, cfg: TrainConfig, name: str | None = None, callbacks=(), datasets: dict | None = None
+) -> PreparedRun:
+    """A TorchTrainer for ``cfg`` on ``shards``, storing under ``out/<name>`` (Ray must be up);
+    ``datasets``: the train and val datasets of ``shards`` already made (``datasets_for``)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -422,7 +442,7 @@ def prepare_run(shards: ShardSet, out: str, cfg: TrainConfig, name: str | None =
             ),
             callbacks=list(callbacks),
         ),
-        datasets=datasets_for(shards, task, cfg.cache_data),
+        datasets=datasets if datasets is not None else datasets_for(shards, task, cfg.cache_data),
     )
     return PreparedRun(trainer=trainer, cfg=cfg, shards=shards, storage=storage, name=name)
 

@@ -28,7 +28,7 @@ from strokeray.learn.losses import SegLossConfig
 from strokeray.learn.models import ModelConfig
 from strokeray.learn.tasks import CLASSIFY, get_task
 from strokeray.stages.stage_dir import StageDir, settings_digest
-from strokeray.stages.train import TrainConfig
+from strokeray.stages.train import TrainConfig, checkpoint_complete, datasets_for
 
 
 @dataclass(frozen=True)
@@ -161,8 +161,11 @@ def trial_train_config(cfg: SearchConfig, params: dict, cpus_per_worker: float) 
     )
 
 
-def trial_driver(params: dict, *, cfg: SearchConfig, shards: str, train_storage: str, cpus_per_worker: float) -> None:
-    """One Tune trial: fit a TorchTrainer whose per-epoch reports flow back to Tune."""
+def trial_driver(
+    params: dict, *, cfg: SearchConfig, shards: str, train_storage: str, cpus_per_worker: float, datasets: dict
+) -> None:
+    """One Tune trial: fit a TorchTrainer whose per-epoch reports flow back to Tune. ``datasets``
+    are the search's: read (and cached in the object store) once for every trial."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -180,6 +183,7 @@ def trial_driver(params: dict, *, cfg: SearchConfig, shards: str, train_storage:
         trial_train_config(cfg, params, cpus_per_worker),
         name=f"trial-{ctx.get_trial_id()}",
         callbacks=[TuneReportCallback()],
+        datasets=datasets,
     )
     result = run.trainer.fit()
     if result.error:
@@ -229,10 +233,15 @@ def trial_checkpoints(train_storage: str, trial_id: str) -> list[dict]:
     scheme = train_storage.split("://", 1)[0] + "://" if "://" in train_storage else ""
     found = []
     for folder in fs.glob(f"{base}/checkpoint_*"):
-        if not (fs.exists(f"{folder}/state.json") and fs.exists(f"{folder}/model.safetensors")):
+        if not fs.exists(f"{folder}/state.json"):
             continue  # cut short by a kill
-        with fs.open(f"{folder}/state.json", "r") as fh:
-            state = json.load(fh)
+        try:
+            with fs.open(f"{folder}/state.json", "r") as fh:
+                state = json.load(fh)
+        except ValueError:  # a state.json cut off mid-copy
+            continue
+        if not checkpoint_complete(fs, folder, state):
+            continue  # its copy to storage was cut off (a lost node): Train never registered it
         found.append(
             {
                 "url": scheme + folder,
@@ -449,8 +458,17 @@ def run_search(
         return SearchResult(path=path, resumed=False, reused=True, **{k: done[k] for k in PUBLISHED_FIELDS})
     ensure_ray()
     max_trials, per_worker = concurrency(cfg, cluster_capacity())
+    # Read once here, while no trial holds the CPUs: each trial reading its own copy took about
+    # 25 s of a trial's start on 2 CPUs (its data tasks waiting for a CPU budget) and stored the
+    # cached splits once per trial.
+    datasets = datasets_for(data, get_task(cfg.task))
     trainable = tune.with_parameters(
-        trial_driver, cfg=cfg, shards=data.url, train_storage=f"{path}/train", cpus_per_worker=per_worker
+        trial_driver,
+        cfg=cfg,
+        shards=data.url,
+        train_storage=f"{path}/train",
+        cpus_per_worker=per_worker,
+        datasets=datasets,
     )
     trainable = tune.with_resources(trainable, {"CPU": DRIVER_CPUS})
     tuner, resumed = make_tuner(path, trainable, cfg, max_trials, settings, log)

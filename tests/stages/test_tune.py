@@ -52,6 +52,27 @@ def test_concurrency_fits_the_cluster():
         concurrency(gpu, {"CPU": 32.0, "GPU": 1.0})
 
 
+def test_a_checkpoint_cut_off_mid_copy_is_never_exported(tmp_path):
+    """A node lost while its checkpoint was copied to storage left a full state.json beside a
+    truncated model (seen in the node-failure test): such a folder is not a checkpoint."""
+    from strokeray.stages.train import LoopState, write_checkpoint
+    from strokeray.stages.tune import trial_checkpoints
+
+    model = torch.nn.Linear(64, 64)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    run = tmp_path / "train" / "trial-t1"
+    for epoch, name in ((1, "checkpoint_a"), (2, "checkpoint_b"), (3, "checkpoint_c")):
+        (run / name).mkdir(parents=True)
+        state = LoopState(epoch, 0.5, [{"epoch": epoch, "val_score": 0.5}])
+        write_checkpoint(str(run / name), model, optimizer, scaler, state, epoch)
+    weights = run / "checkpoint_b" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # the copy cut off
+    state_c = run / "checkpoint_c" / "state.json"
+    state_c.write_text(state_c.read_text()[:40])
+    assert [c["epoch"] for c in trial_checkpoints(str(tmp_path / "train"), "t1")] == [1]
+
+
 def test_search_space_from_json_rejects_unknown_keys():
     s = SearchSpace.from_json('{"backbones": ["resnet18"], "lr": [0.001, 0.01], "seg_loss": [[1, 1, 0]]}')
     assert s.backbones == ("resnet18",) and s.lr == (0.001, 0.01) and s.seg_loss == ((1, 1, 0),)

@@ -3,7 +3,8 @@ a head that takes no work and two 1-CPU worker nodes, in a child process (see mu
 Ingest and scoring each lose a worker node, killed without warning as a lost spot node, as soon as
 their first chunk is done, and a fresh node joins. Both must finish with every slice exactly once:
 the same ids (and for scoring the same probabilities) as an undisturbed run on the same cluster.
-Training (one worker per node) loses a node after its first checkpoint and must resume from it."""
+Training (one worker per node) loses a node after its first checkpoint and must resume from it;
+so must a trial of a two-trial search. The nodes added mid-run must get work."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 
 from ..conftest import tiny_bundle
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(1500)]
 
 
 def test_ingest_and_scoring_survive_a_lost_worker_node(phantom_archive, tmp_path):
@@ -41,7 +42,7 @@ def test_ingest_and_scoring_survive_a_lost_worker_node(phantom_archive, tmp_path
         env=env,
         capture_output=True,
         text=True,
-        timeout=840,
+        timeout=1400,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-4000:]
@@ -67,3 +68,22 @@ def test_ingest_and_scoring_survive_a_lost_worker_node(phantom_archive, tmp_path
     assert 1 <= events["train_done_at_removal"] < 5 and events["train_added_node"]
     assert train["epochs"] == [1, 2, 3, 4, 5] and train["started_at"][0] == 0 and train["started_at"][-1] >= 1
     assert train["bundle"]
+    # A node added mid-run gets work: ingest's ran decode tasks of the chunks left, scoring's ran
+    # decoding or scoring (the lost node's scorer restarts where a CPU is free), and training's
+    # holds a worker of the restarted group (two 1-CPU nodes are needed for its two workers).
+    added = result["added_work"]
+
+    def ran(node: str, *names: str) -> int:
+        return sum(n for task, n in added[node]["tasks"].items() if any(x in task for x in names))
+
+    assert ran("ingest", "process_batch") >= 1, added
+    assert ran("score", "process_batch", "score") >= 1, added
+    assert added["train"]["train_workers"] >= 1, added
+    # A search loses the node of one of its two trials after a first checkpoint: both trials still
+    # run every epoch once (the hit one resuming from its checkpoint) and the best is published.
+    search = result["search"]
+    assert 1 <= events["search_done_at_removal"] and events["search_added_node"]
+    assert [r["status"] for r in search["rows"]] == ["complete", "complete"], search
+    assert sorted(search["epochs"].values()) == [[1, 2, 3, 4]] * 2, search
+    assert any(s[-1] >= 1 for s in search["started_at"].values()), search  # a resume, not a restart
+    assert search["bundle"]

@@ -233,12 +233,10 @@ def trial_checkpoints(train_storage: str, trial_id: str) -> list[dict]:
     scheme = train_storage.split("://", 1)[0] + "://" if "://" in train_storage else ""
     found = []
     for folder in fs.glob(f"{base}/checkpoint_*"):
-        if not fs.exists(f"{folder}/state.json"):
-            continue  # cut short by a kill
         try:
             with fs.open(f"{folder}/state.json", "r") as fh:
                 state = json.load(fh)
-        except ValueError:  # a state.json cut off mid-copy
+        except (FileNotFoundError, ValueError):  # cut short by a kill, or its copy cut off
             continue
         if not checkpoint_complete(fs, folder, state):
             continue  # its copy to storage was cut off (a lost node): Train never registered it
@@ -459,7 +457,7 @@ def run_search(
     ensure_ray()
     max_trials, per_worker = concurrency(cfg, cluster_capacity())
     # Read once here, while no trial holds the CPUs: each trial reading its own copy took about
-    # 25 s of a trial's start on 2 CPUs (its data tasks waiting for a CPU budget) and stored the
+    # 40 s of a trial's start on 2 CPUs (its data tasks waiting for a CPU budget) and stored the
     # cached splits once per trial.
     datasets = datasets_for(data, get_task(cfg.task))
     trainable = tune.with_parameters(

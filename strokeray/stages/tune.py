@@ -236,7 +236,7 @@ def trial_checkpoints(train_storage: str, trial_id: str) -> list[dict]:
         try:
             with fs.open(f"{folder}/state.json", "r") as fh:
                 state = json.load(fh)
-        except (FileNotFoundError, ValueError):  # cut short by a kill, or its copy cut off
+        except (OSError, ValueError):  # not a checkpoint folder (the manager's snapshot file), cut short, or cut off
             continue
         if not checkpoint_complete(fs, folder, state):
             continue  # its copy to storage was cut off (a lost node): Train never registered it

@@ -455,6 +455,10 @@ def score_chunks(manifest, out: str, ingest_cfg, models: tuple, cfg: ScoreConfig
             "_parts/slices",
             log,
         )
+    except Exception:
+        for pool in pools:  # the actors' own error, when that is why the chunk failed
+            pool.raise_if_unloaded()
+        raise
     finally:
         for pool in pools:
             summary.batch_size = pool.batch_size

@@ -199,6 +199,30 @@ def test_killed_actor_loses_and_duplicates_nothing(planted_zip, bundles, scored,
     assert sorted(pq.read_table(out / "slices.parquet").column("id").to_pylist()) == reference
 
 
+def test_models_that_cannot_load_fail_the_run_with_their_error(planted_zip, bundles, ray_local, tmp_path):
+    """The scorers load while the first chunk decodes (nothing waits for them on CPUs): a weights
+    file that cannot be read must still fail the run with the loader's error, not hang it."""
+    import shutil
+
+    broken = tmp_path / "cls"
+    shutil.copytree(bundles[0], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="could not load the models") as err:
+        run_score(
+            str(planted_zip[0]),
+            str(out),
+            str(broken),
+            bundles[1],
+            registry=None,
+            cfg=ScoreConfig(),
+            log=lambda *_: None,
+        )
+    assert "safetensors" in str(err.value).lower() or "header" in str(err.value).lower(), err.value
+    assert not (out / "summary.json").exists()
+
+
 def test_killed_driver_rerun_completes_exactly_once(planted_zip, bundles, scored, tmp_path):
     reference = sorted(pq.read_table(scored[0] / "slices.parquet").column("id").to_pylist())
     out = tmp_path / "out"

@@ -329,7 +329,7 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--slices", type=int, help="ingest, score: synthetic 512x512 slices (default 1024, 512)")
     p.add_argument("--no-memory", action="store_true", help="ingest, score: skip the peak-memory comparison")
     p.add_argument(
-        "--large",
+        "--scale",
         type=int,
         default=4,
         help="score: the throughput run scores an archive this many times --slices, in 1,000-file chunks (0: none)",
@@ -373,7 +373,7 @@ def _cmd_benchmark(args) -> int:
     elif args.which == "score":
         from strokeray.benchmarks.score import run_score_benchmark
 
-        bench = run_score_benchmark(workdir, args.slices or 512, memory=not args.no_memory, scale=args.large)
+        bench = run_score_benchmark(workdir, args.slices or 512, memory=not args.no_memory, scale=args.scale)
     elif args.which == "demo":
         from strokeray.benchmarks.demo import run_demo_benchmark
 

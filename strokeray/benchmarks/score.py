@@ -42,9 +42,9 @@ class ScoreBenchmark:
     study_slices_per_s: float = 0.0
     score_slices_per_s: float = 0.0
     score_seconds: float = 0.0
-    large_slices: int = 0
-    large_score_slices_per_s: float = 0.0
-    large_score_seconds: float = 0.0
+    throughput_slices: int = 0  # the throughput run (``scale`` x slices), 0 when not run
+    throughput_slices_per_s: float = 0.0
+    throughput_seconds: float = 0.0
     decode_1proc_slices_per_s: float = 0.0
     ceiling_slices_per_s: float = 0.0
     ratios: dict[str, float] = field(default_factory=dict)
@@ -268,9 +268,9 @@ def run_score_benchmark(
         # the same share on to the segmenter (reported).
         make_archive(root / f"archive-x{scale}", slices * scale, seed=23)
         big = score_child(str(root / f"archive-x{scale}"), bundles, threshold, batch_size, files_per_chunk=1000)
-        bench.large_slices = big["slices"]
-        bench.large_score_slices_per_s, bench.large_score_seconds = big["slices_per_s"], big["seconds"]
-        bench.memory["large_score_positive_share"] = big["positive_share"]
+        bench.throughput_slices = big["slices"]
+        bench.throughput_slices_per_s, bench.throughput_seconds = big["slices_per_s"], big["seconds"]
+        bench.memory["throughput_positive_share"] = big["positive_share"]
         log(
             f"[bench] (c) strokeray score, {big['slices']} slices in 1,000-file chunks: {big['slices_per_s']:.1f} "
             f"slices/s ({big['seconds']:.1f}s, {big['positive_share']:.0%} positive)"
@@ -284,7 +284,7 @@ def run_score_benchmark(
         f"[bench] (d) decode + preprocess in one process: {bench.decode_1proc_slices_per_s:.1f} slices/s; "
         f"ceiling of forward + decode on {os.cpu_count()} cores: {bench.ceiling_slices_per_s:.1f} slices/s"
     )
-    throughput = bench.large_score_slices_per_s or bench.score_slices_per_s
+    throughput = bench.throughput_slices_per_s or bench.score_slices_per_s
     bench.ratios = {
         "score_vs_ceiling": throughput / bench.ceiling_slices_per_s,
         "short_score_vs_ceiling": bench.score_slices_per_s / bench.ceiling_slices_per_s,

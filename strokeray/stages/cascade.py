@@ -173,7 +173,7 @@ class ScorerPool:
 
     scorers: list
     batch_size: int
-    ready: Any = None
+    ready: Any
 
     @classmethod
     def start(

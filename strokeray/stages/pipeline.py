@@ -29,8 +29,9 @@ from strokeray.stages.stage_dir import StageDir
 from strokeray.stages.synth import run_synth
 from strokeray.stages.tune import SearchConfig, SearchSpace
 
-# Small searches that learn the phantoms: one backbone, two sampled settings each; the classifier
-# at 128 px, the segmenter at 96 px (at 128 px and 12 epochs it took most of the demo's 13-18 min).
+# Small searches that learn the phantoms: one backbone, two sampled settings each, up to 8 epochs;
+# the classifier at 128 px, the segmenter at 96 px (at 128 px and 12 epochs it took most of the
+# demo's 13-18 min; at 10 epochs a slow night's demo still ran past 10 min).
 DEMO_CLASSIFY = SearchConfig(
     task=CLASSIFY.name,
     space=SearchSpace(
@@ -42,8 +43,8 @@ DEMO_CLASSIFY = SearchConfig(
         input_size=(128,),
     ),
     samples=2,
-    max_epochs=10,
-    grace_period=5,
+    max_epochs=8,
+    grace_period=4,
 )
 DEMO_SEGMENT = SearchConfig(
     task=SEGMENT.name,
@@ -57,8 +58,8 @@ DEMO_SEGMENT = SearchConfig(
         seg_loss=((1.0, 1.0, 0.0), (1.0, 0.5, 0.5)),
     ),
     samples=2,
-    max_epochs=10,
-    grace_period=5,
+    max_epochs=8,
+    grace_period=4,
 )
 
 

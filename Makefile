@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser demo test lint clean
+.PHONY: install browser pacs demo test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,17 @@ browser:
 	    || echo "warning: chromium could not be installed; the browser test skips (and fails under CI)"; \
 	fi
 
+## Debian's Orthanc and its DICOMweb plugin: the real PACS the DICOMweb tests start on 127.0.0.1 (root or sudo;
+## skipped when present; the tests never use the system service, each starts its own server).
+pacs:
+	@if [ ! -x /usr/sbin/Orthanc ] || [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  ( $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb ) \
+	    || echo "warning: orthanc could not be installed; the PACS tests skip (and fail under CI)"; \
+	fi
+
 ## The whole suite, real-data tests included (they read ../shared/data).
-test: $(STAMP) browser
+test: $(STAMP) browser pacs
 	$(BIN)/python -m pytest
 
 ## ruff (lint and format check) on the code and tests, mypy on the package; .ci/run runs it before the tests.

@@ -231,8 +231,9 @@ def _add_ingest(sub) -> None:
         "OUT/card.json. Re-running continues an interrupted ingest and never duplicates rows. Uses "
         "the cluster at $RAY_ADDRESS when set, else a local Ray. " + CONFIG_DEFAULTS,
     )
-    p.add_argument("src", help="input folder, archive or URL")
+    p.add_argument("src", help="input folder, archive, URL, or a PACS as dicomweb+http(s)://HOST/dicom-web")
     p.add_argument("out", help="output folder or URL")
+    _add_pacs_filters(p)
     _labels_arguments(p, "labels CSV (columns path, label, lesion, patient; see --labels-*-col)")
     p.add_argument("--labels-lesion-col", help="lesion column: 0/1/2 (default lesion)")
     p.add_argument(
@@ -303,7 +304,7 @@ def ingest_config(args):
 def _cmd_ingest(args) -> int:
     from strokeray.stages.ingest import run_ingest
 
-    s = run_ingest(args.src, args.out, ingest_config(args))
+    s = run_ingest(source_of(args), args.out, ingest_config(args))
     print(json.dumps(dataclasses.asdict(s)))
     return 0
 
@@ -647,6 +648,23 @@ def _cmd_tune(args) -> int:
     return 0
 
 
+def _add_pacs_filters(p) -> None:
+    p.add_argument(
+        "--study", action="append", metavar="UID", help="DICOMweb source: only this StudyInstanceUID (repeatable)"
+    )
+    p.add_argument("--since", metavar="YYYYMMDD", help="DICOMweb source: only studies from this date on")
+    p.add_argument(
+        "--modality", default="CT", help="DICOMweb source: only studies and instances of this modality (default CT)"
+    )
+
+
+def source_of(args) -> str:
+    """SRC with the DICOMweb filters (--study, --since, --modality) as its QIDO-RS query."""
+    from strokeray.io.dicomweb_fs import with_filters
+
+    return with_filters(args.src, args.study, args.since, args.modality or None)
+
+
 def _add_score(sub) -> None:
     p = sub.add_parser(
         "score",
@@ -657,8 +675,11 @@ def _add_score(sub) -> None:
         "overlays/ with --overlays). Models default to the registry's current best. Re-running the same "
         "command continues an interrupted run and rewrites nothing once it is complete. " + CONFIG_DEFAULTS,
     )
-    p.add_argument("src", help="archive: folder, zip/tar, folder of archives or URL")
+    p.add_argument(
+        "src", help="archive: folder, zip/tar, folder of archives, URL, or a PACS as dicomweb+http(s)://HOST/dicom-web"
+    )
     p.add_argument("out", nargs="?", help="output folder or URL")
+    _add_pacs_filters(p)
     p.add_argument(
         "--out",
         dest="out_old",
@@ -729,7 +750,13 @@ def _cmd_score(args) -> int:
     if not out:
         raise ValueError("OUT (the output folder) is required")
     s = run_score(
-        args.src, out, args.classifier, args.segmenter, args.registry, score_config(args), segment=not args.no_segmenter
+        source_of(args),
+        out,
+        args.classifier,
+        args.segmenter,
+        args.registry,
+        score_config(args),
+        segment=not args.no_segmenter,
     )
     print(json.dumps(dataclasses.asdict(s)))
     return 0
@@ -891,10 +918,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand; a bad argument, input or output folder prints one line and exits 2
-    (set STROKERAY_DEBUG=1 for the traceback)."""
+    """Run one subcommand; a bad argument, input or output folder prints one line and exits 2, a
+    source that stopped answering exits 3 (set STROKERAY_DEBUG=1 for the traceback)."""
     import os
 
+    from strokeray.io.sources import SourceUnavailable
     from strokeray.stages.stage_dir import OutputError
 
     args = build_parser().parse_args(argv)
@@ -905,6 +933,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"strokeray {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except SourceUnavailable as err:  # a PACS or server down: nothing is wrong with the run, re-run it
+        if os.environ.get("STROKERAY_DEBUG"):
+            raise
+        print(f"strokeray {args.command}: source unavailable: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +219,50 @@ def ray_local(s3_endpoint):
     ensure_ray(num_cpus=2)
     yield
     ray.shutdown()
+
+
+@dataclass
+class PacsArchive:
+    """A real PACS holding the 20 RSNA slices and a phantom series, and the same bytes as files."""
+
+    server: object  # tests.orthanc.OrthancServer
+    folder: Path  # the stored instances as files, to score the same bytes from a folder
+    uids: set[str]  # every Study, Series and SOP Instance UID stored: none may reach an output
+
+
+def uids_of(data: bytes) -> set[str]:
+    import io
+    import warnings
+
+    import pydicom
+
+    with warnings.catch_warnings():  # the RSNA slices' anonymised UIDs ('ID_...') are not valid UIDs
+        warnings.simplefilter("ignore", UserWarning)
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return {str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)}
+
+
+@pytest.fixture(scope="session")
+def pacs(tmp_path_factory) -> PacsArchive:
+    """Orthanc on 127.0.0.1 for the session, loaded over STOW-RS; stopped after."""
+    from strokeray.datasets.phantom import PhantomConfig
+    from strokeray.datasets.synth import SynthConfig, write_archive
+    from strokeray.io.dicomweb import session, store_instances
+
+    from .orthanc import as_stored, start_orthanc
+
+    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    try:
+        datas = [as_stored(p) for p in sorted(shared_data("rsna-ich-dicom-20").rglob("*.dcm"))]
+        phantoms = tmp_path_factory.mktemp("pacs-phantoms")
+        write_archive(
+            str(phantoms), SynthConfig(patients=2, seed=5, png=False, phantom=PhantomConfig(size=128, slices=6))
+        )
+        datas += [p.read_bytes() for p in sorted(phantoms.rglob("*.dcm"))]
+        folder = tmp_path_factory.mktemp("pacs-as-files")
+        for i, data in enumerate(datas):
+            (folder / f"{i:03d}.dcm").write_bytes(data)
+        store_instances(session(), server.stow, datas)
+        yield PacsArchive(server, folder, set().union(*map(uids_of, datas)))
+    finally:
+        server.stop()

@@ -18,7 +18,7 @@ from strokeray.io.decode import decode_slices, is_raster
 from strokeray.io.dicom_decode import DecodeConfig, decode_dicom_mask
 from strokeray.io.errors import DecodeError
 from strokeray.io.raster import decode_image, decode_mask_image
-from strokeray.io.sources import SourceError, read_bytes
+from strokeray.io.sources import SourceError, SourceUnavailable, read_bytes
 
 
 @dataclass(frozen=True)
@@ -77,16 +77,19 @@ def _patient(row: dict, dicom_key: str) -> str:
 def records_for(
     row: dict, cfg: RecordConfig = RecordConfig(), with_source: bool = False
 ) -> tuple[list[dict], list[dict]]:
-    """Shard records and quarantine records for one manifest row; never raises.
+    """Shard records and quarantine records for one manifest row; raises only SourceUnavailable.
 
     Failures nobody foresaw become ``unexpected_error`` rows naming the exception (and a memory
-    error ``out_of_memory``): one odd file must not stop the other files of its task.
+    error ``out_of_memory``): one odd file must not stop the other files of its task. A source
+    that cannot serve (a PACS down) is no fault of the file: it stops the task, and the run.
     ``with_source`` adds ``source_image``, the whole source slice in the brain window (previews).
     """
     try:
         return _records(row, cfg, with_source)
     except MemoryError as err:
         return [], [_quarantine(row["name"], "decode", "out_of_memory", f"MemoryError: {err}")]
+    except SourceUnavailable:
+        raise
     except Exception as err:  # noqa: BLE001 - the per-file safety net
         return [], [_quarantine(row["name"], "decode", "unexpected_error", f"{type(err).__name__}: {err}")]
 

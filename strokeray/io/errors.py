@@ -1,4 +1,5 @@
-"""One typed error for every input that cannot become a CT slice, with a short reason code."""
+"""One typed error for every input that cannot become a CT slice, with a short reason code, and
+one for a source that cannot serve at all."""
 
 from __future__ import annotations
 
@@ -28,3 +29,9 @@ class DecodeError(Exception):
         self.detail = detail
         self.source = source
         super().__init__(f"{self.reason.value}: {detail}" + (f" [{source}]" if source else ""))
+
+
+class SourceUnavailable(ConnectionError):
+    """The source itself cannot serve now (a PACS refusing or timing out): not one object's fault.
+
+    Never quarantined: it stops the run, whose finished chunks are kept, so a re-run resumes."""

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 import fsspec
 import fsspec.core
 
+from strokeray.io import dicomweb_fs  # noqa: F401 - registers dicomweb+http(s):// with fsspec
+from strokeray.io.errors import SourceUnavailable
+
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 # Files that are documentation or tables, never images: listed as skipped, not quarantined.
 SIDECAR_SUFFIXES = (".csv", ".tsv", ".txt", ".json", ".md", ".html", ".xml", ".yaml", ".yml", ".pdf", ".py")
@@ -79,6 +82,8 @@ def _protocol(fs) -> str:
 
 
 def _full_uri(fs, path: str) -> str:
+    if hasattr(fs, "full_uri"):  # filesystems with several schemes (dicomweb+http/https) say which
+        return fs.full_uri(path)
     proto = _protocol(fs)
     return f"{proto}://{path}" if proto else path
 
@@ -202,7 +207,8 @@ def list_inputs(uri: str, limits: SourceLimits = SourceLimits()) -> Listing:
         kind = info.get("type")
         if kind == "directory":
             continue
-        rel = posixpath.relpath(path, base) if base else path
+        # Filesystems that address objects by identifiers (DICOMweb UIDs) name them pseudonymously.
+        rel = fs.entry_name(path) if hasattr(fs, "entry_name") else posixpath.relpath(path, base) if base else path
         shown = _full_uri(fs, printable(path))
         why = unsafe_name(path)
         if why:
@@ -245,7 +251,9 @@ def read_head(uri: str, n: int) -> bytes:
             return fh.read(n)
     except _ARCHIVE_READ_ERRORS as exc:
         raise SourceError("corrupt_archive", f"archive member cannot be read: {type(exc).__name__}: {exc}") from exc
-    except SourceError:
+    except (SourceError, SourceUnavailable):
         raise
+    except ConnectionError as exc:  # before OSError, which it is: the server, not this object
+        raise SourceUnavailable(f"{type(exc).__name__}: {exc}") from exc
     except OSError as exc:
         raise SourceError("unreadable", f"{type(exc).__name__}: {exc}") from exc

@@ -35,7 +35,7 @@ from strokeray.checks import check_positive
 from strokeray.datasets.shard_set import CARD
 from strokeray.datasets.slice_records import RecordConfig, records_for, stack_records
 from strokeray.io.shard_schema import QUARANTINE_COLUMNS, SCHEMA_VERSION
-from strokeray.io.sources import read_bytes
+from strokeray.io.sources import SourceUnavailable, read_bytes
 from strokeray.stages.manifest import Manifest, ManifestConfig, build_manifest, check_source, options_digest
 from strokeray.stages.runtime import arrow_filesystem, cluster_capacity, ensure_ray
 from strokeray.stages.stage_dir import StageDir, settings_digest
@@ -176,6 +176,21 @@ def _remove_chunk_outputs(fs, base: str, dest: str, tag: str) -> None:
         fs.rm(f"{base}/_state/quarantine/{tag}", recursive=True)
 
 
+def unavailable_cause(err: BaseException) -> SourceUnavailable | None:
+    """The SourceUnavailable behind ``err`` (Ray wraps a task's exception, Ray Data wraps it again)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, SourceUnavailable):
+            return e
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return None
+
+
 def run_chunks(manifest: Manifest, out: str, run_one, stage: str, dest: str, log=print) -> tuple[int, int]:
     """Run ``run_one(number, rows, run_id)`` over the manifest's chunks not marked done (with the
     same content) in OUT/_state/done; outputs of chunks the manifest no longer has are removed
@@ -208,7 +223,16 @@ def run_chunks(manifest: Manifest, out: str, run_one, stage: str, dest: str, log
                     continue
             fs.rm(marker)
         t0 = time.perf_counter()
-        files = run_one(number, rows, run)
+        try:
+            files = run_one(number, rows, run)
+        except Exception as err:
+            cause = unavailable_cause(err)
+            if cause is None:
+                raise
+            raise SourceUnavailable(
+                f"{stage} stopped at chunk {position + 1}/{len(chunks)}, the source stopped answering: {cause}. "
+                f"The {done + skipped} finished chunks are kept: re-run the same command to resume."
+            ) from err
         fs.makedirs(f"{base}/_state/done", exist_ok=True)
         with fs.open(marker, "w") as fh:
             json.dump({"files": rows.num_rows, "outputs": files, "digest": digest}, fh)

@@ -26,7 +26,7 @@ from strokeray.imaging.overlay import HEMORRHAGIC, ISCHEMIC
 from strokeray.io.decode import is_raster
 from strokeray.io.pseudonym import pseudonym
 from strokeray.io.raster import RASTER_SUFFIXES
-from strokeray.io.sources import SourceLimits, list_inputs, read_bytes, read_head
+from strokeray.io.sources import SourceLimits, SourceUnavailable, list_inputs, read_bytes, read_head
 from strokeray.stages.stage_dir import settings_digest
 
 HEADER_BYTES = 64 * 1024
@@ -110,6 +110,8 @@ def _header_groups(batch: dict) -> dict:
             key, tag = ("", "") if is_raster(head, uri) else dicom_patient_key(head)
             if not key and len(head) == HEADER_BYTES:
                 key, tag = dicom_patient_key(read_bytes(uri))  # a header longer than 64 KiB
+        except SourceUnavailable:
+            raise
         except Exception:  # noqa: BLE001 - any unreadable object: decoding will quarantine it with its reason
             key, tag = "", ""
         keys.append(key)

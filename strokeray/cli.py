@@ -711,6 +711,17 @@ def _add_score(sub) -> None:
         action="store_true",
         help="write each positive slice's predicted classes (0/1/2) on its source pixel grid as PNG",
     )
+    p.add_argument(
+        "--dicom-out",
+        metavar="DIR",
+        help="write a DICOM SEG (lesions on the source pixels) and SR (probability, decision, volumes, model "
+        "versions) per positive series here; they hold the source's real UIDs, so DIR must be the hospital's",
+    )
+    p.add_argument(
+        "--dicom-store",
+        metavar="URL",
+        help="store the SEG and SR in a PACS with STOW-RS (its DICOMweb root, http(s)://HOST/dicom-web)",
+    )
     p.add_argument("--files-per-chunk", type=int, help="files per resumable chunk")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     p.add_argument(
@@ -735,6 +746,8 @@ def score_config(args):
             threads_per_actor="threads_per_actor",
             files_per_chunk="files_per_chunk",
             num_cpus="num_cpus",
+            dicom_out="dicom_out",
+            dicom_store="dicom_store",
         ),
         use_gpu=args.gpu,
         overlays=args.overlays,

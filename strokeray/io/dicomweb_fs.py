@@ -7,9 +7,11 @@ chunking, resume, quarantine) reads a PACS unchanged. The root may narrow the se
     dicomweb+http://pacs:8042/dicom-web/studies/1.2.3                 one study
     dicomweb+http://pacs:8042/dicom-web?StudyInstanceUID=1.2.3,1.2.4&ModalitiesInStudy=CT&StudyDate=20260101-
 
-(the query is QIDO-RS study-level matching, passed through). Instances are addressed by their
-real UIDs (``.../studies/S/series/SE/instances/I``), which stay in the manifest that re-runs
-read; ``entry_name`` gives each a pseudonymous name, which is all that reaches the outputs.
+(the query is QIDO-RS study-level matching, passed through; with one modality, instances of other
+modalities in those studies are left out too, and SEG, SR and other non-image objects always are).
+Instances are addressed by their real UIDs (``.../studies/S/series/SE/instances/I``), which stay
+in the manifest that re-runs read; ``entry_name`` gives each a pseudonymous name, which is all
+that reaches the outputs.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ from strokeray.io.dicomweb import (
 from strokeray.io.pseudonym import pseudonym
 
 PROTOCOLS = ("dicomweb+http", "dicomweb+https")
+# Objects that are never images to score: results stored beside the CT (ours among them), reports,
+# presentation states. Not listed at all, so a re-run does not quarantine last run's SEG and SR.
+NOT_IMAGES = frozenset({"SEG", "SR", "KO", "PR", "RTSTRUCT", "DOC", "REG", "PLAN"})
 MAX_INSTANCE_BYTES = 1 << 30
 
 
@@ -126,7 +131,8 @@ class DicomwebFileSystem(AbstractFileSystem):
             se, sop = series or first_value(d, SERIES_UID), first_value(d, SOP_UID)
             if not (se and sop):
                 raise DicomwebError(f"QIDO-RS instance without series or SOP instance UID in study {study}")
-            if modality and first_value(d, MODALITY) not in ("", modality):
+            kind = first_value(d, MODALITY)
+            if kind in NOT_IMAGES or (modality and kind not in ("", modality)):
                 continue
             path = self.instance_path(root, study, se, sop)
             out[path] = {"name": path, "size": 0, "type": "file", "stamp": sop}

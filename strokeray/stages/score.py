@@ -55,6 +55,7 @@ SCORE_OUTPUTS = (
     "quarantine.parquet",
     "overlays",
     "source_masks",
+    "dicom.json",
     SUMMARY,
 )
 STUDY_SCHEMA = pa.schema(
@@ -95,6 +96,9 @@ class ScoreConfig:
     num_cpus: int | None = None  # for the local Ray; ignored on a cluster
     overwrite: bool = False
     records: RecordConfig = field(default_factory=RecordConfig)
+    # DICOM SEG + SR of every positive series, for a PACS (they hold the real UIDs: never in OUT)
+    dicom_out: str | None = None  # a folder for them
+    dicom_store: str | None = None  # a DICOMweb root to store them to with STOW-RS
 
     def __post_init__(self) -> None:
         check_range("threshold", self.threshold, 0.0, 1.0)
@@ -123,6 +127,7 @@ class ScoreSummary:
     chunks_skipped: int = 0
     seconds: float = 0.0
     reused: bool = False  # the run had already finished: nothing was written
+    dicom: dict = field(default_factory=dict)  # --dicom-out/--dicom-store: what was delivered (OUT/dicom.json)
     models: dict[str, str] = field(default_factory=dict)
     batch_size: int = 0  # slices per model call (0: every chunk was already done)
 
@@ -162,7 +167,17 @@ def _digest(manifest_digest: str, versions: dict, cfg: ScoreConfig) -> str:
     keep = {
         k: v
         for k, v in asdict(cfg).items()
-        if k not in ("overwrite", "num_cpus", "actors", "use_gpu", "cpus_per_actor", "batch_size")
+        if k
+        not in (
+            "overwrite",
+            "num_cpus",
+            "actors",
+            "use_gpu",
+            "cpus_per_actor",
+            "batch_size",
+            "dicom_out",
+            "dicom_store",
+        )
     }
     precision = {"precision": precision_name("cuda")} if cfg.use_gpu else {}
     return settings_digest({"manifest": manifest_digest, "models": versions, "cfg": keep, **precision})
@@ -393,9 +408,8 @@ def run_score(
 ) -> ScoreSummary:
     """Score ``src`` into ``out``; see the module docstring."""
     from strokeray.learn.predict import bundle_version
-    from strokeray.stages.ingest import IngestConfig
     from strokeray.stages.manifest import ManifestConfig, build_manifest, check_source, options_digest
-    from strokeray.stages.runtime import absolute, ensure_ray
+    from strokeray.stages.runtime import absolute
 
     started = time.perf_counter()
     check_source(src)
@@ -413,8 +427,22 @@ def run_score(
     )
     manifest = build_manifest(src, out, labels, log, cfg.files_per_chunk, cfg.num_cpus)
     done = finished_summary(stage, same, manifest.listing, log)
-    if done:
-        return done
+    if not done:
+        done = _score(manifest, out, (classifier, segmenter), versions, cfg, started, stage, log)
+    if cfg.dicom_out or cfg.dicom_store:
+        from strokeray.io.dicom_results import Provenance
+        from strokeray.stages.dicom_results import DicomResultsConfig, run_dicom_results
+
+        prov = Provenance(versions["classifier"], versions["segmenter"], float(cfg.threshold or 0.0))
+        done.dicom = asdict(run_dicom_results(out, DicomResultsConfig(cfg.dicom_out, cfg.dicom_store), prov, log))
+    return done
+
+
+def _score(manifest, out: str, models: tuple, versions: dict, cfg: ScoreConfig, started: float, stage, log):
+    from strokeray.stages.ingest import IngestConfig
+    from strokeray.stages.runtime import ensure_ray
+
+    classifier, segmenter = models
     ensure_ray(cfg.num_cpus)
     ingest_cfg = IngestConfig(
         records=cfg.records, files_per_chunk=cfg.files_per_chunk, files_per_task=cfg.files_per_task

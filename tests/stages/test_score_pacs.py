@@ -111,3 +111,17 @@ def test_a_pacs_that_stops_mid_run_fails_it_clearly_and_a_rerun_resumes(pacs, bu
         server.stop()
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
+
+
+def test_ingest_reads_a_pacs_like_its_files(pacs, ray_local, tmp_path):
+    """The same slices, patients and splits (patient keys come from the headers either way)."""
+    from strokeray.stages.ingest import IngestConfig, run_ingest
+
+    def shards(src: str, out) -> dict:
+        run_ingest(src, str(out), IngestConfig(), log=lambda *_: None)
+        t = pq.read_table(out / "shards", columns=["id", "patient", "split"]).to_pydict()
+        return {i: (p, s) for i, p, s in zip(t["id"], t["patient"], t["split"])}
+
+    from_pacs = shards(pacs.server.dicomweb, tmp_path / "pacs")
+    assert len(from_pacs) == 32
+    assert from_pacs == shards(str(pacs.folder), tmp_path / "files")

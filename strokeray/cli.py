@@ -949,7 +949,7 @@ def main(argv: list[str] | None = None) -> int:
     except SourceUnavailable as err:  # a PACS or server down: nothing is wrong with the run, re-run it
         if os.environ.get("STROKERAY_DEBUG"):
             raise
-        print(f"strokeray {args.command}: source unavailable: {err}", file=sys.stderr)
+        print(f"strokeray {args.command}: server unavailable: {err}", file=sys.stderr)
         return 3
 
 

@@ -23,6 +23,7 @@ import fsspec
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from strokeray.io.errors import SourceUnavailable
 from strokeray.stages.stage_dir import settings_digest
 
 DICOM_SUMMARY = "dicom.json"
@@ -80,6 +81,8 @@ def _series_objects(study_row: dict, rows: list[dict], uris: dict[str, str], pro
     from strokeray.io.dicom_results import ScoredSlice, SeriesFinding, series_report, series_segmentation
     from strokeray.stages.score import source_mask
 
+    if not rows:
+        raise ValueError("no DICOM series: image exports carry no UIDs for a SEG or SR to reference")
     if any(int(r["frame"]) != 0 for r in rows):
         raise ValueError("multi-frame sources are not supported yet")
     headers = {r["id"]: _header(uris[r["source"]]) for r in rows}
@@ -105,11 +108,12 @@ def _series_objects(study_row: dict, rows: list[dict], uris: dict[str, str], pro
 
 
 def _scrub(text: str, rows: list[dict], uris: dict[str, str]) -> str:
-    """An error message without the series' UIDs (they may be quoted by highdicom or a PACS)."""
+    """An error message without the series' UIDs (highdicom or a PACS may quote them): those in its
+    PACS addresses, and anything shaped like a UID."""
     for r in rows:
         for uid in re.findall(r"(?:studies|series|instances)/([^/?]+)", uris.get(r["source"], "")):
             text = text.replace(uid, "<uid>")
-    return text[:500]
+    return re.sub(r"\b\d+(?:\.\d+){3,}\b", "<uid>", text)[:500]
 
 
 def run_dicom_results(
@@ -124,7 +128,8 @@ def run_dicom_results(
     studies = pq.read_table(f"{base}/studies.parquet", filesystem=fs).to_pylist()
     manifest = pq.read_table(f"{base}/manifest.parquet", columns=["name", "uri"], filesystem=fs).to_pydict()
     uris = dict(zip(manifest["name"], manifest["uri"]))
-    digest = settings_digest(prov.key())
+    # Delivered means delivered to these destinations: another folder or PACS gets everything.
+    digest = settings_digest([*prov.key(), cfg.out_dir or "", stow_root(cfg.store or "")])
     summary = DicomResultsSummary()
     todo = []
     for row in studies:
@@ -169,7 +174,14 @@ def run_dicom_results(
         return {**done, "no_segmentation": _scrub(no_seg, rows, uris)} if no_seg else done
 
     with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
-        for result in pool.map(deliver, todo):  # a PACS that stops answering raises here: re-run resumes
+        try:
+            results = list(pool.map(deliver, todo))
+        except SourceUnavailable as err:  # the PACS (to store to, or to read headers from) stopped answering
+            raise SourceUnavailable(
+                f"delivering the DICOM results stopped: {err}. The scores in {out} are complete and the series "
+                "delivered so far are recorded: re-run the same command to deliver the rest."
+            ) from err
+        for result in results:
             if "reason" in result:
                 summary.failed.append(result)
                 log(f"[dicom] series {result['series']}: {result['reason']}")

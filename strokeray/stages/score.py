@@ -40,7 +40,7 @@ from strokeray.datasets.slice_records import RecordConfig
 from strokeray.io.csv_cells import safe_cell
 from strokeray.learn.accel import precision_name
 from strokeray.learn.tasks import CLASSIFY, SEGMENT, Task
-from strokeray.stages.stage_dir import StageDir, settings_digest
+from strokeray.stages.stage_dir import StageDir, overlap, settings_digest
 
 # Everything score writes in OUT (what --overwrite may remove); anything else there is left alone.
 SUMMARY = "summary.json"  # written last: the run is complete
@@ -413,6 +413,11 @@ def run_score(
 
     started = time.perf_counter()
     check_source(src)
+    if cfg.dicom_out and overlap(cfg.dicom_out, out):
+        raise ValueError(
+            f"--dicom-out {cfg.dicom_out} {overlap(cfg.dicom_out, out)} OUT {out}: the DICOM results hold real UIDs "
+            "and OUT stays pseudonymous; write them to a folder outside it"
+        )
     classifier, segmenter = resolve_models(classifier, segmenter, registry, segment)
     # The actors load the bundles wherever Ray places them: no relative paths.
     classifier, segmenter = absolute(classifier), absolute(segmenter) if segmenter else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+from dataclasses import replace
 
 import highdicom as hd
 import numpy as np
@@ -122,3 +123,21 @@ def test_a_rerun_stores_nothing_twice(delivered, pacs, ray_local):
     assert redo.dicom["delivered"] == 22
     after = {k: sorted(first_value(i, SOP_UID) for i in v) for k, v in _derived(pacs).items()}
     assert after == before
+
+
+def test_a_pacs_that_cannot_take_the_results_stops_the_run_resumably(delivered, pacs, ray_local):
+    """Scores stay complete; the delivery stops with a clear error (another destination is a new
+    delivery: what went to the first one is not skipped for it)."""
+    from strokeray.io.sources import SourceUnavailable
+    from strokeray.stages.runtime import free_port
+
+    _, out, _, bundles, cfg = delivered
+    dead = replace(cfg, dicom_out=None, dicom_store=f"http://127.0.0.1:{free_port()}/dicom-web")
+    with pytest.raises(SourceUnavailable, match="re-run the same command to deliver the rest"):
+        run_score(pacs.server.dicomweb, str(out), *bundles, registry=None, cfg=dead, log=lambda *_: None)
+
+
+def test_the_dicom_folder_may_not_be_inside_the_pseudonymous_output(tmp_path):
+    cfg = ScoreConfig(dicom_out=str(tmp_path / "out" / "dicom"))
+    with pytest.raises(ValueError, match="OUT stays pseudonymous"):
+        run_score(str(tmp_path), str(tmp_path / "out"), "cls", "seg", registry=None, cfg=cfg)

@@ -98,7 +98,7 @@ def test_a_pacs_that_stops_mid_run_fails_it_clearly_and_a_rerun_resumes(pacs, bu
         server.stop()
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 3, err[-3000:]
-        assert "source unavailable" in err and "did not answer" in err and "re-run the same command" in err
+        assert "server unavailable" in err and "did not answer" in err and "re-run the same command" in err
         assert not (out / "summary.json").exists()
 
         server = start_orthanc(tmp_path / "orthanc", port=server.port)

@@ -132,6 +132,17 @@ def kill_after_first_chunk(cmd: list[str], out: Path, **popen) -> dict:
     return env
 
 
+def score_command(src: str, out: Path, bundles: tuple[str, str], files_per_chunk: int) -> list[str]:
+    """`strokeray score` in a subprocess with both bundles, every slice positive (threshold 0), 2 CPUs."""
+    import sys
+
+    return [
+        *(sys.executable, "-m", "strokeray.cli", "score", src, str(out)),
+        *("--classifier", bundles[0], "--segmenter", bundles[1], "--threshold", "0"),
+        *("--files-per-chunk", str(files_per_chunk), "--num-cpus", "2"),
+    ]
+
+
 def phantom_shards(root: Path, seed: int, patients: int = 16) -> str:
     """Ingested phantom shards (128 px, 6 slices a patient, stratified patient split) under ``root``."""
     from strokeray.datasets.phantom import PhantomConfig
@@ -223,7 +234,8 @@ def ray_local(s3_endpoint):
 
 @dataclass
 class PacsArchive:
-    """A real PACS holding the 20 RSNA slices and a phantom series, and the same bytes as files."""
+    """A real PACS holding the 20 RSNA slices, a phantom series and one broken instance, and the same
+    bytes as files."""
 
     server: object  # tests.orthanc.OrthancServer
     folder: Path  # the stored instances as files, to score the same bytes from a folder
@@ -240,6 +252,24 @@ def uids_of(data: bytes) -> set[str]:
         warnings.simplefilter("ignore", UserWarning)
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     return {str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)}
+
+
+def truncated_pixels(data: bytes) -> bytes:
+    """A copy of a CT instance (a new SOP Instance UID) whose pixel data stops after 1,000 bytes:
+    a valid header that a PACS stores, and pixels no decoder can use."""
+    import io
+
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(
+        entropy_srcs=["truncated", data[-64:].hex()]
+    )
+    ds.PixelData = ds.PixelData[:1000]
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
 
 
 @pytest.fixture(scope="session")
@@ -259,6 +289,7 @@ def pacs(tmp_path_factory) -> PacsArchive:
             str(phantoms), SynthConfig(patients=2, seed=5, png=False, phantom=PhantomConfig(size=128, slices=6))
         )
         datas += [p.read_bytes() for p in sorted(phantoms.rglob("*.dcm"))]
+        datas.append(truncated_pixels(datas[-1]))  # one broken instance: quarantined, never lost
         folder = tmp_path_factory.mktemp("pacs-as-files")
         for i, data in enumerate(datas):
             (folder / f"{i:03d}.dcm").write_bytes(data)

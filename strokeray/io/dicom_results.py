@@ -94,6 +94,17 @@ def as_source(ds: Dataset) -> Dataset:
     return out
 
 
+def _identity(kind: str, series: str, prov: Provenance, series_number: int) -> dict:
+    """The new object's series and instance (UIDs from the source series and the models), and maker."""
+    return {
+        "series_instance_uid": result_uid(f"{kind}-series", series, *prov.key()),
+        "series_number": series_number,
+        "sop_instance_uid": result_uid(kind, series, *prov.key()),
+        "instance_number": 1,
+        "manufacturer": "strokeray",
+    }
+
+
 def _position(ds: Dataset) -> tuple:
     """Slice order along the series: position along the slice normal, else instance number."""
     ipp, iop = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
@@ -144,11 +155,7 @@ def series_segmentation(slices: list[ScoredSlice], prov: Provenance) -> hd.seg.S
         pixel_array=stack,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=result_uid("seg-series", series, *prov.key()),
-        series_number=SEG_SERIES_NUMBER,
-        sop_instance_uid=result_uid("seg", series, *prov.key()),
-        instance_number=1,
-        manufacturer="strokeray",
+        **_identity("seg", series, prov, SEG_SERIES_NUMBER),
         manufacturer_model_name="strokeray stroke cascade",
         software_versions=__version__,
         device_serial_number="none",
@@ -226,10 +233,6 @@ def series_report(
     return hd.sr.Comprehensive3DSR(
         evidence=evidence + ([seg] if seg is not None else []),
         content=report,
-        series_instance_uid=result_uid("sr-series", series, *prov.key()),
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=result_uid("sr", series, *prov.key()),
-        instance_number=1,
-        manufacturer="strokeray",
+        **_identity("sr", series, prov, SR_SERIES_NUMBER),
         is_complete=True,
     )

@@ -16,9 +16,9 @@ from ..orthanc import start_orthanc
 def test_every_instance_is_listed_under_a_pseudonym_and_read_byte_for_byte(pacs):
     listing = list_inputs(pacs.server.dicomweb)
     files = {p.read_bytes() for p in pacs.folder.iterdir()}
-    assert len(listing.entries) == len(files) == 32 and not listing.problems
+    assert len(listing.entries) == len(files) == 33 and not listing.problems
     assert all(read_bytes(e.uri) in files for e in listing.entries)  # as stored: nothing transcoded
-    assert len({read_bytes(e.uri) for e in listing.entries}) == 32
+    assert len({read_bytes(e.uri) for e in listing.entries}) == 33
     names = " ".join(e.name for e in listing.entries)
     assert not any(uid in names for uid in pacs.uids)
     assert all(e.uri.startswith("dicomweb+http://127.0.0.1:") for e in listing.entries)
@@ -33,7 +33,7 @@ def test_filters_narrow_the_listing_to_studies(pacs):
     ]
     assert [e.uri for e in list_inputs(f"{pacs.server.dicomweb}/studies/{study}").entries] == [e.uri for e in in_study]
     assert list_inputs(with_filters(pacs.server.dicomweb, modality="MR")).entries == []
-    assert len(list_inputs(with_filters(pacs.server.dicomweb, modality="CT")).entries) == 32
+    assert len(list_inputs(with_filters(pacs.server.dicomweb, modality="CT")).entries) == 33
     # The phantoms' study date is the synthesiser's; none is from the future.
     assert list_inputs(with_filters(pacs.server.dicomweb, since="29991231")).entries == []
     with pytest.raises(ValueError, match="YYYYMMDD"):

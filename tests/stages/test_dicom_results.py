@@ -141,3 +141,51 @@ def test_the_dicom_folder_may_not_be_inside_the_pseudonymous_output(tmp_path):
     cfg = ScoreConfig(dicom_out=str(tmp_path / "out" / "dicom"))
     with pytest.raises(ValueError, match="OUT stays pseudonymous"):
         run_score(str(tmp_path), str(tmp_path / "out"), "cls", "seg", registry=None, cfg=cfg)
+
+
+def test_a_driver_killed_while_storing_results_leaves_no_duplicate_after_a_rerun(pacs, tmp_path):
+    """SIGKILL the scoring driver (and its Ray) once the PACS holds its first SR; the same command
+    again stores the rest, and the PACS holds exactly one SEG and one SR per series it should."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from strokeray.io.dicomweb import store_instances
+
+    from ..conftest import score_command
+    from ..orthanc import start_orthanc
+
+    server = start_orthanc(tmp_path / "orthanc")
+    proc = None
+    try:
+        store_instances(session(), server.stow, [p.read_bytes() for p in sorted(pacs.folder.iterdir())])
+        bundles = tiny_bundle(tmp_path / "cls", "classify"), tiny_bundle(tmp_path / "seg", "segment")
+        out = tmp_path / "out"
+        cmd = [
+            *score_command(server.dicomweb, out, bundles, files_per_chunk=40),
+            "--dicom-store",
+            server.http + "/dicom-web",
+        ]
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        holder = type("P", (), {"server": server})()
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and not _derived(holder)["SR"]:
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run ended before it stored anything: nothing was interrupted"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        first = _derived(holder)
+        assert 1 <= len(first["SR"]) < 22 and not (out / "dicom.json").exists()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        found = _derived(holder)
+        assert len(found["SR"]) == 22 and len(found["SEG"]) == 2
+        assert len({first_value(i, SOP_UID) for i in found["SR"] + found["SEG"]}) == 24
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        server.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -21,7 +20,7 @@ from strokeray.io.raster import decode_image
 from strokeray.stages import registry
 from strokeray.stages.score import ScoreConfig, run_score, source_mask
 
-from ..conftest import kill_after_first_chunk, ray_processes, shared_data, tiny_bundle
+from ..conftest import kill_after_first_chunk, ray_processes, score_command, shared_data, tiny_bundle
 
 pytestmark = pytest.mark.ray
 
@@ -226,25 +225,7 @@ def test_models_that_cannot_load_fail_the_run_with_their_error(planted_zip, bund
 def test_killed_driver_rerun_completes_exactly_once(planted_zip, bundles, scored, tmp_path):
     reference = sorted(pq.read_table(scored[0] / "slices.parquet").column("id").to_pylist())
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "strokeray.cli",
-        "score",
-        str(planted_zip[0]),
-        "--out",
-        str(out),
-        "--classifier",
-        bundles[0],
-        "--segmenter",
-        bundles[1],
-        "--threshold",
-        "0",
-        "--files-per-chunk",
-        "12",
-        "--num-cpus",
-        "2",
-    ]
+    cmd = score_command(str(planted_zip[0]), out, bundles, files_per_chunk=12)
     env = kill_after_first_chunk(cmd, out)
     assert not (out / "summary.json").exists()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

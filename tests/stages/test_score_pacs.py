@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -17,7 +16,7 @@ import pytest
 from strokeray.io.dicomweb import session, store_instances
 from strokeray.stages.score import ScoreConfig, run_score
 
-from ..conftest import tiny_bundle
+from ..conftest import score_command, tiny_bundle
 from ..orthanc import start_orthanc
 
 pytestmark = pytest.mark.ray
@@ -47,7 +46,13 @@ def test_a_pacs_scores_like_its_files_and_no_uid_reaches_the_results(pacs, bundl
     out = tmp_path / "out"
     cfg = ScoreConfig(threshold=0.0, files_per_chunk=12)
     s = run_score(pacs.server.dicomweb, str(out), *bundles, registry=None, cfg=cfg, log=lambda *_: None)
-    assert s.slices == 32 and s.quarantined == 0 and s.chunks_done == 3
+    assert s.slices == 32 and s.chunks_done == 3
+    # The broken instance: quarantined with the reason scoring its file gives, under a pseudonym.
+    quarantine = pq.read_table(out / "quarantine.parquet").to_pylist()
+    assert s.quarantined == len(quarantine) == 1
+    (files_row,) = pq.read_table(from_files / "quarantine.parquet").to_pylist()
+    assert quarantine[0]["reason"] == files_row["reason"] == "corrupt_pixel_data"
+    assert quarantine[0]["source"].endswith(".dcm") and quarantine[0]["source"].count("/") == 2
     got, want = _by_id(out), _by_id(from_files)
     assert sorted(got) == sorted(want)
     assert np.allclose([got[i] for i in want], list(want.values()), atol=1e-5)
@@ -59,27 +64,6 @@ def test_a_pacs_scores_like_its_files_and_no_uid_reaches_the_results(pacs, bundl
         assert not leaked, f"{name} holds real UIDs: {leaked[:3]}"
 
 
-def _score_cmd(src: str, out, bundles) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "strokeray.cli",
-        "score",
-        src,
-        str(out),
-        "--classifier",
-        bundles[0],
-        "--segmenter",
-        bundles[1],
-        "--threshold",
-        "0",
-        "--files-per-chunk",
-        "8",
-        "--num-cpus",
-        "2",
-    ]
-
-
 def test_a_pacs_that_stops_mid_run_fails_it_clearly_and_a_rerun_resumes(pacs, bundles, from_files, tmp_path):
     """Orthanc is stopped once the first chunk is done: the run exits 3 naming the server and keeps
     that chunk; with the PACS back (same storage and port), the same command finishes the rest."""
@@ -87,7 +71,7 @@ def test_a_pacs_that_stops_mid_run_fails_it_clearly_and_a_rerun_resumes(pacs, bu
     try:
         store_instances(session(), server.stow, [p.read_bytes() for p in sorted(pacs.folder.iterdir())])
         out = tmp_path / "out"
-        cmd = _score_cmd(server.dicomweb, out, bundles)
+        cmd = score_command(server.dicomweb, out, bundles, files_per_chunk=8)
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         marker = out / "_state" / "done" / "chunk-00000.json"

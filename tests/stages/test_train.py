@@ -186,3 +186,19 @@ def test_a_local_weights_file_reaches_the_workers_as_an_absolute_path(shards, tm
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         with_model_shape(TrainConfig(task="segment", model=ModelConfig(weights="missing.safetensors")), data)
+
+
+def test_a_saturated_validation_score_goes_to_the_lower_loss():
+    """Accuracy 1.0 at two epochs: the better-fitted one (lower validation loss) ranks first, and
+    no loss can outweigh a real difference in accuracy."""
+    from strokeray.stages.train import TrainConfig
+
+    cfg = TrainConfig(task="classify")
+    early = cfg.score_of({"val_accuracy": 1.0, "val_loss": 0.45})
+    later = cfg.score_of({"val_accuracy": 1.0, "val_loss": 0.08})
+    assert later > early and abs(later - 1.0) < 1e-5
+    assert cfg.score_of({"val_accuracy": 1.0, "val_loss": 50.0}) > cfg.score_of(
+        {"val_accuracy": 0.9999, "val_loss": 0.0}
+    )
+    assert cfg.score_of({"val_accuracy": float("nan")}) == -1.0
+    assert TrainConfig(task="classify", score_metric="val_loss").score_of({"val_loss": 0.3}) == -0.3

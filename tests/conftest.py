@@ -263,6 +263,8 @@ def truncated_pixels(data: bytes) -> bytes:
     from pydicom.uid import generate_uid
 
     ds = pydicom.dcmread(io.BytesIO(data))
+    if ds.file_meta.TransferSyntaxUID.is_compressed:  # a PACS refuses cut-off fragments; short native pixels it keeps
+        ds.decompress()
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(
         entropy_srcs=["truncated", data[-64:].hex()]
     )

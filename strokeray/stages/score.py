@@ -18,6 +18,8 @@ OUT/
   overlays/<id>.png   positive slices with the predicted lesion painted (--overlays)
   source_masks/<id>.png  positive slices' classes (0/1/2) on the source pixel grid (--source-masks)
   summary.json        counts, timings, models, settings
+  dicom.json          with --dicom-out/--dicom-store: what went out per positive series (pseudonymous;
+                      the SEG and SR themselves hold real UIDs and never go into OUT: stages.dicom_results)
 """
 
 from __future__ import annotations

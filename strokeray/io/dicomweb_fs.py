@@ -19,7 +19,6 @@ from __future__ import annotations
 import posixpath
 from urllib.parse import parse_qsl, urlsplit
 
-import fsspec
 from fsspec.implementations.memory import MemoryFile
 from fsspec.spec import AbstractFileSystem
 
@@ -188,7 +187,7 @@ class DicomwebFileSystem(AbstractFileSystem):
     # -- reading ---------------------------------------------------------------------------------
     def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
         if mode != "rb":
-            raise NotImplementedError("DICOMweb sources are read-only here (results are stored with STOW-RS)")
+            raise PermissionError(f"{path}: a DICOMweb source is read-only (results go back with --dicom-store)")
         path = self._strip_protocol(path)
         if not self.isfile(path):
             raise IsADirectoryError(path)
@@ -198,10 +197,6 @@ class DicomwebFileSystem(AbstractFileSystem):
     def cat_file(self, path, start=None, end=None, **kwargs):
         with self._open(path) as fh:
             return fh.read()[start:end]
-
-
-for _proto in PROTOCOLS:
-    fsspec.register_implementation(_proto, DicomwebFileSystem, clobber=True)
 
 
 def with_filters(

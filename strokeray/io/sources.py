@@ -19,8 +19,11 @@ from dataclasses import dataclass
 import fsspec
 import fsspec.core
 
-from strokeray.io import dicomweb_fs  # noqa: F401 - registers dicomweb+http(s):// with fsspec
 from strokeray.io.errors import SourceUnavailable
+
+# A PACS as a source. Registered by import path, so requests is imported only where one is read.
+for _proto in ("dicomweb+http", "dicomweb+https"):
+    fsspec.register_implementation(_proto, "strokeray.io.dicomweb_fs.DicomwebFileSystem", clobber=True)
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 # Files that are documentation or tables, never images: listed as skipped, not quarantined.

@@ -11,13 +11,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from strokeray.io.dicomweb import SERIES_UID, SOP_UID, first_value, retrieve_instance, search, session
+from strokeray.io.dicomweb import MODALITY, SERIES_UID, SOP_UID, first_value, retrieve_instance, search, session
 from strokeray.stages.score import ScoreConfig, run_score, source_mask
 
 from ..conftest import tiny_bundle
 
 pytestmark = pytest.mark.ray
-MODALITY = "00080060"
 
 
 @pytest.fixture(scope="module")

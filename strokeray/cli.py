@@ -11,7 +11,7 @@ from typing import Any
 from strokeray import __version__
 
 TASK_NAMES = ("classify", "segment")  # learn.tasks.TASKS' names (importing it would load torch for --help)
-PATIENT_POOLS = ("max", "mean")  # learn.metrics.PATIENT_POOLS (importing it would load OpenCV for --help)
+PATIENT_POOLS = ("max", "mean", "top")  # learn.metrics.PATIENT_POOLS (importing it would load OpenCV for --help)
 CONFIG_DEFAULTS = "Options left out take the stage config's defaults (see the README)."
 
 
@@ -433,6 +433,13 @@ def _train_arguments(p) -> None:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--schedule", choices=("constant", "cosine"), help="learning rate per epoch (default constant)")
     p.add_argument("--no-class-weights", action="store_true", help="unweighted cross-entropy for the classifier")
+    p.add_argument(
+        "--objective",
+        choices=("slice", "patient"),
+        help="the classifier's loss: per slice (default), or per patient by the top quarter of its slices "
+        "(multiple-instance learning, for labels given per patient; --batch-size then counts patients)",
+    )
+    p.add_argument("--bag-slices", type=int, help="with --objective patient: slices drawn per patient a step (16)")
     p.add_argument("--input-size", type=int, help="resize the views to this size (default: as ingested)")
     p.add_argument("--augment", type=float, help="augmentation strength (0 turns it off)")
     p.add_argument(
@@ -476,6 +483,8 @@ def train_config(args):
             num_workers="workers",
             score_metric="metric",
             schedule="schedule",
+            objective="objective",
+            bag_slices="bag_slices",
         ),
         balance_classes=not args.no_class_weights,
         use_gpu=args.gpu,
@@ -511,7 +520,8 @@ def _add_crossval(sub) -> None:
     p.add_argument(
         "--patient-pool",
         choices=PATIENT_POOLS,
-        help="a patient's score from its slices': max (default) or mean (for labels given per patient)",
+        help="a patient's score from its slices': max (default), mean, or top: the mean of its top quarter "
+        "(mean and top for labels given per patient; top is what --objective patient trains)",
     )
     p.add_argument("--overwrite", action="store_true", help="discard a cross-validation of other settings under NAME")
     _train_arguments(p)

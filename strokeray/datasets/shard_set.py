@@ -123,6 +123,16 @@ class ShardSet:
                 out[p] = max(out.get(p, 0), v or 0)
         return out
 
+    def patient_label_counts(self, split: str = "train") -> np.ndarray:
+        """Patients of ``split`` whose highest label is 0 and 1 (unlabelled slices left out)."""
+        labels: dict[str, int] = {}
+        for t in self.tables(["patient", "label", "split"]):
+            t = t.filter(pc.and_(pc.equal(t["split"], split), pc.greater_equal(t["label"], 0)))
+            for p, v in zip(t["patient"].to_pylist(), t["label"].to_pylist()):
+                labels[p] = max(labels.get(p, 0), v)
+        values = np.asarray(list(labels.values()), np.int64)
+        return np.asarray([(values == 0).sum(), (values == 1).sum()], np.int64)
+
     def label_counts(self, split: str = "train") -> np.ndarray:
         """Slices labelled 0 and 1 in ``split``."""
         counts = np.zeros(2, np.int64)

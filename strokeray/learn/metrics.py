@@ -113,23 +113,32 @@ def binary_report(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5
     )
 
 
-PATIENT_POOLS = ("max", "mean")
+PATIENT_POOLS = ("max", "mean", "top")
+TOP_SHARE = 0.25  # the "top" pool: the mean of a patient's top quarter of slices (learn.bags.TOP_SHARE)
 
 
 def patient_level(
     patients: np.ndarray, labels: np.ndarray, scores: np.ndarray, pool: str = "max"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per patient: label = any positive slice, score = the highest slice score (``pool="max"``)
-    or their mean (``"mean"``: for labels given per patient, most of whose slices show nothing)."""
+    """Per patient: label = any positive slice, score = the highest slice score (``pool="max"``),
+    their mean (``"mean"``: for labels given per patient, most of whose slices show nothing) or the
+    mean of the top quarter of them (``"top"``, at least one: what the patient objective trains)."""
     check_choice("patient pool", pool, PATIENT_POOLS)
-    order = np.argsort(np.asarray(patients), kind="mergesort")
+    s = np.asarray(scores, dtype=np.float64)
+    order = np.lexsort((-s, np.asarray(patients)))  # by patient, then score from the highest
     p = np.asarray(patients)[order]
     y = np.asarray(labels)[order]
-    s = np.asarray(scores, dtype=np.float64)[order]
+    s = s[order]
     starts = np.r_[0, np.flatnonzero(p[1:] != p[:-1]) + 1]
+    plab = np.maximum.reduceat(y, starts)
+    lengths = np.diff(np.r_[starts, len(s)])
     if pool == "mean":
-        return np.maximum.reduceat(y, starts), np.add.reduceat(s, starts) / np.diff(np.r_[starts, len(s)])
-    return np.maximum.reduceat(y, starts), np.maximum.reduceat(s, starts)
+        return plab, np.add.reduceat(s, starts) / lengths
+    if pool == "top":
+        k = np.maximum(1, np.ceil(TOP_SHARE * lengths)).astype(np.int64)
+        rank = np.arange(len(s)) - np.repeat(starts, lengths)
+        return plab, np.add.reduceat(np.where(rank < np.repeat(k, lengths), s, 0.0), starts) / k
+    return plab, s[starts]
 
 
 class SegmentationMeter:

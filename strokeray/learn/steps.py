@@ -68,16 +68,22 @@ class TaskSteps:
     def _to_device(self, a: np.ndarray) -> torch.Tensor:
         return to_device(torch.from_numpy(np.ascontiguousarray(a)), self.device)
 
-    def inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images as float in [0, 1] at the input size, targets as long)."""
-        task = self.task
-        x = self._to_device(batch[task.image_column]).float() / 255.0
-        y = self._to_device(batch[task.target_column]).long()
+    def images(self, a: np.ndarray) -> torch.Tensor:
+        """uint8 images (N, C, H, W) as float in [0, 1] at the input size, on the device."""
+        x = self._to_device(a).float() / 255.0
         size = self.input_size
         if size and x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-            if task.dense:
-                y = F.interpolate(y[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
+        return x
+
+    def inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images as float in [0, 1] at the input size, targets as long)."""
+        task = self.task
+        x = self.images(batch[task.image_column])
+        y = self._to_device(batch[task.target_column]).long()
+        size = self.input_size
+        if task.dense and size and y.shape[-1] != size:
+            y = F.interpolate(y[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
         return x, y
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -103,6 +109,34 @@ class TaskSteps:
         self.scaler.step(optimizer)
         self.scaler.update()
         return loss.detach().float() * len(x), len(x)
+
+    def bag_step(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict, meter=None, max_slices: int = 16
+    ) -> tuple[torch.Tensor, int, int]:
+        """The patient objective's step on a batch of bags (``learn.bags``): at most ``max_slices``
+        of each bag drawn, augmented, scored; each bag's log-odds pooled by its top quarter and
+        compared with its label (class weights per patient). Returns (summed loss, bags, images);
+        ``meter`` sees one pooled logit pair per bag."""
+        from strokeray.learn.bags import bag_images, sample_bag, top_mean
+
+        bags = [b[sample_bag(len(b), max_slices, self.generator)] for b in bag_images(batch[self.task.image_column])]
+        lengths = [len(b) for b in bags]
+        y = self._to_device(np.asarray(batch["label"])).long()
+        x, _ = augment_batch(self.images(np.concatenate(bags)), None, self.augment, self.generator)
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            logits = model(x)
+        log_odds = top_mean((logits[:, 1] - logits[:, 0]).float(), lengths)
+        weight = self._weights[y] if self._weights is not None else None
+        loss = F.binary_cross_entropy_with_logits(log_odds, y.float(), weight=weight)
+        if weight is not None:
+            loss = loss * len(y) / weight.sum()  # a weighted mean, as cross-entropy's
+        if meter is not None:
+            meter.update(torch.stack([torch.zeros_like(log_odds), log_odds], 1).detach(), y)
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        return loss.detach().float() * len(bags), len(bags), len(x)
 
     @torch.no_grad()
     def recalibrate_bn(self, model: torch.nn.Module, batches) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from strokeray.checks import check_positive, check_range
+from strokeray.checks import check_choice, check_positive, check_range
 from strokeray.datasets.shard_set import ShardSet, apply_splits
 from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.losses import SegLossConfig
@@ -31,6 +31,7 @@ from strokeray.learn.steps import lr_factor
 from strokeray.learn.tasks import CLASSIFY, Task, get_task
 
 TIE_BREAK = 1e-6  # val_score per unit of validation loss (see TrainConfig.score_of)
+OBJECTIVES = ("slice", "patient")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,11 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-4
     schedule: str = "constant"  # learning rate per epoch: constant, or cosine after one warm-up epoch
+    # What the classifier's loss judges: each slice by its label, or each patient by the top quarter
+    # of its slices (learn.bags: multiple-instance learning, for labels given per patient). With
+    # "patient", batch_size counts patients and each step draws at most bag_slices of a patient's slices.
+    objective: str = "slice"
+    bag_slices: int = 16
     input_size: int | None = None  # resize the views (None: as ingested, 224 / 256)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seg_loss: SegLossConfig = field(default_factory=SegLossConfig)
@@ -67,9 +73,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         task = get_task(self.task)  # a clear error for an unknown name
         object.__setattr__(self, "model", replace(self.model, task=task.name, num_classes=task.num_classes))
+        check_choice("objective", self.objective, OBJECTIVES)
+        if self.objective == "patient" and task.dense:
+            raise ValueError(f"the patient objective is the classifier's; {task.name} learns per pixel")
         check_positive(
             epochs=self.epochs,
             batch_size=self.batch_size,
+            bag_slices=self.bag_slices,
             lr=self.lr,
             num_workers=self.num_workers,
             cpus_per_worker=self.cpus_per_worker,
@@ -82,6 +92,10 @@ class TrainConfig:
             raise ValueError("a fraction of a GPU per worker needs num_workers=1: DDP ranks cannot share a GPU")
         check_range("max_failures", self.max_failures, 0, 100)
         check_range("bn_recalibration_batches", self.bn_recalibration_batches, 0, 1e9)
+
+    def slices_per_step(self) -> int:
+        """Slices a training step sees at most (``batch_size`` counts patients for the patient objective)."""
+        return self.batch_size * (self.bag_slices if self.objective == "patient" else 1)
 
     def score_name(self) -> str:
         return self.score_metric or get_task(self.task).score_metric
@@ -113,11 +127,12 @@ def _keep_split(table, split: str, task: str, splits: dict[str, str] | None = No
     return get_task(task).rows(apply_splits(table, splits), split)
 
 
-def datasets_for(shards: ShardSet, task: Task, cache: bool | None = None):
+def datasets_for(shards: ShardSet, task: Task, cache: bool | None = None, bags: bool = False):
     """Ray datasets of the train and val splits, reading only the columns the task needs.
 
     ``cache``: read once into Ray's object store instead of re-reading the shards every epoch
-    (None: when the task's columns take under a quarter of the object store).
+    (None: when the task's columns take under a quarter of the object store). ``bags``: the train
+    split as one row per patient (``learn.bags.make_bag``), grouped once and always cached.
     """
     import ray
 
@@ -133,13 +148,22 @@ def datasets_for(shards: ShardSet, task: Task, cache: bool | None = None):
             batch_format="pyarrow",
             num_cpus=DATA_TASK_CPUS,
         )
+        if bags and split == "train":
+            from strokeray.learn.bags import make_bag
+
+            bag = functools.partial(make_bag, image_column=task.image_column)
+            ds = ds.groupby("patient").map_groups(bag, batch_format="numpy", num_cpus=DATA_TASK_CPUS)
+            out[split] = ds.materialize()  # the grouping is a shuffle: once, not every epoch
+            continue
         out[split] = ds.materialize() if cache else ds
     return out
 
 
-def class_weights(shards: ShardSet) -> list[float]:
-    """Inverse-frequency weights of labels 0/1 in the training split."""
-    counts = np.maximum(shards.label_counts("train"), 1)
+def class_weights(shards: ShardSet, per_patient: bool = False) -> list[float]:
+    """Inverse-frequency weights of labels 0/1 in the training split (of its slices, or of its
+    patients for the patient objective)."""
+    counts = shards.patient_label_counts("train") if per_patient else shards.label_counts("train")
+    counts = np.maximum(counts, 1)
     return list(counts.sum() / (2 * counts))
 
 
@@ -213,21 +237,28 @@ def train_one_epoch(model, optimizer, steps, shard, cfg: TrainConfig, epoch: int
     import time
 
     model.train()
-    total, seen, fit = 0.0, 0, steps.task.fit_meter()
+    total, seen, images, fit = 0.0, 0, 0, steps.task.fit_meter()
+    bags = cfg.objective == "patient"
     began = time.perf_counter()
     # numpy batches: the patient key is a string column, which torch batches cannot carry.
     for batch in shard.iter_batches(
         batch_size=cfg.batch_size,
         batch_format="numpy",
-        local_shuffle_buffer_size=256,
+        local_shuffle_buffer_size=32 if bags else 256,  # a bag row holds a whole patient
         local_shuffle_seed=cfg.seed + epoch,
     ):
-        loss_sum, n = steps.train_step(model, optimizer, batch, fit)
+        if bags:
+            loss_sum, n, n_images = steps.bag_step(model, optimizer, batch, fit, cfg.bag_slices)
+        else:
+            loss_sum, n = steps.train_step(model, optimizer, batch, fit)
+            n_images = n
         total = total + loss_sum
         seen += n
+        images += n_images
     host_fit = fit.host()  # reads the device's counts: the pass is done when this returns
     return {
-        "train": (float(total), seen, time.perf_counter() - began),
+        # (summed loss, what it is summed over: slices or patients, seconds, images)
+        "train": (float(total), seen, time.perf_counter() - began, images),
         "fit": host_fit,
         "gpu_mb": peak_gpu_mb(steps.device),
     }
@@ -251,6 +282,10 @@ def recalibrate_bn(model, steps, shard, cfg: TrainConfig, world: int) -> None:
 
     bare = _unwrap(model)  # not through DDP, which would broadcast rank 0's buffers every forward
     batches = shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy")
+    if cfg.objective == "patient":
+        from strokeray.learn.bags import flatten_bags
+
+        batches = (flatten_bags(b, steps.task.image_column) for b in batches)
     steps.recalibrate_bn(bare, itertools.islice(batches, cfg.bn_recalibration_batches))
     if world > 1:
         for m in bare.modules():
@@ -264,7 +299,7 @@ def evaluate(model, steps, shard, cfg: TrainConfig) -> dict:
     """This worker's validation: summed loss, slices and the task's validation meter."""
     model.eval()
     loss, seen, meter = 0.0, 0, steps.task.val_meter()
-    for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"):
+    for batch in shard.iter_batches(batch_size=cfg.slices_per_step(), batch_format="numpy"):
         logits, y, loss_sum = steps.eval_step(model, batch)
         loss += loss_sum
         seen += len(y)
@@ -288,6 +323,7 @@ def epoch_metrics(gathered: list[dict], cfg: TrainConfig, epoch: int, start_epoc
     import torch
 
     train_seen = sum(g["train"][1] for g in gathered)
+    train_images = sum(g["train"][3] for g in gathered)
     fit, meter = gathered[0]["fit"], gathered[0]["meter"]
     for g in gathered[1:]:
         fit.merge(g["fit"])
@@ -298,12 +334,14 @@ def epoch_metrics(gathered: list[dict], cfg: TrainConfig, epoch: int, start_epoc
         "train_loss": sum(g["train"][0] for g in gathered) / max(1, train_seen),
         "val_loss": sum(g["val"][0] for g in gathered) / max(1, sum(g["val"][1] for g in gathered)),
         # the training pass alone (data feeding included; validation and checkpoint not)
-        "train_images": train_seen,
-        "train_images_per_s": train_seen / max(1e-9, max(g["train"][2] for g in gathered)),
+        "train_images": train_images,
+        "train_images_per_s": train_images / max(1e-9, max(g["train"][2] for g in gathered)),
         "torch_threads": torch.get_num_threads(),
         **fit.report(),
         **meter.report(),
     }
+    if cfg.objective == "patient":
+        metrics["train_patients"] = train_seen  # what train_loss and train_accuracy are over
     if any(g.get("gpu_mb") for g in gathered):
         metrics["gpu_peak_memory_mb"] = max(g.get("gpu_mb", 0.0) for g in gathered)
     metrics["val_score"] = cfg.score_of(metrics)
@@ -433,7 +471,8 @@ def prepare_run(
     task = get_task(cfg.task)
     cfg = with_model_shape(cfg, shards)
     name = name or f"{task.name}-{cfg.model.backbone}"
-    weights = class_weights(shards) if task.num_classes == 2 and cfg.balance_classes else None
+    patients = cfg.objective == "patient"
+    weights = class_weights(shards, per_patient=patients) if task.num_classes == 2 and cfg.balance_classes else None
     storage = os.path.abspath(out) if "://" not in out else out
     cpus = cpus_per_worker(cfg)
     trainer = TorchTrainer(
@@ -453,7 +492,7 @@ def prepare_run(
             ),
             callbacks=list(callbacks),
         ),
-        datasets=datasets if datasets is not None else datasets_for(shards, task, cfg.cache_data),
+        datasets=datasets if datasets is not None else datasets_for(shards, task, cfg.cache_data, bags=patients),
     )
     return PreparedRun(trainer=trainer, cfg=cfg, shards=shards, storage=storage, name=name)
 

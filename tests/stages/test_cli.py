@@ -125,7 +125,11 @@ def test_options_left_out_take_the_config_defaults():
                 "--augment-preset",
                 "flips",
                 "--patient-pool",
-                "mean",
+                "top",
+                "--objective",
+                "patient",
+                "--bag-slices",
+                "24",
             ]
         )
     )
@@ -138,7 +142,11 @@ def test_options_left_out_take_the_config_defaults():
         cv.train.schedule,
         cv.train.balance_classes,
         cv.patient_pool,
-    ) == (3, 2, 0.15, "linear", "cosine", False, "mean")
+        cv.train.objective,
+        cv.train.bag_slices,
+    ) == (3, 2, 0.15, "linear", "cosine", False, "top", "patient", 24)
+    with pytest.raises(ValueError, match="classifier's"):
+        train_config(parse(["train", "segment", "S", "--objective", "patient"]))
 
 
 def test_the_cli_offers_exactly_the_tasks_and_patient_pools_there_are():

@@ -202,3 +202,27 @@ def test_a_saturated_validation_score_goes_to_the_lower_loss():
     )
     assert cfg.score_of({"val_accuracy": float("nan")}) == -1.0
     assert TrainConfig(task="classify", score_metric="val_loss").score_of({"val_loss": 0.3}) == -0.3
+
+
+def test_the_patient_objective_trains_on_whole_patients_across_ddp_workers(shards, tmp_path):
+    """--objective patient: the train split grouped into one row per patient, bags dealt to the 2
+    DDP workers (equal counts, or a rank would wait forever in an all-reduce), every slice of every
+    bag seen once an epoch when no cap applies, a bundle that scores slices as any other."""
+    from strokeray.datasets.shard_set import ShardSet
+    from strokeray.learn.tasks import CLASSIFY
+
+    table = ShardSet.open(shards).rows("train", CLASSIFY, ["patient", "label", "split"])
+    slices = {p: table["patient"].to_pylist().count(p) for p in set(table["patient"].to_pylist())}
+    cfg = replace(small("classify", 2), objective="patient", batch_size=2, bag_slices=64)
+    r = run_train(shards, str(tmp_path / "runs"), cfg, name="mil", log=lambda *_: None)
+    assert [h["epoch"] for h in r.history] == [1, 2]
+    for h in r.history:
+        # the train pass counts patients in its loss and slices in its throughput; an equal split of
+        # an odd number of bags may leave one bag out
+        assert len(slices) - 1 <= h["train_patients"] <= len(slices), (h, slices)
+        assert h["train_images"] in {sum(slices.values()) - n for n in [0, *slices.values()]}
+        assert 0.0 <= h["train_accuracy"] <= 1.0 and np.isfinite(h["train_loss"])
+    _, doc = load_bundle(r.bundle)
+    assert doc["train"]["objective"] == "patient"
+    ev = run_evaluate(r.bundle, shards, "test", log=lambda *_: None)
+    assert ev.slices > 0 and "patient_auc" in ev.metrics

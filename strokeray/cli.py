@@ -257,6 +257,11 @@ def _add_ingest(sub) -> None:
         help="HU windows, one model input channel each: named (" + ", ".join(NAMED_WINDOWS) + ") or "
         f"name:level:width, comma-separated (default {default_windows})",
     )
+    p.add_argument(
+        "--keep-skull",
+        action="store_true",
+        help="keep skull and scalp in both views (air only outside the head; default: outside the brain)",
+    )
     p.add_argument("--files-per-chunk", type=int, help="files per resumable chunk")
     p.add_argument(
         "--files-per-task", type=int, help="files one Ray task decodes and writes as one shard (~17 MB at 128)"
@@ -272,6 +277,8 @@ def _add_ingest(sub) -> None:
 
 def ingest_config(args):
     """The IngestConfig that `strokeray ingest` arguments describe."""
+    import dataclasses
+
     from strokeray.datasets.slice_records import RecordConfig
     from strokeray.datasets.splits import SplitConfig
     from strokeray.imaging.overlay import HEMORRHAGIC, ISCHEMIC
@@ -288,6 +295,10 @@ def ingest_config(args):
         preprocess["windows"] = tuple(parse_window(spec.strip()) for spec in args.windows.split(",") if spec.strip())
         if not preprocess["windows"]:
             raise ValueError("--windows names no window")
+    if args.keep_skull:
+        views = PreprocessConfig()
+        preprocess["classification"] = dataclasses.replace(views.classification, strip_skull=False)
+        preprocess["segmentation"] = dataclasses.replace(views.segmentation, strip_skull=False)
     return IngestConfig(
         manifest=ManifestConfig(
             labels=args.labels,

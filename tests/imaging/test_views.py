@@ -113,3 +113,24 @@ def test_preprocess_config_round_trips_through_a_dict():
     cfg = PreprocessConfig(classification=ViewConfig(size=128, fov_mm=180.0, centred=True))
     back = PreprocessConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back == cfg and back != PreprocessConfig()
+
+
+def test_keeping_the_skull_keeps_bone_in_both_views():
+    """strip_skull=False (ingest --keep-skull, the skull-strip ablation): the head is kept, so the
+    bone window shows the skull that the default view turns to air."""
+    from dataclasses import replace
+
+    from strokeray.imaging.windows import Window
+
+    hu, mask, sp = _slice(1)
+    base = PreprocessConfig(windows=(Window("bone", 600, 2800),))
+    kept = replace(
+        base,
+        classification=replace(base.classification, strip_skull=False),
+        segmentation=replace(base.segmentation, strip_skull=False),
+    )
+    bone = 255 * (1000 - (600 - 1400)) / 2800  # 1,000 HU in the bone window
+    for cfg, has_bone in ((base, False), (kept, True)):
+        p = preprocess(hu, sp, mask, cfg)
+        for view in (p.classification, p.segmentation):
+            assert ((view.image[0] >= bone).sum() > 500) == has_bone

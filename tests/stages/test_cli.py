@@ -103,6 +103,9 @@ def test_options_left_out_take_the_config_defaults():
     assert score_config(parse(["score", "SRC", "OUT"])) == ScoreConfig()
     assert ingest_config(parse(["ingest", "SRC", "OUT"])) == IngestConfig()
     assert ingest_config(parse(["ingest", "SRC", "OUT", "--mask-lesion", "hemorrhagic"])).manifest.mask_lesion == 2
+    kept = ingest_config(parse(["ingest", "SRC", "OUT", "--keep-skull"])).records.preprocess
+    assert not kept.classification.strip_skull and not kept.segmentation.strip_skull
+    assert kept.classification.size == 224 and IngestConfig().records.preprocess.classification.strip_skull
     assert score_config(parse(["score", "SRC", "OUT", "--source-masks"])).source_masks
     given = train_config(parse(["train", "segment", "S", "--epochs", "3", "--augment", "0", "--workers", "1"]))
     assert (given.epochs, given.augment.strength, given.num_workers, given.batch_size) == (3, 0.0, 1, 16)

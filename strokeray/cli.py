@@ -564,6 +564,33 @@ def _cmd_crossval(args) -> int:
     return 0
 
 
+def _add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="paired comparison of two classifier cross-validations on the same slices",
+        description="Slice and patient AUC of each of two finished cross-validations (OUT/NAME folders of "
+        "`strokeray crossval`), B minus A with a 95 %% interval from resampling patients, the same patients "
+        "for both runs in every draw, and the share of draws in which B does not beat A.",
+    )
+    p.add_argument("a", help="the reference cross-validation (e.g. the plain baseline)")
+    p.add_argument("b", help="the cross-validation compared with it")
+    p.add_argument("--pool-a", choices=PATIENT_POOLS, help="A's patient pool (default: the one its run declared)")
+    p.add_argument("--pool-b", choices=PATIENT_POOLS, help="B's patient pool (default: the one its run declared)")
+    p.add_argument("--rounds", type=int, default=2000, help="patient resamples (default 2000)")
+    p.set_defaults(func=_cmd_compare)
+
+
+def _cmd_compare(args) -> int:
+    from strokeray.stages.crossval import compare_crossvals
+
+    c = compare_crossvals(args.a, args.b, args.pool_a, args.pool_b, rounds=args.rounds)
+    print(f"{c.slices} slices of {c.patients} patients; patient pools {c.pools[0]} (A) and {c.pools[1]} (B)")
+    for k, (va, vb, d) in c.values.items():
+        low, high = c.intervals[k]
+        print(f"{k}: A {va:.3f}  B {vb:.3f}  B-A {d:+.3f} [{low:+.3f}, {high:+.3f}]  P(B-A <= 0) {c.below_zero[k]:.3f}")
+    return 0
+
+
 def _workers_argument(p, help: str) -> None:
     p.add_argument("--workers", type=int, help=help)
     p.add_argument(
@@ -940,6 +967,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_ingest,
         _add_train,
         _add_crossval,
+        _add_compare,
         _add_tune,
         _add_evaluate,
         _add_score,

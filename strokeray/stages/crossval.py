@@ -211,3 +211,75 @@ def run_crossval(
         )
     )
     return CrossvalResult(path, rows, pooled, intervals, reused=False)
+
+
+@dataclass
+class Comparison:
+    """Two classifier cross-validations on the same slices, ``b`` against ``a``."""
+
+    a: str
+    b: str
+    pools: tuple[str, str]  # each run's patient pool
+    slices: int
+    patients: int
+    values: dict  # metric -> (a, b, b - a)
+    intervals: dict  # metric -> 95 % interval of b - a, resampling patients (paired)
+    below_zero: dict  # metric -> share of resamples in which b - a <= 0
+
+
+COMPARED = ("slice_auc", "patient_auc")
+
+
+def compare_crossvals(
+    a: str, b: str, pool_a: str | None = None, pool_b: str | None = None, rounds: int = 2000, seed: int = 0
+) -> Comparison:
+    """Paired comparison of the out-of-fold predictions of two finished cross-validations (OUT/NAME
+    folders) on the same slices: each run's slice and patient AUC (a patient by each run's own
+    ``--patient-pool`` unless given), their difference and its 95 % interval from resampling
+    patients, the same patients for both runs in every draw. Far narrower than comparing the two
+    runs' own intervals: a patient the task finds hard is hard for both."""
+    runs = []
+    for path, pool in ((a, pool_a), (b, pool_b)):
+        path = path.rstrip("/")
+        done = read_json(f"{path}/{SUMMARY}")
+        if done is None:
+            raise FileNotFoundError(f"{path} holds no {SUMMARY}: not a finished cross-validation")
+        if get_task(done["task"]).dense:
+            raise ValueError(f"{path} is a {done['task']} cross-validation; only classifiers are compared")
+        with fsspec.open(f"{path}/{PREDICTIONS}", "rb") as fh:
+            t = pq.read_table(fh, columns=["id", "patient", "label", "probability", "threshold"])
+        runs.append((t.sort_by("id"), pool or done["config"].get("patient_pool", "max")))
+    (ta, pa_), (tb, pb) = runs
+    if not all(ta[c].equals(tb[c]) for c in ("id", "label", "patient")):
+        raise ValueError(f"{a} and {b} did not predict the same slices, patients and labels: not comparable")
+    lab, pat = np.asarray(ta["label"]), np.asarray(ta["patient"])
+    prob = [np.asarray(t["probability"]) for t in (ta, tb)]
+    thr = [np.asarray(t["threshold"]) for t in (ta, tb)]
+
+    def both(i, g) -> tuple[dict, dict]:
+        return (
+            pooled_binary(prob[0][i], lab[i], g, thr[0][i], pa_),
+            pooled_binary(prob[1][i], lab[i], g, thr[1][i], pb),
+        )
+
+    ma, mb = both(np.arange(len(lab)), pat)
+    draws: dict[str, list[float]] = {k: [] for k in COMPARED}
+
+    def difference(i, g) -> dict:
+        da, db = both(i, g)
+        out = {k: db[k] - da[k] for k in COMPARED}
+        for k, v in out.items():
+            draws[k].append(v)
+        return out
+
+    intervals = patient_bootstrap(pat, difference, rounds, seed)
+    return Comparison(
+        a=a,
+        b=b,
+        pools=(pa_, pb),
+        slices=len(lab),
+        patients=len(set(pat.tolist())),
+        values={k: (ma[k], mb[k], mb[k] - ma[k]) for k in COMPARED},
+        intervals={k: list(v) for k, v in intervals.items()},
+        below_zero={k: float(np.mean(np.asarray(v) <= 0)) for k, v in draws.items()},
+    )

@@ -99,3 +99,59 @@ def test_segmenter_crossval_pools_pixel_counts_with_patient_intervals(shards, tm
         assert lo <= r.pooled[key] + 1e-9 and r.pooled[key] <= hi + 1e-9
     (row,) = crossval_section(RunLayout(str(tmp_path / "run"))).tables[0].rows
     assert f"mean lesion IoU {cell(r.pooled['mean_lesion_iou'])} [" in row[-1]
+
+
+def _fake_crossval(path, prob, labels, patients, pool="max", task="classify"):
+    """A finished cross-validation folder as run_crossval leaves it: the pooled predictions and the summary."""
+    import pyarrow as pa
+
+    path.mkdir(parents=True)
+    n = len(prob)
+    table = pa.table(
+        {
+            "id": [f"s{i:04d}" for i in range(n)],
+            "patient": list(patients),
+            "label": np.asarray(labels, np.int64),
+            "probability": np.asarray(prob, np.float64),
+            "fold": np.ones(n, np.int32),
+            "threshold": np.full(n, 0.5),
+        }
+    )
+    pq.write_table(table, path / "predictions.parquet")
+    (path / "crossval.json").write_text(json.dumps({"task": task, "config": {"patient_pool": pool}}))
+    return str(path)
+
+
+def test_compare_gives_a_paired_difference_resampled_by_patient(tmp_path, capsys):
+    from strokeray.cli import main
+    from strokeray.stages.crossval import compare_crossvals
+
+    rng = np.random.default_rng(0)
+    patients = np.repeat([f"p{i:02d}" for i in range(40)], 6)
+    labels = np.repeat(np.arange(40) % 2, 6)
+    noise = rng.random(len(labels))
+    weak = _fake_crossval(tmp_path / "weak", 0.8 * noise + 0.2 * labels, labels, patients)
+    strong = _fake_crossval(tmp_path / "strong", 0.4 * noise + 0.6 * labels, labels, patients, pool="mean")
+    c = compare_crossvals(weak, strong, rounds=300)
+    assert (c.slices, c.patients, c.pools) == (240, 40, ("max", "mean"))
+    for k in ("slice_auc", "patient_auc"):
+        a, b, d = c.values[k]
+        low, high = c.intervals[k]
+        assert b > a and d == pytest.approx(b - a) and 0 < low <= d <= high
+        assert c.below_zero[k] < 0.025
+    same = compare_crossvals(weak, weak, rounds=50)
+    assert same.values["patient_auc"][2] == 0 and same.intervals["patient_auc"] == [0.0, 0.0]
+    # other slices (another ingest, another fold assignment's test set) are refused
+    other = _fake_crossval(tmp_path / "other", noise[:-6], labels[:-6], patients[:-6])
+    with pytest.raises(ValueError, match="not comparable"):
+        compare_crossvals(weak, other, rounds=10)
+    seg = _fake_crossval(tmp_path / "seg", noise, labels, patients, task="segment")
+    with pytest.raises(ValueError, match="only classifiers"):
+        compare_crossvals(weak, seg, rounds=10)
+    with pytest.raises(FileNotFoundError, match="not a finished"):
+        compare_crossvals(weak, str(tmp_path / "none"), rounds=10)
+    # the command prints each metric's A, B and B - A with its interval; a bad pair exits 2
+    assert main(["compare", weak, strong, "--rounds", "50", "--pool-b", "max"]) == 0
+    out = capsys.readouterr().out
+    assert "patient pools max (A) and max (B)" in out and out.count("B-A +") == 2
+    assert main(["compare", weak, other, "--rounds", "5"]) == 2

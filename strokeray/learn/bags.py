@@ -29,14 +29,13 @@ def top_mean(scores: torch.Tensor, lengths: list[int]) -> torch.Tensor:
 
 
 def make_bag(group: dict[str, np.ndarray], image_column: str) -> dict[str, np.ndarray]:
-    """One patient's slices (a Ray Data group, numpy) as one row: the stacked images, the patient's
-    label (its highest: any positive slice makes a positive patient) and its slice count."""
+    """One patient's slices (a Ray Data group, numpy) as one row: the stacked images and the patient's
+    label (its highest: any positive slice makes a positive patient)."""
     images = group[image_column]
     return {
         image_column: images[None],
         "label": np.asarray([group["label"].max()], np.int64),
         "patient": np.asarray([group["patient"][0]]),
-        "slices": np.asarray([len(images)], np.int64),
     }
 
 

@@ -424,7 +424,7 @@ def _train_arguments(p) -> None:
     """The model and training options `train` and `crossval` share."""
     p.add_argument(
         "--backbone",
-        help="classifier backbone (vgg16, resnet18/34/50, efficientnet_b0, densenet121) "
+        help="classifier backbone (vgg16, vgg_small, resnet18/34/50, efficientnet_b0, densenet121) "
         "or segmenter encoder (resnet34, vgg16, densenet201, efficientnet-b0); default vgg16 / resnet34",
     )
     p.add_argument(
@@ -438,6 +438,11 @@ def _train_arguments(p) -> None:
         help="classifier head: the study's dense stack (default) or one linear layer",
     )
     p.add_argument("--dropout", type=float, help="dropout in the classifier head (default the study's 0.5)")
+    p.add_argument(
+        "--input-norm",
+        action="store_true",
+        help="standardise each input channel by the training set's mean and std (classifier; default: grey / 255)",
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -479,6 +484,7 @@ def train_config(args):
         backbone=args.backbone or get_task(args.task).default_backbone,
         **_given(args, arch="arch", weights="weights", dropout="dropout", head="head"),
         freeze_features=args.freeze_features,
+        input_norm=args.input_norm,
     )
     return TrainConfig(
         task=args.task,

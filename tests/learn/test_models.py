@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from strokeray.learn.losses import SegLossConfig, segmentation_loss
-from strokeray.learn.models import CLASSIFIER_BACKBONES, ModelConfig, StudyHead, build_model, freeze_unused
+from strokeray.learn.models import (
+    CLASSIFIER_BACKBONES,
+    VGG_SMALL_BLOCKS,
+    ModelConfig,
+    StudyHead,
+    build_model,
+    freeze_unused,
+)
 
 # Parameters segmentation-models-pytorch's efficientnet encoder keeps but its forward never uses.
 EFFICIENTNET_LEFTOVERS = ["encoder._conv_head.weight", "encoder._bn1.weight", "encoder._bn1.bias"]
@@ -122,3 +129,39 @@ def test_dice_and_jaccard_average_only_the_classes_present():
             want.append(1 - (2 * inter + 1) / (area + 1) if dice else 1 - (inter + 1) / (area - inter + 1))
         got = segmentation_loss(logits, target, SegLossConfig(ce=0.0, dice=dice, jaccard=jaccard))
         assert torch.isclose(got, torch.stack(want).mean(), atol=1e-6)
+
+
+def test_vgg_small_is_a_small_vgg_with_batch_norm():
+    model = build_model(ModelConfig(backbone="vgg_small", head="linear", dropout=0.0, in_channels=1))
+    convs = [m for m in model.features.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.kernel_size == (3, 3) for c in convs) and convs[0].in_channels == 1
+    assert len(convs) == sum(n for _, n in VGG_SMALL_BLOCKS)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.features.modules()) == len(convs)
+    assert sum(p.numel() for p in model.parameters()) < 1.5e6  # VGG16's features alone: 14.7 M
+    with torch.no_grad():
+        assert model.features(torch.zeros(1, 1, 96, 96)).shape == (1, 256, 6, 6)  # four 2x poolings
+    with pytest.raises(ValueError, match="no torchvision weights"):
+        build_model(ModelConfig(backbone="vgg_small", weights="IMAGENET1K_V1"))
+
+
+def test_input_norm_standardises_with_the_training_statistics_and_travels_in_the_bundle(tmp_path):
+    from strokeray.learn.bundle import load_bundle, save_bundle
+
+    cfg = ModelConfig(backbone="vgg_small", head="linear", dropout=0.0, input_norm=True)
+    model = build_model(cfg)
+    torch.manual_seed(0)
+    shift, scale = torch.tensor([0.1, 0.5, 0.9]), torch.tensor([0.05, 0.2, 0.3])
+    model.inputs.momentum = None  # cumulative average, as the precise-BN pass uses
+    with torch.no_grad():
+        for _ in range(20):  # training batches set the statistics
+            model(torch.randn(16, 3, 32, 32) * scale[:, None, None] + shift[:, None, None])
+    model.eval()
+    x = torch.full((1, 3, 8, 8), 0.0) + shift[:, None, None] + scale[:, None, None]  # one std above each mean
+    assert torch.allclose(model.inputs(x), torch.ones_like(x), atol=0.05)
+    save_bundle(str(tmp_path / "b"), model, cfg, {})
+    loaded, doc = load_bundle(str(tmp_path / "b"))
+    assert doc["model"]["input_norm"] is True
+    assert torch.allclose(loaded.inputs(x), model.inputs(x))
+    assert isinstance(build_model(ModelConfig(backbone="vgg_small")).inputs, torch.nn.Identity)  # off by default
+    with pytest.raises(ValueError, match="input_norm"):
+        ModelConfig(task="segment", input_norm=True)

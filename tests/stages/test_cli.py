@@ -133,10 +133,14 @@ def test_options_left_out_take_the_config_defaults():
                 "patient",
                 "--bag-slices",
                 "24",
+                "--input-norm",
+                "--backbone",
+                "vgg_small",
             ]
         )
     )
     assert cv.train.augment == AugmentConfig.preset("flips")
+    assert cv.train.model.input_norm and cv.train.model.backbone == "vgg_small"
     assert (
         cv.folds,
         cv.seed,

@@ -245,12 +245,12 @@ def pooled_overlap(
     return out
 
 
-def patient_bootstrap(
-    patients: np.ndarray, statistic, rounds: int = 2000, seed: int = 0, level: float = 0.95
-) -> dict[str, tuple[float, float]]:
-    """Percentile intervals of ``statistic(index, groups) -> dict`` over resamples of whole
-    patients with replacement (a patient's slices are not independent, so the patient is the
-    unit); ``groups`` numbers the drawn patients, so a patient drawn twice counts as two."""
+def patient_bootstrap_draws(
+    patients: np.ndarray, statistic, rounds: int = 2000, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """``statistic(index, groups) -> dict`` over ``rounds`` resamples of whole patients with
+    replacement (a patient's slices are not independent, so the patient is the unit); ``groups``
+    numbers the drawn patients, so a patient drawn twice counts as two. One array per key."""
     _, inverse = np.unique(np.asarray(patients), return_inverse=True)
     order = np.argsort(inverse, kind="mergesort")
     members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
@@ -262,8 +262,20 @@ def patient_bootstrap(
         groups = np.repeat(np.arange(len(pick)), [len(members[i]) for i in pick])
         for k, v in statistic(index, groups).items():
             draws.setdefault(k, []).append(v)
+    return {k: np.asarray(v, np.float64) for k, v in draws.items()}
+
+
+def percentile_intervals(draws: dict[str, np.ndarray], level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Central ``level`` percentile interval of each key's draws (NaN draws left out)."""
     tail = (1.0 - level) / 2.0
     return {k: (float(np.nanquantile(v, tail)), float(np.nanquantile(v, 1.0 - tail))) for k, v in draws.items()}
+
+
+def patient_bootstrap(
+    patients: np.ndarray, statistic, rounds: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of ``statistic`` over patient resamples (``patient_bootstrap_draws``)."""
+    return percentile_intervals(patient_bootstrap_draws(patients, statistic, rounds, seed), level)
 
 
 def overlap_summary(

@@ -29,7 +29,14 @@ from strokeray.checks import check_choice, check_positive, check_range
 from strokeray.datasets.shard_set import ShardSet
 from strokeray.datasets.splits import assign_folds, fold_splits
 from strokeray.io.json_files import read_json, write_json
-from strokeray.learn.metrics import PATIENT_POOLS, overlap_summary, patient_bootstrap, pooled_binary
+from strokeray.learn.metrics import (
+    PATIENT_POOLS,
+    overlap_summary,
+    patient_bootstrap,
+    patient_bootstrap_draws,
+    percentile_intervals,
+    pooled_binary,
+)
 from strokeray.learn.tasks import get_task
 from strokeray.stages.stage_dir import StageDir, settings_digest
 from strokeray.stages.train import TrainConfig
@@ -263,16 +270,13 @@ def compare_crossvals(
         )
 
     ma, mb = both(np.arange(len(lab)), pat)
-    draws: dict[str, list[float]] = {k: [] for k in COMPARED}
 
     def difference(i, g) -> dict:
         da, db = both(i, g)
-        out = {k: db[k] - da[k] for k in COMPARED}
-        for k, v in out.items():
-            draws[k].append(v)
-        return out
+        return {k: db[k] - da[k] for k in COMPARED}
 
-    intervals = patient_bootstrap(pat, difference, rounds, seed)
+    draws = patient_bootstrap_draws(pat, difference, rounds, seed)
+    intervals = percentile_intervals(draws)
     return Comparison(
         a=a,
         b=b,
@@ -281,5 +285,5 @@ def compare_crossvals(
         patients=len(set(pat.tolist())),
         values={k: (ma[k], mb[k], mb[k] - ma[k]) for k in COMPARED},
         intervals={k: list(v) for k, v in intervals.items()},
-        below_zero={k: float(np.mean(np.asarray(v) <= 0)) for k, v in draws.items()},
+        below_zero={k: float(np.mean(v <= 0)) for k, v in draws.items()},
     )

@@ -456,6 +456,12 @@ def _train_arguments(p) -> None:
         "(multiple-instance learning, for labels given per patient; --batch-size then counts patients)",
     )
     p.add_argument("--bag-slices", type=int, help="with --objective patient: slices drawn per patient a step (16)")
+    p.add_argument(
+        "--context-slices",
+        type=int,
+        help="2.5-D classifier input: this many neighbouring slices a side of the series as extra channels "
+        "(default 0; order from slice position, instance number or file name)",
+    )
     p.add_argument("--input-size", type=int, help="resize the views to this size (default: as ingested)")
     p.add_argument("--augment", type=float, help="augmentation strength (0 turns it off)")
     p.add_argument(
@@ -502,6 +508,7 @@ def train_config(args):
             schedule="schedule",
             objective="objective",
             bag_slices="bag_slices",
+            context_slices="context_slices",
         ),
         balance_classes=not args.no_class_weights,
         use_gpu=args.gpu,

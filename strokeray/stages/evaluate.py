@@ -8,6 +8,7 @@ confusion matrix and overlays.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import fsspec
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from strokeray.datasets.shard_set import ShardSet
+from strokeray.datasets.slice_context import ORDER_COLUMNS, series_order, stack_neighbours
 from strokeray.io.json_files import write_json
 from strokeray.io.shard_schema import tensor_array
 
@@ -56,16 +58,29 @@ def prediction_rows(task, part, outputs: np.ndarray, truth: np.ndarray) -> dict[
 
 def predict_split(predictor, data: ShardSet, split: str, batch_size: int, meter) -> dict[str, list]:
     """Feed ``meter`` with the predictor's outputs on every ``split`` slice with a truth; the
-    per-slice prediction columns."""
+    per-slice prediction columns. A 2.5-D bundle (``context_slices``) needs whole series, so its
+    split is read into memory at once; otherwise one shard at a time."""
     task = predictor.task
     size = predictor.doc["preprocess"][task.view]["size"]  # the bundle's view (masks are scored at it)
     shape = (len(predictor.doc["windows"]), size, size)
+    context = int(predictor.doc.get("context_slices", 0))
+    wanted = list(dict.fromkeys([task.image_column, "id", "split", "patient", *task.truth_columns]))
+    if context:
+        table = data.rows(split, task, list(dict.fromkeys([*wanted, *ORDER_COLUMNS])))
+        order, groups = series_order({c: table[c].to_numpy(zero_copy_only=False) for c in ORDER_COLUMNS})
+        table = table.take(order)
+        images = tensor_array(table[task.image_column], shape)
+        parts: Iterable = [(table, lambda a, b: stack_neighbours(images, groups, context, np.arange(a, b)))]
+    else:  # a generator: one shard in memory at a time
+        parts = (
+            (t, lambda a, b, t=t: tensor_array(t[task.image_column].slice(a, b - a), shape))
+            for t in (task.rows(t, split) for t in data.tables(wanted))
+        )
     columns: dict[str, list] = {}
-    for table in data.tables(list(dict.fromkeys([task.image_column, "id", "split", "patient", *task.truth_columns]))):
-        table = task.rows(table, split)
+    for table, views in parts:
         for start in range(0, table.num_rows, batch_size):
             part = table.slice(start, batch_size)
-            outputs = predictor.predict(tensor_array(part[task.image_column], shape))
+            outputs = predictor.predict(views(start, start + part.num_rows))
             truth = task.targets(part[task.target_column], size)
             patients = np.asarray(part["patient"]) if "patient" in part.column_names else None
             meter.update(outputs, truth, {"patient": patients})

@@ -282,6 +282,11 @@ def check_bundles(classifier: str, segmenter: str | None, cfg: ScoreConfig, log=
             raise ValueError(
                 f"{classifier if task is CLASSIFY else segmenter} is a {doc['task']} bundle, not a {task.title.lower()}"
             )
+    if docs[CLASSIFY].get("context_slices", 0):
+        raise ValueError(
+            f"{classifier} is a 2.5-D classifier (context_slices={docs[CLASSIFY]['context_slices']}): archive "
+            "scoring feeds single slices; evaluate it on shards with `strokeray evaluate` instead"
+        )
     pre = PreprocessConfig.from_dict(docs[CLASSIFY]["preprocess"])
     if SEGMENT in docs and PreprocessConfig.from_dict(docs[SEGMENT]["preprocess"]) != pre:
         raise ValueError("the classifier and the segmenter were trained on differently preprocessed views")

@@ -24,6 +24,7 @@ import numpy as np
 
 from strokeray.checks import check_choice, check_positive, check_range
 from strokeray.datasets.shard_set import ShardSet, apply_splits
+from strokeray.datasets.slice_context import ORDER_COLUMNS, with_context
 from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.losses import SegLossConfig
 from strokeray.learn.models import ModelConfig
@@ -48,6 +49,9 @@ class TrainConfig:
     # "patient", batch_size counts patients and each step draws at most bag_slices of a patient's slices.
     objective: str = "slice"
     bag_slices: int = 16
+    # 2.5-D input (classifier): each slice with this many neighbours a side of its series as extra
+    # channels (datasets.slice_context); 0: the slice alone
+    context_slices: int = 0
     input_size: int | None = None  # resize the views (None: as ingested, 224 / 256)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seg_loss: SegLossConfig = field(default_factory=SegLossConfig)
@@ -76,6 +80,9 @@ class TrainConfig:
         check_choice("objective", self.objective, OBJECTIVES)
         if self.objective == "patient" and task.dense:
             raise ValueError(f"the patient objective is the classifier's; {task.name} learns per pixel")
+        check_range("context_slices", self.context_slices, 0, 8)
+        if self.context_slices and (task.dense or self.objective == "patient"):
+            raise ValueError("2.5-D input (context_slices) is built for the classifier's slice objective")
         check_positive(
             epochs=self.epochs,
             batch_size=self.batch_size,
@@ -127,16 +134,19 @@ def _keep_split(table, split: str, task: str, splits: dict[str, str] | None = No
     return get_task(task).rows(apply_splits(table, splits), split)
 
 
-def datasets_for(shards: ShardSet, task: Task, cache: bool | None = None, bags: bool = False):
+def datasets_for(shards: ShardSet, task: Task, cache: bool | None = None, bags: bool = False, context: int = 0):
     """Ray datasets of the train and val splits, reading only the columns the task needs.
 
     ``cache``: read once into Ray's object store instead of re-reading the shards every epoch
     (None: when the task's columns take under a quarter of the object store). ``bags``: the train
     split as one row per patient (``learn.bags.make_bag``), grouped once and always cached.
+    ``context``: 2.5-D views, ``context`` neighbours a side (``datasets.slice_context``), grouped
+    by patient once and always cached.
     """
     import ray
 
-    columns = shards.read_columns(list(task.columns))
+    wanted = list(dict.fromkeys([*task.columns, *(ORDER_COLUMNS if context else ())]))
+    columns = shards.read_columns(wanted)
     base = ray.data.read_parquet(shards.files(), num_cpus=DATA_TASK_CPUS).select_columns(columns)
     if cache is None:
         cache = shards.column_bytes(columns) < 0.25 * ray.cluster_resources().get("object_store_memory", 0)
@@ -154,6 +164,12 @@ def datasets_for(shards: ShardSet, task: Task, cache: bool | None = None, bags: 
             bag = functools.partial(make_bag, image_column=task.image_column)
             ds = ds.groupby("patient").map_groups(bag, batch_format="numpy", num_cpus=DATA_TASK_CPUS)
             out[split] = ds.materialize()  # the grouping is a shuffle: once, not every epoch
+            continue
+        if context:
+            stack = functools.partial(with_context, image_column=task.image_column, k=context)
+            ds = ds.groupby("patient").map_groups(stack, batch_format="numpy", num_cpus=DATA_TASK_CPUS)
+            ds = ds.select_columns(list(task.columns)).materialize()  # a shuffle too: once
+            out[split] = ds
             continue
         out[split] = ds.materialize() if cache else ds
     return out
@@ -445,7 +461,8 @@ def with_model_shape(cfg: TrainConfig, shards: ShardSet) -> TrainConfig:
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"--weights {weights}: no such file")
         weights = os.path.abspath(weights)
-    return replace(cfg, model=replace(cfg.model, in_channels=len(shards.preprocess.windows), weights=weights))
+    channels = len(shards.preprocess.windows) * (2 * cfg.context_slices + 1)
+    return replace(cfg, model=replace(cfg.model, in_channels=channels, weights=weights))
 
 
 def cpus_per_worker(cfg: TrainConfig) -> float:
@@ -492,7 +509,9 @@ def prepare_run(
             ),
             callbacks=list(callbacks),
         ),
-        datasets=datasets if datasets is not None else datasets_for(shards, task, cfg.cache_data, bags=patients),
+        datasets=datasets
+        if datasets is not None
+        else datasets_for(shards, task, cfg.cache_data, bags=patients, context=cfg.context_slices),
     )
     return PreparedRun(trainer=trainer, cfg=cfg, shards=shards, storage=storage, name=name)
 
@@ -519,6 +538,8 @@ def export_bundle(
             "task": task.name,
             "input_size": cfg.input_size or shards.view_size(task.view),
             "windows": pre["windows"],
+            # 2.5-D: neighbours a side stacked as channels (datasets.slice_context); 0 for one slice
+            "context_slices": cfg.context_slices,
             "class_names": list(task.class_names),
             "preprocess": pre,
             "score_metric": cfg.score_name(),

@@ -141,6 +141,7 @@ def test_options_left_out_take_the_config_defaults():
     )
     assert cv.train.augment == AugmentConfig.preset("flips")
     assert cv.train.model.input_norm and cv.train.model.backbone == "vgg_small"
+    assert train_config(parse(["train", "classify", "S", "--context-slices", "1"])).context_slices == 1
     assert (
         cv.folds,
         cv.seed,
@@ -154,6 +155,8 @@ def test_options_left_out_take_the_config_defaults():
     ) == (3, 2, 0.15, "linear", "cosine", False, "top", "patient", 24)
     with pytest.raises(ValueError, match="classifier's"):
         train_config(parse(["train", "segment", "S", "--objective", "patient"]))
+    with pytest.raises(ValueError, match="2.5-D"):
+        train_config(parse(["train", "segment", "S", "--context-slices", "1"]))
 
 
 def test_the_cli_offers_exactly_the_tasks_and_patient_pools_there_are():

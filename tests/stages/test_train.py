@@ -226,3 +226,33 @@ def test_the_patient_objective_trains_on_whole_patients_across_ddp_workers(shard
     assert doc["train"]["objective"] == "patient"
     ev = run_evaluate(r.bundle, shards, "test", log=lambda *_: None)
     assert ev.slices > 0 and "patient_auc" in ev.metrics
+
+
+def test_2_5d_input_stacks_each_series_neighbours_from_training_to_evaluation(shards, tmp_path):
+    """--context-slices 1: the train and val datasets carry each slice with its neighbours as
+    channels (every slice once), the model takes windows x 3 channels, the bundle says so, and
+    evaluation scores every test slice through the same stacking; archive scoring refuses it."""
+    from strokeray.datasets.shard_set import ShardSet
+    from strokeray.learn.tasks import CLASSIFY
+    from strokeray.stages.score import ScoreConfig, check_bundles
+    from strokeray.stages.train import datasets_for
+
+    data = ShardSet.open(shards)
+    windows = len(data.preprocess.windows)
+    ds = datasets_for(data, CLASSIFY, context=1)
+    rows = ds["train"].take_all()
+    assert len(rows) == data.rows("train", CLASSIFY).num_rows
+    assert {r["cls_image"].shape for r in rows} == {(3 * windows, 224, 224)}
+    assert set(rows[0]) == set(CLASSIFY.columns)  # the ordering columns are dropped again
+    # the middle block is the slice itself: the stacked set of centres is the set of slices
+    plain = {v["cls_image"].tobytes() for v in data.rows("train", CLASSIFY).to_pylist()}
+    centres = {r["cls_image"][windows : 2 * windows].tobytes() for r in rows}
+    assert centres == plain
+
+    r = run_train(shards, str(tmp_path / "runs"), replace(small("classify", 1), context_slices=1), log=lambda *_: None)
+    model, doc = load_bundle(r.bundle)
+    assert doc["context_slices"] == 1 and doc["model"]["in_channels"] == 3 * windows
+    ev = run_evaluate(r.bundle, shards, "test", log=lambda *_: None)
+    assert ev.slices == data.rows("test", CLASSIFY).num_rows and "slice_auc" in ev.metrics
+    with pytest.raises(ValueError, match="2.5-D"):
+        check_bundles(r.bundle, None, ScoreConfig())

@@ -161,18 +161,27 @@ def datasets_for(shards: ShardSet, task: Task, cache: bool | None = None, bags: 
         if bags and split == "train":
             from strokeray.learn.bags import make_bag
 
-            bag = functools.partial(make_bag, image_column=task.image_column)
-            ds = ds.groupby("patient").map_groups(bag, batch_format="numpy", num_cpus=DATA_TASK_CPUS)
-            out[split] = ds.materialize()  # the grouping is a shuffle: once, not every epoch
-            continue
-        if context:
+            # the grouping is a shuffle: once, not every epoch
+            out[split] = per_patient(ds, functools.partial(make_bag, image_column=task.image_column)).materialize()
+        elif context:
             stack = functools.partial(with_context, image_column=task.image_column, k=context)
-            ds = ds.groupby("patient").map_groups(stack, batch_format="numpy", num_cpus=DATA_TASK_CPUS)
-            ds = ds.select_columns(list(task.columns)).materialize()  # a shuffle too: once
-            out[split] = ds
-            continue
-        out[split] = ds.materialize() if cache else ds
+            out[split] = per_patient(ds, stack).select_columns(list(task.columns)).materialize()
+        else:
+            out[split] = ds.materialize() if cache else ds
     return out
+
+
+def per_patient(ds, fn):
+    """``fn`` over each patient's rows (numpy columns), a Ray Data hash shuffle by patient.
+
+    Into a few partitions per CPU rather than Ray's default 200: on CT-ICH (2,501 slices, 82
+    patients) the 2.5-D grouping took 92 s with the default and 52-63 s with 8 partitions here."""
+    import ray
+
+    partitions = max(8, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    return ds.groupby("patient", num_partitions=partitions).map_groups(
+        fn, batch_format="numpy", num_cpus=DATA_TASK_CPUS
+    )
 
 
 def class_weights(shards: ShardSet, per_patient: bool = False) -> list[float]:

@@ -33,10 +33,11 @@ def series_order(batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     z = np.asarray(batch["z_mm"], np.float64) if "z_mm" in batch else np.full(len(keys), np.nan)
     inst = np.asarray(batch["instance_number"], np.int64) if "instance_number" in batch else np.full(len(keys), -1)
     sources = np.asarray(batch["source"]).astype(str)
+    by_group = np.argsort(group, kind="stable")
+    members = np.split(by_group, np.cumsum(np.bincount(group))[:-1]) if len(group) else []
     order: list[np.ndarray] = []
     groups: list[np.ndarray] = []
-    for g in range(group.max() + 1 if len(group) else 0):
-        rows = np.flatnonzero(group == g)
+    for g, rows in enumerate(members):  # one pass per series, not a scan of all rows per series
         if np.isfinite(z[rows]).all():
             rank = np.lexsort((inst[rows], z[rows]))
         elif (inst[rows] >= 0).all():

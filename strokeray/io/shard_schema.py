@@ -1,12 +1,20 @@
 """The Parquet shard contract: column names, meanings and the schema version.
 
-Image columns are fixed-shape tensors (Ray's tensor extension type; the storage is a plain
-fixed-size list that any Arrow reader can open). Identifiers are pseudonyms, never raw IDs.
+Image columns are fixed-shape tensors stored as one fixed-size binary value a row, C order, with
+their shape and dtype in the field's metadata (``strokeray.tensor``); readers turn them into
+arrays with ``tensor_array`` or into Ray's tensor type with ``with_tensors``. (A fixed-size list,
+Ray's own storage, costs Parquet a value and a level per pixel: 3 ms a slice to write and 7.5 ms
+to read, against 0.4 and 0.14 ms for the same bytes, the same size on disk.) Identifiers are
+pseudonyms, never raw IDs.
 """
 
-import numpy as np
+import json
 
-SCHEMA_VERSION = 2  # 2: source_shape (a version-1 ingest is redone with --overwrite)
+import numpy as np
+import pyarrow as pa
+
+SCHEMA_VERSION = 3  # 2: source_shape; 3: image columns as fixed-size binary (older shards still read)
+TENSOR_META = b"strokeray.tensor"
 
 # Scalar columns in order, with their meaning; the tensor columns follow.
 SCALAR_COLUMNS = {
@@ -43,7 +51,49 @@ TENSOR_COLUMNS = {
 QUARANTINE_COLUMNS = ("source", "stage", "reason", "detail")
 
 
-def tensor_array(column, shape: tuple[int, ...]) -> np.ndarray:
-    """A tensor column read back as (N, *shape): Ray's extension type when Ray registered it, else
-    its storage (one flat list per row); either way the same bytes."""
+def stored_tensor(name: str, values: np.ndarray) -> tuple[pa.Field, pa.Array]:
+    """(N, *shape) ``values`` as a shard image column: one fixed-size binary value a row."""
+    values = np.ascontiguousarray(values)
+    width = int(np.prod(values.shape[1:])) * values.itemsize
+    meta = {TENSOR_META: json.dumps({"shape": list(values.shape[1:]), "dtype": values.dtype.str}).encode()}
+    array = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(values), [None, pa.py_buffer(values)])
+    return pa.field(name, pa.binary(width), nullable=False, metadata=meta), array
+
+
+def stored_layout(field: pa.Field) -> tuple[tuple[int, ...], np.dtype] | None:
+    """Shape and dtype of a stored image column's rows, or None for any other column."""
+    if not (pa.types.is_fixed_size_binary(field.type) and field.metadata and TENSOR_META in field.metadata):
+        return None
+    doc = json.loads(field.metadata[TENSOR_META])
+    return tuple(doc["shape"]), np.dtype(doc["dtype"])
+
+
+def _binary_rows(column, shape: tuple[int, ...], dtype) -> np.ndarray:
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(array) == 0:
+        return np.empty((0, *shape), dtype)
+    width = array.type.byte_width
+    flat = np.frombuffer(array.buffers()[1], np.uint8, count=len(array) * width, offset=array.offset * width)
+    return flat.view(dtype).reshape(-1, *shape)
+
+
+def tensor_array(column, shape: tuple[int, ...], dtype=np.uint8) -> np.ndarray:
+    """A tensor column read back as (N, *shape): stored as fixed-size binary (schema 3), as Ray's
+    tensor type, or as its storage (one flat list per row, schema 2 read without Ray); the same
+    bytes either way. Binary rows are a read-only view of the column's buffer, not a copy."""
+    if pa.types.is_fixed_size_binary(column.type):
+        return _binary_rows(column, shape, dtype)
     return np.stack(column.to_numpy(zero_copy_only=False)).reshape(-1, *shape)
+
+
+def with_tensors(table: pa.Table) -> pa.Table:
+    """``table`` with its stored image columns as Ray's tensor type (what Ray Data hands a
+    function as an (N, *shape) array, and ``to_pylist`` as one array a row); others unchanged."""
+    from ray.data.extensions import ArrowTensorArray
+
+    for i, field in enumerate(table.schema):
+        layout = stored_layout(field)
+        if layout is not None:
+            rows = _binary_rows(table.column(i), *layout)
+            table = table.set_column(i, field.name, ArrowTensorArray.from_numpy(rows))
+    return table

@@ -34,7 +34,7 @@ from strokeray import __version__
 from strokeray.checks import check_positive
 from strokeray.datasets.shard_set import CARD
 from strokeray.datasets.slice_records import RecordConfig, records_for, stack_records
-from strokeray.io.shard_schema import QUARANTINE_COLUMNS, SCHEMA_VERSION
+from strokeray.io.shard_schema import QUARANTINE_COLUMNS, SCHEMA_VERSION, TENSOR_COLUMNS, stored_tensor
 from strokeray.io.sources import SourceUnavailable, read_bytes
 from strokeray.stages.manifest import Manifest, ManifestConfig, build_manifest, check_source, options_digest
 from strokeray.stages.runtime import arrow_filesystem, cluster_capacity, ensure_ray
@@ -76,9 +76,22 @@ def _quarantine_part(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=pa.schema([(c, pa.string()) for c in QUARANTINE_COLUMNS]))
 
 
-def process_batch(batch: pa.Table, records_cfg: RecordConfig, quarantine_dir: str):
-    """Ray Data UDF: manifest rows in, stacked slice records out; problems go to a side file
-    named by the batch's content, so a retried task overwrites rather than duplicates."""
+def shard_table(columns: dict) -> pa.Table:
+    """Stacked slice records as a shard block: image columns in their stored form (see
+    ``io.shard_schema``), the small per-slice arrays (boxes, shapes) in Ray's tensor type."""
+    from ray.data.block import BlockAccessor
+
+    images = [stored_tensor(name, columns[name]) for name in TENSOR_COLUMNS]
+    table = BlockAccessor.batch_to_block({k: v for k, v in columns.items() if k not in TENSOR_COLUMNS})
+    for column, array in images:
+        table = table.append_column(column, array)
+    return table
+
+
+def process_batch(batch: pa.Table, records_cfg: RecordConfig, quarantine_dir: str, stored: bool = False):
+    """Ray Data UDF: manifest rows in, stacked slice records out (``stored``: as a shard block);
+    problems go to a side file named by the batch's content, so a retried task overwrites rather
+    than duplicates."""
     import cv2
 
     cv2.setNumThreads(1)  # a task owns one CPU; OpenCV's own pool would oversubscribe it
@@ -97,7 +110,7 @@ def process_batch(batch: pa.Table, records_cfg: RecordConfig, quarantine_dir: st
         with fs.open(f"{base}/{digest}.parquet", "wb") as fh:
             pq.write_table(_quarantine_part(problems), fh)
     if records:
-        yield stack_records(records)
+        yield shard_table(stack_records(records)) if stored else stack_records(records)
 
 
 def _config_digest(options: str, cfg: IngestConfig) -> str:
@@ -129,7 +142,8 @@ def run_chunk(
     """Process one chunk into OUT/<dest>/chunk-<index>-*.parquet (its quarantine parts into
     OUT/_state/quarantine/chunk-<index>/); returns its file count.
 
-    ``extend(ds)`` may add stages after decoding (scoring does). Scratch and quarantine parts are
+    ``extend(ds)`` may add stages after decoding (scoring does: it gets the slices as arrays, not
+    in their stored form, which is what ingest writes when there is no ``extend``). Scratch and quarantine parts are
     written under this run's own folder: workers orphaned by a killed run may still finish a
     write, but only into their own run's folder, which is never promoted.
     """
@@ -147,7 +161,11 @@ def run_chunk(
         process_batch,  # type: ignore[arg-type]  # fn_kwargs fill in the rest
         batch_size=None,
         batch_format="pyarrow",
-        fn_kwargs={"records_cfg": cfg.records, "quarantine_dir": f"{run_dir}/quarantine/{tag}"},
+        fn_kwargs={
+            "records_cfg": cfg.records,
+            "quarantine_dir": f"{run_dir}/quarantine/{tag}",
+            "stored": extend is None,
+        },
         num_cpus=1,
     )
     if extend is not None:

@@ -25,6 +25,7 @@ import numpy as np
 from strokeray.checks import check_choice, check_positive, check_range
 from strokeray.datasets.shard_set import ShardSet, apply_splits
 from strokeray.datasets.slice_context import ORDER_COLUMNS, with_context
+from strokeray.io.shard_schema import with_tensors
 from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.losses import SegLossConfig
 from strokeray.learn.models import ModelConfig
@@ -131,7 +132,7 @@ DATA_TASK_CPUS = 0.25
 
 
 def _keep_split(table, split: str, task: str, splits: dict[str, str] | None = None):
-    return get_task(task).rows(apply_splits(table, splits), split)
+    return get_task(task).rows(apply_splits(with_tensors(table), splits), split)
 
 
 def datasets_for(shards: ShardSet, task: Task, cache: bool | None = None, bags: bool = False, context: int = 0):

@@ -14,7 +14,7 @@ import pytest
 from strokeray.cli import main
 from strokeray.datasets.layouts import LabelsTable
 from strokeray.datasets.splits import SplitConfig
-from strokeray.io.shard_schema import SCALAR_COLUMNS, TENSOR_COLUMNS
+from strokeray.io.shard_schema import SCALAR_COLUMNS, TENSOR_COLUMNS, stored_layout, tensor_array, with_tensors
 from strokeray.stages.ingest import IngestConfig, run_ingest
 from strokeray.stages.manifest import ManifestConfig, build_manifest
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.ray
 
 
 def shards(out: Path):
-    return pq.read_table(sorted((out / "shards").glob("*.parquet")))
+    return with_tensors(pq.read_table(sorted((out / "shards").glob("*.parquet"))))
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,19 @@ def test_shard_schema_and_contents(ingested):
     assert t.column_names == [*SCALAR_COLUMNS, *TENSOR_COLUMNS]
     import ray
 
-    batch = ray.data.read_parquet(str(out / "shards")).take_batch(4, batch_format="numpy")
+    # Stored one fixed-size binary value a row, the shape in the field; read back as tensors.
+    raw = pq.read_table(sorted((out / "shards").glob("*.parquet"))[0])
+    layouts = {name: stored_layout(raw.schema.field(name)) for name in TENSOR_COLUMNS}
+    assert layouts == {
+        "cls_image": ((3, 224, 224), np.uint8),
+        "seg_image": ((3, 256, 256), np.uint8),
+        "seg_mask": ((256, 256), np.uint8),
+    }
+    as_tensors = with_tensors(raw).to_pylist()
+    assert as_tensors[0]["seg_image"].shape == (3, 256, 256)
+    assert np.array_equal(tensor_array(raw["seg_image"], (3, 256, 256)), np.stack([r["seg_image"] for r in as_tensors]))
+    ds = ray.data.read_parquet(str(out / "shards")).map_batches(with_tensors, batch_format="pyarrow")
+    batch = ds.take_batch(4, batch_format="numpy")
     assert batch["cls_image"].shape == (4, 3, 224, 224) and batch["cls_image"].dtype == np.uint8
     assert batch["seg_mask"].shape == (4, 256, 256)
     masked = t.filter(t.column("has_mask")).to_pylist()

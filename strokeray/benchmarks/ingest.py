@@ -3,7 +3,8 @@
 (a) floor: pydicom decode of the same files alone; (b) the original study's per-file path;
 (c) strokeray ingest (Ray Data, started fresh in a child process) at 1 and 2 CPUs, timed from
 the moment Ray is up; (d) the machine's own ceiling: decode + preprocess in a plain process pool
-of 1 and 2 processes, no Ray and no Parquet, to read the 2-CPU scaling against. Memory: the
+of 1 and 2 processes, no Ray and no Parquet, to read the 2-CPU scaling against; (e) the shard
+storage: writing and reading a block with images as fixed-size binary against Ray's tensor type. Memory: the
 same ingest over N and 4N slices, sampling the driver's RSS and every Ray worker's USS; bounded
 means 4x the data costs under 25 % more.
 """
@@ -17,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pydicom
@@ -36,6 +37,7 @@ class IngestBenchmark:
     ingest_2cpu_slices_per_s: float = 0.0
     pool_1proc_slices_per_s: float = 0.0  # the per-file work alone in a process pool: the machine's
     pool_2proc_slices_per_s: float = 0.0  # own scaling ceiling, no Ray, no Parquet
+    storage_ms_per_slice: dict[str, float] = field(default_factory=dict)  # (e) shard write / read
     ratios: dict[str, float] = field(default_factory=dict)
     memory: dict[str, dict] = field(default_factory=dict)
     targets_met: dict[str, bool] = field(default_factory=dict)
@@ -99,6 +101,44 @@ def pool(paths: list[str], processes: int) -> float:
         t = time.perf_counter()
         n = sum(workers.map(_decode_and_preprocess, parts))
     return n / (time.perf_counter() - t)
+
+
+def storage(paths: list[str], repeats: int = 3) -> dict[str, float]:
+    """(e) Milliseconds a slice to write and to read one shard block (zstd) of ``paths``' slices,
+    image columns stored as fixed-size binary (what ingest writes) against Ray's tensor type (a
+    list of pixels, what it wrote before schema 3); the best of ``repeats``, one warm-up each."""
+    import cv2
+    import pyarrow.parquet as pq
+    from ray.data.block import BlockAccessor
+
+    from strokeray.datasets.layouts import ManifestRow
+    from strokeray.datasets.slice_records import records_for, stack_records
+    from strokeray.io.shard_schema import TENSOR_COLUMNS, tensor_array
+    from strokeray.stages.ingest import shard_table
+
+    cv2.setNumThreads(1)
+    rows = [asdict(ManifestRow(uri=p, name=p, size=0, group_rule="file", split="train")) for p in paths]
+    columns = stack_records([rec for row in rows for rec in records_for(row)[0]])
+    n = len(columns["id"])
+    blocks = {"binary": shard_table(columns), "tensor_list": BlockAccessor.batch_to_block(columns)}
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, block in blocks.items():
+            path = f"{tmp}/{name}.parquet"
+            for step in ("write", "read"):
+                best = float("inf")
+                for _ in range(repeats + 1):
+                    t = time.perf_counter()
+                    if step == "write":
+                        pq.write_table(block, path, compression="zstd")
+                    else:
+                        table = pq.read_table(path)
+                        for c in TENSOR_COLUMNS:
+                            tensor_array(table[c], columns[c].shape[1:])
+                    best = min(best, time.perf_counter() - t)
+                out[f"{name}_{step}"] = 1000 * best / n
+            out[f"{name}_kb"] = os.path.getsize(path) / n / 1024
+    return out
 
 
 def _memory_tree(pid: int) -> dict[str, int]:
@@ -217,6 +257,13 @@ def run_ingest_benchmark(workdir: str, slices: int = 1024, memory: bool = True, 
         f"[bench] (d) ceiling, decode + preprocess in a process pool: 1 process {bench.pool_1proc_slices_per_s:.1f},"
         f" 2 processes {bench.pool_2proc_slices_per_s:.1f} slices/s"
     )
+    bench.storage_ms_per_slice = storage(paths[:64])
+    st = bench.storage_ms_per_slice
+    log(
+        f"[bench] (e) shard storage, ms a slice: fixed-size binary write {st['binary_write']:.2f} read"
+        f" {st['binary_read']:.2f} ({st['binary_kb']:.0f} KB); Ray's tensor list write {st['tensor_list_write']:.2f}"
+        f" read {st['tensor_list_read']:.2f} ({st['tensor_list_kb']:.0f} KB)"
+    )
     c1, c2 = bench.ingest_1cpu_slices_per_s, bench.ingest_2cpu_slices_per_s
     bench.ratios = {
         "ingest_1cpu_vs_study": c1 / bench.study_slices_per_s,
@@ -225,6 +272,8 @@ def run_ingest_benchmark(workdir: str, slices: int = 1024, memory: bool = True, 
         "pool_2proc_vs_1proc": bench.pool_2proc_slices_per_s / bench.pool_1proc_slices_per_s,
         "ingest_1cpu_vs_pool_1proc": c1 / bench.pool_1proc_slices_per_s,
         "ingest_2cpu_vs_pool_2proc": c2 / bench.pool_2proc_slices_per_s,
+        "storage_write_tensor_list_vs_binary": st["tensor_list_write"] / st["binary_write"],
+        "storage_read_tensor_list_vs_binary": st["tensor_list_read"] / st["binary_read"],
     }
     # Against the same per-file work in a bare process pool, at the same number of cores: what Ray,
     # the manifest and writing cost. The study path and the decode floor stay as reference ratios

@@ -3,8 +3,8 @@
 Image columns are fixed-shape tensors stored as one fixed-size binary value a row, C order, with
 their shape and dtype in the field's metadata (``strokeray.tensor``); readers turn them into
 arrays with ``tensor_array`` or into Ray's tensor type with ``with_tensors``. (A fixed-size list,
-Ray's own storage, costs Parquet a value and a level per pixel: 3 ms a slice to write and 7.5 ms
-to read, against 0.4 and 0.14 ms for the same bytes, the same size on disk.) Identifiers are
+Ray's own storage, costs Parquet a value and a level per pixel: about 3 ms of CPU a slice to
+write, against 0.4-0.5 ms for the same bytes, the same size on disk; benchmark row (e).) Identifiers are
 pseudonyms, never raw IDs.
 """
 

@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 
 from strokeray.imaging.views import PreprocessConfig
 from strokeray.io.json_files import read_json
-from strokeray.io.shard_schema import with_tensors
 
 CARD = "card.json"  # the dataset card, written last by ingest: the shards are complete
 
@@ -89,12 +88,11 @@ class ShardSet:
         return [f"{self.url}/shards/{entry['file']}" for entry in self.card["shards"]]
 
     def tables(self, columns: list[str], filters=None) -> Iterator[pa.Table]:
-        """Each shard file's ``columns``, one table at a time (memory stays one shard), images as
-        Ray's tensor type, with the split override applied (its patient column then comes along)."""
+        """Each shard file's ``columns``, one table at a time (memory stays one shard), with the split
+        override applied (its patient column then comes along); images read with ``tensor_array``."""
         for url in self.files():
             with fsspec.open(url, "rb") as fh:
-                table = pq.read_table(fh, columns=self.read_columns(columns), filters=filters)
-            yield apply_splits(with_tensors(table), self.splits)
+                yield apply_splits(pq.read_table(fh, columns=self.read_columns(columns), filters=filters), self.splits)
 
     def rows(self, split: str, task, columns: list[str] | None = None) -> pa.Table:
         """The rows of ``split`` with a truth for ``task`` (a ``learn.tasks.Task``), in memory."""

@@ -2,7 +2,7 @@
 
 Image columns are fixed-shape tensors stored as one fixed-size binary value a row, C order, with
 their shape and dtype in the field's metadata (``strokeray.tensor``); readers turn them into
-arrays with ``tensor_array`` or into Ray's tensor type with ``with_tensors``. (A fixed-size list,
+arrays with ``tensor_array`` (Ray Data readers: ``stages.runtime.with_tensors``). (A fixed-size list,
 Ray's own storage, costs Parquet a value and a level per pixel: about 3 ms of CPU a slice to
 write, against 0.4-0.5 ms for the same bytes, the same size on disk; benchmark row (e).) Identifiers are
 pseudonyms, never raw IDs.
@@ -68,7 +68,8 @@ def stored_layout(field: pa.Field) -> tuple[tuple[int, ...], np.dtype] | None:
     return tuple(doc["shape"]), np.dtype(doc["dtype"])
 
 
-def _binary_rows(column, shape: tuple[int, ...], dtype) -> np.ndarray:
+def binary_rows(column, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A fixed-size binary column's rows as (N, *shape) ``dtype``: a read-only view of its buffer."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if len(array) == 0:
         return np.empty((0, *shape), dtype)
@@ -80,20 +81,7 @@ def _binary_rows(column, shape: tuple[int, ...], dtype) -> np.ndarray:
 def tensor_array(column, shape: tuple[int, ...], dtype=np.uint8) -> np.ndarray:
     """A tensor column read back as (N, *shape): stored as fixed-size binary (schema 3), as Ray's
     tensor type, or as its storage (one flat list per row, schema 2 read without Ray); the same
-    bytes either way. Binary rows are a read-only view of the column's buffer, not a copy."""
+    bytes either way, in a writable array of their own."""
     if pa.types.is_fixed_size_binary(column.type):
-        return _binary_rows(column, shape, dtype)
+        return binary_rows(column, shape, dtype).copy()
     return np.stack(column.to_numpy(zero_copy_only=False)).reshape(-1, *shape)
-
-
-def with_tensors(table: pa.Table) -> pa.Table:
-    """``table`` with its stored image columns as Ray's tensor type (what Ray Data hands a
-    function as an (N, *shape) array, and ``to_pylist`` as one array a row); others unchanged."""
-    from ray.data.extensions import ArrowTensorArray
-
-    for i, field in enumerate(table.schema):
-        layout = stored_layout(field)
-        if layout is not None:
-            rows = _binary_rows(table.column(i), *layout)
-            table = table.set_column(i, field.name, ArrowTensorArray.from_numpy(rows))
-    return table

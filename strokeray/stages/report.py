@@ -184,7 +184,9 @@ def _examples(layout: RunLayout, predictions, per_class: int = 2) -> list[tuple]
         return []
     ids = [predictions["id"][i].as_py() for i in chosen]
     found = {}
-    for t in ShardSet.open(layout.shards).tables(["id", "seg_image", "seg_mask"], filters=[("id", "in", ids)]):
+    data = ShardSet.open(layout.shards)
+    channels = len(data.preprocess.windows)
+    for t in data.tables(["id", "seg_image", "seg_mask"], filters=[("id", "in", ids)]):
         for j in range(t.num_rows):
             found[t["id"][j].as_py()] = t.slice(j, 1)
     out = []
@@ -194,9 +196,7 @@ def _examples(layout: RunLayout, predictions, per_class: int = 2) -> list[tuple]
         row = found[sid]
         pred = decode_rle(predictions["mask_rle"][i].as_py())
         size = pred.shape[0]
-        image = np.asarray(row["seg_image"].to_numpy(zero_copy_only=False)[0]).reshape(-1, size, size)[
-            0
-        ]  # brain window
+        image = tensor_array(row["seg_image"], (channels, size, size))[0, 0]  # brain window
         truth = tensor_array(row["seg_mask"], (size, size))[0]
         lesion = truth > 0
         iou = ((pred > 0) & lesion & (pred == truth)).sum() / max(1, ((pred > 0) | lesion).sum())

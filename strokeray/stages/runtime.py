@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+
+from strokeray.io.shard_schema import binary_rows, stored_layout
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -36,6 +39,18 @@ def ensure_ray(num_cpus: int | None = None) -> None:
             log_to_driver=True,
             configure_logging=False,
         )
+
+
+def with_tensors(table: pa.Table) -> pa.Table:
+    """``table`` with its stored image columns (``io.shard_schema``) as Ray's tensor type: what
+    Ray Data hands a function as an (N, *shape) array; other columns unchanged."""
+    from ray.data.extensions import ArrowTensorArray
+
+    for i, field in enumerate(table.schema):
+        layout = stored_layout(field)
+        if layout is not None:
+            table = table.set_column(i, field.name, ArrowTensorArray.from_numpy(binary_rows(table.column(i), *layout)))
+    return table
 
 
 def free_port() -> int:

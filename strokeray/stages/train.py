@@ -25,12 +25,12 @@ import numpy as np
 from strokeray.checks import check_choice, check_positive, check_range
 from strokeray.datasets.shard_set import ShardSet, apply_splits
 from strokeray.datasets.slice_context import ORDER_COLUMNS, with_context
-from strokeray.io.shard_schema import with_tensors
 from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.losses import SegLossConfig
 from strokeray.learn.models import ModelConfig
 from strokeray.learn.steps import lr_factor
 from strokeray.learn.tasks import CLASSIFY, Task, get_task
+from strokeray.stages.runtime import with_tensors
 
 TIE_BREAK = 1e-6  # val_score per unit of validation loss (see TrainConfig.score_of)
 OBJECTIVES = ("slice", "patient")

@@ -14,9 +14,10 @@ import pytest
 from strokeray.cli import main
 from strokeray.datasets.layouts import LabelsTable
 from strokeray.datasets.splits import SplitConfig
-from strokeray.io.shard_schema import SCALAR_COLUMNS, TENSOR_COLUMNS, stored_layout, tensor_array, with_tensors
+from strokeray.io.shard_schema import SCALAR_COLUMNS, TENSOR_COLUMNS, stored_layout, tensor_array
 from strokeray.stages.ingest import IngestConfig, run_ingest
 from strokeray.stages.manifest import ManifestConfig, build_manifest
+from strokeray.stages.runtime import with_tensors
 
 from ..conftest import kill_after_first_chunk, shared_data, zip_folder
 

@@ -126,3 +126,19 @@ def test_a_local_run_starts_its_own_ray_despite_a_dead_clusters_address_file():
         stop_processes_naming(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert run.returncode == 0 and "CPUS 1" in run.stdout, run.stderr[-3000:]
+
+
+def test_with_tensors_gives_ray_arrays_and_leaves_other_columns():
+    import numpy as np
+
+    from strokeray.stages.runtime import with_tensors
+
+    from ..io.test_shard_schema import image_table
+
+    images = np.arange(2 * 2 * 3 * 3, dtype=np.uint8).reshape(2, 2, 3, 3)
+    table = with_tensors(image_table(images))
+    rows = table.to_pylist()
+    assert [r["id"] for r in rows] == [0, 1]
+    assert rows[1]["cls_image"].shape == (2, 3, 3) and np.array_equal(rows[1]["cls_image"], images[1])
+    assert with_tensors(table).equals(table)  # already tensors: unchanged
+    assert with_tensors(image_table(images).slice(0, 0))["cls_image"].to_pylist() == []

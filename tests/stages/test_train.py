@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from strokeray.benchmarks.train import plain_loop, training_rows
 from strokeray.imaging.rle import decode_rle
+from strokeray.io.shard_schema import tensor_array
 from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.bundle import load_bundle
 from strokeray.learn.models import ModelConfig, build_model
@@ -245,7 +246,7 @@ def test_2_5d_input_stacks_each_series_neighbours_from_training_to_evaluation(sh
     assert {r["cls_image"].shape for r in rows} == {(3 * windows, 224, 224)}
     assert set(rows[0]) == set(CLASSIFY.columns)  # the ordering columns are dropped again
     # the middle block is the slice itself: the stacked set of centres is the set of slices
-    plain = {v["cls_image"].tobytes() for v in data.rows("train", CLASSIFY).to_pylist()}
+    plain = {v.tobytes() for v in tensor_array(data.rows("train", CLASSIFY)["cls_image"], (windows, 224, 224))}
     centres = {r["cls_image"][windows : 2 * windows].tobytes() for r in rows}
     assert centres == plain
 

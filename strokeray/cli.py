@@ -472,6 +472,13 @@ def _train_arguments(p) -> None:
     )
     p.add_argument("--workers", type=int, help="training workers (one per GPU)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker, AMP and pinned memory")
+    p.add_argument("--seed", type=int, help="seed of weights, augmentation and shuffling (default 0)")
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="the same command gives the same weights: every worker reads the splits in one order "
+        "(each reads the whole split) and torch uses deterministic algorithms",
+    )
     p.add_argument(
         "--metric",
         help="validation metric that picks the best checkpoint (default val_accuracy / "
@@ -509,9 +516,11 @@ def train_config(args):
             objective="objective",
             bag_slices="bag_slices",
             context_slices="context_slices",
+            seed="seed",
         ),
         balance_classes=not args.no_class_weights,
         use_gpu=args.gpu,
+        deterministic=args.deterministic,
     )
 
 

@@ -65,6 +65,11 @@ class TrainConfig:
     cpus_per_worker: float | None = None
     max_failures: int = 2
     seed: int = 0
+    # The same run twice gives the same weights: every worker reads the splits in one fixed order
+    # (sorted by id) and takes its rows of each global batch, instead of Ray Data dealing blocks to
+    # whichever worker asks first; torch's deterministic algorithms on. Costs each worker a read of
+    # the whole split (see ordered_batches).
+    deterministic: bool = False
     # The validation metric that picks the best checkpoint (None: the task's, ``Task.score_metric``). Losses
     # (names ending in "loss") are minimised: ``val_score`` is then the negated loss.
     score_metric: str | None = None
@@ -135,20 +140,28 @@ def _keep_split(table, split: str, task: str, splits: dict[str, str] | None = No
     return get_task(task).rows(apply_splits(with_tensors(table), splits), split)
 
 
-def datasets_for(shards: ShardSet, task: Task, cache: bool | None = None, bags: bool = False, context: int = 0):
+def datasets_for(
+    shards: ShardSet, task: Task, cache: bool | None = None, bags: bool = False, context: int = 0, ordered: bool = False
+):
     """Ray datasets of the train and val splits, reading only the columns the task needs.
 
     ``cache``: read once into Ray's object store instead of re-reading the shards every epoch
     (None: when the task's columns take under a quarter of the object store). ``bags``: the train
     split as one row per patient (``learn.bags.make_bag``), grouped once and always cached.
     ``context``: 2.5-D views, ``context`` neighbours a side (``datasets.slice_context``), grouped
-    by patient once and always cached.
+    by patient once and always cached. ``ordered``: each split cached with its blocks in the order
+    of the shards' files, a patient's rows in id order (``TrainConfig.deterministic``).
     """
     import ray
 
-    wanted = list(dict.fromkeys([*task.columns, *(ORDER_COLUMNS if context else ())]))
+    wanted = list(dict.fromkeys([*task.columns, *(ORDER_COLUMNS if context else ()), *(("id",) if ordered else ())]))
     columns = shards.read_columns(wanted)
     base = ray.data.read_parquet(shards.files(), num_cpus=DATA_TASK_CPUS).select_columns(columns)
+    if ordered:
+        # blocks in the order of their files when materialised, a grouping's in the order of its
+        # partitions (by default Ray Data hands blocks on as tasks finish); datasets made from
+        # base share its context
+        base.context.execution_options.preserve_order = True
     if cache is None:
         cache = shards.column_bytes(columns) < 0.25 * ray.cluster_resources().get("object_store_memory", 0)
     out = {}
@@ -163,13 +176,22 @@ def datasets_for(shards: ShardSet, task: Task, cache: bool | None = None, bags: 
             from strokeray.learn.bags import make_bag
 
             # the grouping is a shuffle: once, not every epoch
-            out[split] = per_patient(ds, functools.partial(make_bag, image_column=task.image_column)).materialize()
+            bag = functools.partial(make_bag, image_column=task.image_column)
+            out[split] = per_patient(ds, functools.partial(in_id_order, fn=bag) if ordered else bag).materialize()
         elif context:
             stack = functools.partial(with_context, image_column=task.image_column, k=context)
-            out[split] = per_patient(ds, stack).select_columns(list(task.columns)).materialize()
+            grouped = per_patient(ds, functools.partial(in_id_order, fn=stack) if ordered else stack)
+            out[split] = grouped.select_columns(list(task.columns)).materialize()
         else:
-            out[split] = ds.materialize() if cache else ds
+            out[split] = ds.materialize() if cache or ordered else ds
     return out
+
+
+def in_id_order(group: dict[str, np.ndarray], fn):
+    """``fn`` over a patient's rows (numpy columns) sorted by slice id: a Ray Data grouping keeps
+    no order within a group."""
+    order = np.argsort(group["id"], kind="stable")
+    return fn({k: np.asarray(v)[order] for k, v in group.items()})
 
 
 def per_patient(ds, fn):
@@ -257,7 +279,33 @@ def checkpoint_complete(fs, folder: str, state: dict) -> bool:
     return True
 
 
-def train_one_epoch(model, optimizer, steps, shard, cfg: TrainConfig, epoch: int) -> dict:
+@dataclass(frozen=True)
+class Feed:
+    """How a worker reads its numpy batches (the patient key is a string column, which torch
+    batches cannot carry): from the shard Ray Data streamed it, or, ``ordered``, as its rows of
+    each global batch of the whole split read in one fixed order (a DistributedSampler's deal),
+    so that which rows a step sees does not depend on which worker asked Ray Data first."""
+
+    rank: int = 0
+    world: int = 1
+    ordered: bool = False
+
+    def batches(self, shard, batch_size: int, shuffle_buffer: int = 0, seed: int | None = None):
+        share = self.world if self.ordered else 1  # ordered: every rank draws the same global batches
+        shuffle = {"local_shuffle_buffer_size": shuffle_buffer * share, "local_shuffle_seed": seed}
+        batches = shard.iter_batches(
+            batch_size=batch_size * share, batch_format="numpy", **(shuffle if shuffle_buffer else {})
+        )
+        if not self.ordered:
+            yield from batches
+            return
+        for batch in batches:
+            if len(next(iter(batch.values()))) < self.world:
+                return  # a last batch too small for every rank (Ray's equal split drops such rows too)
+            yield {k: v[self.rank :: self.world] for k, v in batch.items()}
+
+
+def train_one_epoch(model, optimizer, steps, shard, cfg: TrainConfig, epoch: int, feed: Feed = Feed()) -> dict:
     """One pass over this worker's training shard: summed loss, images, seconds and the fit meter
     (loss and meter stay on the device until the pass ends: one host read-back an epoch)."""
     import time
@@ -266,13 +314,8 @@ def train_one_epoch(model, optimizer, steps, shard, cfg: TrainConfig, epoch: int
     total, seen, images, fit = 0.0, 0, 0, steps.task.fit_meter()
     bags = cfg.objective == "patient"
     began = time.perf_counter()
-    # numpy batches: the patient key is a string column, which torch batches cannot carry.
-    for batch in shard.iter_batches(
-        batch_size=cfg.batch_size,
-        batch_format="numpy",
-        local_shuffle_buffer_size=32 if bags else 256,  # a bag row holds a whole patient
-        local_shuffle_seed=cfg.seed + epoch,
-    ):
+    # a bag row holds a whole patient: a smaller shuffle buffer
+    for batch in feed.batches(shard, cfg.batch_size, shuffle_buffer=32 if bags else 256, seed=cfg.seed + epoch):
         if bags:
             loss_sum, n, n_images = steps.bag_step(model, optimizer, batch, fit, cfg.bag_slices)
         else:
@@ -297,7 +340,7 @@ def peak_gpu_mb(device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
 
 
-def recalibrate_bn(model, steps, shard, cfg: TrainConfig, world: int) -> None:
+def recalibrate_bn(model, steps, shard, cfg: TrainConfig, world: int, feed: Feed = Feed()) -> None:
     """Precise BN on this worker's un-augmented batches, then averaged so all ranks validate one model."""
     import itertools
 
@@ -307,7 +350,7 @@ def recalibrate_bn(model, steps, shard, cfg: TrainConfig, world: int) -> None:
     from strokeray.learn.steps import bn_buffers
 
     bare = _unwrap(model)  # not through DDP, which would broadcast rank 0's buffers every forward
-    batches = shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy")
+    batches = feed.batches(shard, cfg.batch_size)
     if cfg.objective == "patient":
         from strokeray.learn.bags import flatten_bags
 
@@ -321,11 +364,11 @@ def recalibrate_bn(model, steps, shard, cfg: TrainConfig, world: int) -> None:
                     buf /= world
 
 
-def evaluate(model, steps, shard, cfg: TrainConfig) -> dict:
+def evaluate(model, steps, shard, cfg: TrainConfig, feed: Feed = Feed()) -> dict:
     """This worker's validation: summed loss, slices and the task's validation meter."""
     model.eval()
     loss, seen, meter = 0.0, 0, steps.task.val_meter()
-    for batch in shard.iter_batches(batch_size=cfg.slices_per_step(), batch_format="numpy"):
+    for batch in feed.batches(shard, cfg.slices_per_step()):
         logits, y, loss_sum = steps.eval_step(model, batch)
         loss += loss_sum
         seen += len(y)
@@ -400,6 +443,11 @@ def train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed + rank)
+    feed = Feed(rank, world, ordered=cfg.deterministic)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
     model = build_model(cfg.model)
     state, optimizer_state, scaler_state = restore(model, ray.train.get_checkpoint())
     unused = freeze_unused(model, cfg.model.in_channels)  # else DDP fails on their missing gradients
@@ -426,10 +474,10 @@ def train_loop(config: dict) -> None:
     for epoch in range(state.start_epoch, cfg.epochs):
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg.schedule, epoch, cfg.epochs)
-        local = train_one_epoch(model, optimizer, steps, train_shard, cfg, epoch)
+        local = train_one_epoch(model, optimizer, steps, train_shard, cfg, epoch, feed)
         if cfg.bn_recalibration_batches:
-            recalibrate_bn(model, steps, train_shard, cfg, world)
-        local.update(evaluate(model, steps, val_shard, cfg))
+            recalibrate_bn(model, steps, train_shard, cfg, world, feed)
+        local.update(evaluate(model, steps, val_shard, cfg, feed))
         metrics = epoch_metrics(gather(local, world), cfg, epoch, state.start_epoch)
         state.best = max(state.best, metrics["val_score"])
         state.history.append({k: (None if isinstance(v, float) and v != v else v) for k, v in metrics.items()})
@@ -473,6 +521,18 @@ def with_model_shape(cfg: TrainConfig, shards: ShardSet) -> TrainConfig:
         weights = os.path.abspath(weights)
     channels = len(shards.preprocess.windows) * (2 * cfg.context_slices + 1)
     return replace(cfg, model=replace(cfg.model, in_channels=channels, weights=weights))
+
+
+def data_config(ordered: bool):
+    """How Ray Train hands the datasets to the workers: Ray Data's streaming split (each block to
+    the worker that asks), or, ``ordered``, every worker the whole split in order (``Feed``)."""
+    import ray.train
+
+    if not ordered:
+        return ray.train.DataConfig()
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return ray.train.DataConfig(datasets_to_split=[], execution_options=options)
 
 
 def cpus_per_worker(cfg: TrainConfig) -> float:
@@ -521,7 +581,10 @@ def prepare_run(
         ),
         datasets=datasets
         if datasets is not None
-        else datasets_for(shards, task, cfg.cache_data, bags=patients, context=cfg.context_slices),
+        else datasets_for(
+            shards, task, cfg.cache_data, bags=patients, context=cfg.context_slices, ordered=cfg.deterministic
+        ),
+        dataset_config=data_config(cfg.deterministic),
     )
     return PreparedRun(trainer=trainer, cfg=cfg, shards=shards, storage=storage, name=name)
 

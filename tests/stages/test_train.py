@@ -21,7 +21,7 @@ from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.bundle import load_bundle
 from strokeray.learn.models import ModelConfig, build_model
 from strokeray.stages.evaluate import evaluate_on_cluster, run_evaluate
-from strokeray.stages.train import TrainConfig, run_train
+from strokeray.stages.train import Feed, TrainConfig, in_id_order, run_train
 
 from ..conftest import phantom_shards, ray_processes
 
@@ -101,6 +101,46 @@ def test_ddp_training_learns_and_bundles(shards, tmp_path, task):
     cfg = small(task, 2)
     cfg = replace(cfg, model=replace(cfg.model, task=task, num_classes=2 if task == "classify" else 3))
     assert plain_loop({k: v[:8] for k, v in rows.items()}, cfg, threads=1, epochs=2) > 0
+
+
+def test_an_ordered_feed_deals_every_rank_its_rows_of_the_same_global_batches(ray_local):
+    """Feed(ordered=True): each rank draws the same shuffled global batches and keeps every
+    world-th row: as many steps on every rank (DDP), disjoint rows, the same on a second pass."""
+    import ray
+
+    ds = ray.data.range(101, override_num_blocks=7)
+    ds.context.execution_options.preserve_order = True
+    ranks = [Feed(rank, 2, ordered=True) for rank in range(2)]
+    passes = [[[b["id"].tolist() for b in f.batches(ds, 5, shuffle_buffer=16, seed=3)] for f in ranks] for _ in (0, 1)]
+    first, second = passes
+    assert first == second
+    assert len(first[0]) == len(first[1]) == 10 and all(len(b) == 5 for r in first for b in r)
+    seen = sum((b for r in first for b in r), [])
+    assert len(seen) == len(set(seen)) == 100  # the last global batch, one row, is too small for two ranks
+    assert seen != sorted(seen) and first[0][0] != first[1][0]
+    # unordered: the shard Ray streamed to this worker, as it comes
+    assert sum(len(b["id"]) for b in Feed().batches(ds, 5)) == 101
+
+
+def test_a_patients_rows_reach_the_grouped_function_in_id_order_whatever_order_they_came_in():
+    group = {"id": np.asarray(["s2", "s0", "s1"], dtype=object), "x": np.asarray([2, 0, 1])}
+    assert in_id_order(group, lambda g: g["x"].tolist()) == [0, 1, 2]
+    assert in_id_order({k: v[::-1] for k, v in group.items()}, lambda g: g["id"].tolist()) == ["s0", "s1", "s2"]
+
+
+def test_a_deterministic_run_repeats_itself_weight_for_weight(shards, tmp_path):
+    """--deterministic with 2 DDP workers, flips and a shuffled feed: the same config twice gives
+    the same history and the same best weights, bit for bit."""
+    cfg = replace(small("classify", 2), deterministic=True, augment=AugmentConfig.preset("flips"))
+    runs = [run_train(shards, str(tmp_path / name), cfg, log=lambda *_: None) for name in ("a", "b")]
+    histories = [[(h["train_loss"], h["val_loss"], h["train_images"]) for h in r.history] for r in runs]
+    assert histories[0] == histories[1]
+    weights = [load_file(str(Path(r.best_checkpoint) / "model.safetensors")) for r in runs]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    rows = training_rows(shards, "classify")
+    n = len(rows[next(iter(rows))])
+    assert n - 2 < runs[0].history[0]["train_images"] <= n  # every training slice, as the split feed
 
 
 def test_killed_worker_resumes_from_checkpoint(shards, tmp_path):

@@ -283,26 +283,55 @@ def checkpoint_complete(fs, folder: str, state: dict) -> bool:
 class Feed:
     """How a worker reads its numpy batches (the patient key is a string column, which torch
     batches cannot carry): from the shard Ray Data streamed it, or, ``ordered``, as its rows of
-    each global batch of the whole split read in one fixed order (a DistributedSampler's deal),
-    so that which rows a step sees does not depend on which worker asked Ray Data first."""
+    each global batch of the whole split, shuffled by a seeded permutation (a DistributedSampler's
+    deal), so that which rows a step sees does not depend on which worker asked Ray Data first.
+
+    Ordered, each worker holds the whole split in memory (read once, in the dataset's fixed order):
+    a local shuffle buffer cannot mix a split stored class by class (CT-ICH's training rows come in
+    runs of 300-700 of one label), and a permutation of rows read from the store would re-read it."""
 
     rank: int = 0
     world: int = 1
     ordered: bool = False
+    held: dict = field(default_factory=dict, compare=False)  # ordered: each split's columns, by shard
 
     def batches(self, shard, batch_size: int, shuffle_buffer: int = 0, seed: int | None = None):
-        share = self.world if self.ordered else 1  # ordered: every rank draws the same global batches
-        shuffle = {"local_shuffle_buffer_size": shuffle_buffer * share, "local_shuffle_seed": seed}
-        batches = shard.iter_batches(
-            batch_size=batch_size * share, batch_format="numpy", **(shuffle if shuffle_buffer else {})
-        )
         if not self.ordered:
-            yield from batches
+            shuffle = (
+                {"local_shuffle_buffer_size": shuffle_buffer, "local_shuffle_seed": seed} if shuffle_buffer else {}
+            )
+            yield from shard.iter_batches(batch_size=batch_size, batch_format="numpy", **shuffle)
             return
-        for batch in batches:
-            if len(next(iter(batch.values()))) < self.world:
+        rows = self.rows(shard)
+        n = len(next(iter(rows.values()))) if rows else 0
+        order = np.random.default_rng(seed).permutation(n) if shuffle_buffer else np.arange(n)
+        step = batch_size * self.world  # every rank draws the same global batches and keeps its rows
+        for start in range(0, n, step):
+            index = order[start : start + step]
+            if len(index) < self.world:
                 return  # a last batch too small for every rank (Ray's equal split drops such rows too)
-            yield {k: v[self.rank :: self.world] for k, v in batch.items()}
+            mine = index[self.rank :: self.world]
+            yield {k: v[mine] for k, v in rows.items()}
+
+    def rows(self, shard) -> dict[str, np.ndarray]:
+        """The whole split's columns, read once."""
+        key = id(shard)
+        if key not in self.held:
+            parts = list(shard.iter_batches(batch_size=1024, batch_format="numpy"))
+            self.held[key] = {k: concat_rows([p[k] for p in parts]) for k in (parts[0] if parts else {})}
+        return self.held[key]
+
+
+def concat_rows(parts: list[np.ndarray]) -> np.ndarray:
+    """Batches of one column as one array; rows of differing shapes (bags of different sizes) as
+    an object array of rows, as Ray Data gives them."""
+    try:
+        return np.concatenate(parts)
+    except ValueError:
+        out = np.empty(sum(len(p) for p in parts), dtype=object)
+        for i, row in enumerate(row for p in parts for row in p):
+            out[i] = row  # one at a time: a list of equal arrays would be read as one array
+        return out
 
 
 def train_one_epoch(model, optimizer, steps, shard, cfg: TrainConfig, epoch: int, feed: Feed = Feed()) -> dict:
@@ -314,7 +343,7 @@ def train_one_epoch(model, optimizer, steps, shard, cfg: TrainConfig, epoch: int
     total, seen, images, fit = 0.0, 0, 0, steps.task.fit_meter()
     bags = cfg.objective == "patient"
     began = time.perf_counter()
-    # a bag row holds a whole patient: a smaller shuffle buffer
+    # a bag row holds a whole patient: a smaller shuffle buffer (ordered: any nonzero size shuffles all)
     for batch in feed.batches(shard, cfg.batch_size, shuffle_buffer=32 if bags else 256, seed=cfg.seed + epoch):
         if bags:
             loss_sum, n, n_images = steps.bag_step(model, optimizer, batch, fit, cfg.bag_slices)

@@ -21,7 +21,7 @@ from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.bundle import load_bundle
 from strokeray.learn.models import ModelConfig, build_model
 from strokeray.stages.evaluate import evaluate_on_cluster, run_evaluate
-from strokeray.stages.train import Feed, TrainConfig, in_id_order, run_train
+from strokeray.stages.train import Feed, TrainConfig, concat_rows, in_id_order, run_train
 
 from ..conftest import phantom_shards, ray_processes
 
@@ -105,7 +105,8 @@ def test_ddp_training_learns_and_bundles(shards, tmp_path, task):
 
 def test_an_ordered_feed_deals_every_rank_its_rows_of_the_same_global_batches(ray_local):
     """Feed(ordered=True): each rank draws the same shuffled global batches and keeps every
-    world-th row: as many steps on every rank (DDP), disjoint rows, the same on a second pass."""
+    world-th row: as many steps on every rank (DDP), disjoint rows, the same on a second pass,
+    shuffled across the whole split (not within a buffer: a split stored class by class)."""
     import ray
 
     ds = ray.data.range(101, override_num_blocks=7)
@@ -118,6 +119,12 @@ def test_an_ordered_feed_deals_every_rank_its_rows_of_the_same_global_batches(ra
     seen = sum((b for r in first for b in r), [])
     assert len(seen) == len(set(seen)) == 100  # the last global batch, one row, is too small for two ranks
     assert seen != sorted(seen) and first[0][0] != first[1][0]
+    assert max(first[0][0]) - min(first[0][0]) > 30  # one step draws from across the split
+    other_epoch = [b["id"].tolist() for b in ranks[0].batches(ds, 5, shuffle_buffer=16, seed=4)]
+    assert other_epoch != first[0]
+    # bags of differing sizes stay rows of an object column
+    bags = concat_rows([np.zeros((1, 3, 2)), np.asarray([np.zeros((2, 2)), np.zeros((3, 2))], dtype=object)])
+    assert bags.dtype == object and [b.shape for b in bags] == [(3, 2), (2, 2), (3, 2)]
     # unordered: the shard Ray streamed to this worker, as it comes
     assert sum(len(b["id"]) for b in Feed().batches(ds, 5)) == 101
 

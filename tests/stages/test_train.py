@@ -21,7 +21,7 @@ from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.bundle import load_bundle
 from strokeray.learn.models import ModelConfig, build_model
 from strokeray.stages.evaluate import evaluate_on_cluster, run_evaluate
-from strokeray.stages.train import Feed, TrainConfig, concat_rows, in_id_order, run_train
+from strokeray.stages.train import Feed, TrainConfig, concat_rows, in_id_order, mixed_blocks, run_train
 
 from ..conftest import phantom_shards, ray_processes
 
@@ -127,6 +127,44 @@ def test_an_ordered_feed_deals_every_rank_its_rows_of_the_same_global_batches(ra
     assert bags.dtype == object and [b.shape for b in bags] == [(3, 2), (2, 2), (3, 2)]
     # unordered: the shard Ray streamed to this worker, as it comes
     assert sum(len(b["id"]) for b in Feed().batches(ds, 5)) == 101
+
+
+def test_mixed_blocks_give_every_ddp_rank_both_classes_of_a_split_stored_class_by_class(ray_local):
+    """Cached as read, a split stored class by class reaches Ray Train's ranks one class each;
+    ``mixed_blocks`` deals each rank both, every row once an epoch, in a new order every epoch."""
+    import ray
+
+    rows = [{"id": i, "label": int(i >= 400)} for i in range(800)]
+    stored = ray.data.from_items(rows, override_num_blocks=2).materialize()
+
+    def deal(ds, epochs: int = 2) -> list[list[np.ndarray]]:
+        """Each epoch, each rank's rows as Ray Train's workers draw them (streaming split, buffer)."""
+        ranks = ds.streaming_split(2, equal=True)
+
+        def drain(r: int, got: dict) -> None:
+            batches = ranks[r].iter_batches(batch_size=16, batch_format="numpy", local_shuffle_buffer_size=64)
+            got[r] = [(b["id"], b["label"]) for b in batches]
+
+        out = []
+        for _ in range(epochs):
+            got: dict[int, list] = {}
+            threads = [threading.Thread(target=drain, args=(r, got)) for r in (0, 1)]
+            [t.start() for t in threads]
+            [t.join() for t in threads]
+            out.append([got[r] for r in (0, 1)])
+        return out
+
+    share = lambda rank: np.concatenate([label for _, label in rank]).mean()  # noqa: E731
+    as_read = deal(stored, epochs=1)[0]
+    assert sorted(share(r) for r in as_read) == [0.0, 1.0]  # the failure the mixing is for
+    epochs = deal(mixed_blocks(stored, seed=0))
+    for ranks in epochs:
+        ids = np.concatenate([i for rank in ranks for i, _ in rank])
+        assert sorted(ids.tolist()) == list(range(800))
+        # 50 blocks of one class dealt at random: a rank's share is within 0.25 of a half but for
+        # about one draw in a thousand
+        assert all(0.25 < share(rank) < 0.75 for rank in ranks)
+    assert [i.tolist() for i, _ in epochs[0][0]] != [i.tolist() for i, _ in epochs[1][0]]
 
 
 def test_a_patients_rows_reach_the_grouped_function_in_id_order_whatever_order_they_came_in():

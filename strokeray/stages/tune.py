@@ -43,6 +43,8 @@ class SearchSpace:
     input_size: tuple[int, ...] = (128,)
     # the classifier head's dropout (the study's 0.5 slows learning on small sets); the segmenter ignores it
     dropout: tuple[float, ...] = (0.5,)
+    # the classifier's head (models.CLASSIFIER_HEADS: the study's dense stack, or one linear layer)
+    head: tuple[str, ...] = ("study",)
     # segmenter loss weights (dice, cross-entropy, focal); the classifier ignores them
     seg_loss: tuple[tuple[float, float, float], ...] = ((1.0, 1.0, 0.0), (1.0, 0.0, 1.0), (1.0, 0.5, 0.5))
 
@@ -136,6 +138,7 @@ def param_space(cfg: SearchConfig) -> dict:
         space["seg_loss"] = tune.choice([list(w) for w in s.seg_loss])
     else:
         space["dropout"] = tune.choice(list(s.dropout))
+        space["head"] = tune.choice(list(s.head))
     return space
 
 
@@ -144,7 +147,12 @@ def trial_train_config(cfg: SearchConfig, params: dict, cpus_per_worker: float) 
     seg = params.get("seg_loss") or (1.0, 1.0, 0.0)
     return TrainConfig(
         task=cfg.task,
-        model=ModelConfig(task=cfg.task, backbone=params["backbone"], dropout=float(params.get("dropout", 0.5))),
+        model=ModelConfig(
+            task=cfg.task,
+            backbone=params["backbone"],
+            dropout=float(params.get("dropout", 0.5)),
+            head=str(params.get("head", "study")),
+        ),
         epochs=cfg.max_epochs,
         batch_size=int(params["batch_size"]),
         lr=float(params["lr"]),

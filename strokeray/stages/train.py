@@ -147,7 +147,6 @@ def datasets_for(
     bags: bool = False,
     context: int = 0,
     ordered: bool = False,
-    seed: int | None = None,
 ):
     """Ray datasets of the train and val splits, reading only the columns the task needs.
 
@@ -156,14 +155,12 @@ def datasets_for(
     split as one row per patient (``learn.bags.make_bag``), grouped once and always cached.
     ``context``: 2.5-D views, ``context`` neighbours a side (``datasets.slice_context``), grouped
     by patient once and always cached. ``ordered``: each split cached with its blocks in the order
-    of the shards' files, a patient's rows in id order (``TrainConfig.deterministic``). ``seed``:
-    unused while ``mixed_blocks`` is off the default path (it hung the node-failure test).
+    of the shards' files, a patient's rows in id order (``TrainConfig.deterministic``).
     """
     import ray
 
     wanted = list(dict.fromkeys([*task.columns, *(ORDER_COLUMNS if context else ()), *(("id",) if ordered else ())]))
     columns = shards.read_columns(wanted)
-    # unordered, the files in a new order every epoch: what mixes a split that is not cached
     base = ray.data.read_parquet(shards.files(), num_cpus=DATA_TASK_CPUS).select_columns(columns)
     if ordered:
         # blocks in the order of their files when materialised, a grouping's in the order of its
@@ -190,10 +187,8 @@ def datasets_for(
             stack = functools.partial(with_context, image_column=task.image_column, k=context)
             grouped = per_patient(ds, functools.partial(in_id_order, fn=stack) if ordered else stack)
             out[split] = grouped.select_columns(list(task.columns)).materialize()
-        elif ordered:
-            out[split] = ds.materialize()
         else:
-            out[split] = ds.materialize() if cache else ds
+            out[split] = ds.materialize() if cache or ordered else ds
     return out
 
 
@@ -201,7 +196,8 @@ def datasets_for(
 # worker shuffles only within a 256-row buffer; cached as read, CT-ICH's training split is 3 blocks
 # in shard order, one worker's rows 23 % positive and the other's 67 %, the same every epoch (each
 # worker's batch norm then learns its own class mix). In blocks of 16 drawn in a new random order
-# every epoch, each worker's buffer holds 16 blocks from anywhere in the split.
+# every epoch, each worker's buffer holds 16 blocks from anywhere in the split. Not on the default
+# path: with it, training in the node-failure test never resumed after its node was lost.
 MIX_BLOCK_ROWS = 16
 
 
@@ -645,7 +641,6 @@ def prepare_run(
             bags=patients,
             context=cfg.context_slices,
             ordered=cfg.deterministic,
-            seed=cfg.seed,
         ),
         dataset_config=data_config(cfg.deterministic),
     )

@@ -37,7 +37,7 @@ from strokeray.datasets.slice_records import RecordConfig, records_for, stack_re
 from strokeray.io.shard_schema import QUARANTINE_COLUMNS, SCHEMA_VERSION, TENSOR_COLUMNS, stored_tensor
 from strokeray.io.sources import SourceUnavailable, read_bytes
 from strokeray.stages.manifest import Manifest, ManifestConfig, build_manifest, check_source, options_digest
-from strokeray.stages.runtime import arrow_filesystem, cluster_capacity, ensure_ray
+from strokeray.stages.runtime import arrow_filesystem, cluster_capacity, ensure_ray, warm_workers
 from strokeray.stages.stage_dir import StageDir, settings_digest
 
 # Everything ingest writes in OUT (what --overwrite may remove); anything else there is left alone.
@@ -136,6 +136,31 @@ def files_per_task(files: int, cpus: float, most: int) -> int:
     return max(1, min(most, -(-files // (2 * max(1, int(cpus))))))
 
 
+def chunk_dataset(table: pa.Table, cfg: IngestConfig, quarantine_dir: str, extend=None):
+    """The Ray Data pipeline of one chunk (manifest rows in, slices out), before its write."""
+    import ray
+
+    step = files_per_task(table.num_rows, cluster_capacity().get("CPU", 1.0), cfg.files_per_task)
+    blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)]
+    # from_blocks computes the blocks' metadata here; from_arrow runs a remote task a block for it,
+    # which on a fresh cluster waits for a worker to start and import Ray Data before any decoding.
+    ds = ray.data.from_blocks(blocks).map_batches(
+        process_batch,  # type: ignore[arg-type]  # fn_kwargs fill in the rest
+        batch_size=None,
+        batch_format="pyarrow",
+        fn_kwargs={"records_cfg": cfg.records, "quarantine_dir": quarantine_dir, "stored": extend is None},
+        num_cpus=1,
+    )
+    if extend is not None:
+        return extend(ds)
+    # One fused operator (decode, preprocess, write): Ray Data's per-operator reservation would
+    # hold back half the CPUs until the first task reports its output size (measured: the second
+    # of two CPUs started a second late, and small chunks ran one task at a time). The setting is
+    # this dataset's own copy of the context, not the process's.
+    ds.context.op_resource_reservation_enabled = False
+    return ds
+
+
 def run_chunk(
     index: int, table: pa.Table, out: str, run: str, cfg: IngestConfig, dest: str = "shards", extend=None
 ) -> int:
@@ -147,29 +172,13 @@ def run_chunk(
     written under this run's own folder: workers orphaned by a killed run may still finish a
     write, but only into their own run's folder, which is never promoted.
     """
-    import ray
-
     fs, base = fsspec.core.url_to_fs(out)
     base = base.rstrip("/")
     tag = _tag(index)
     run_dir = f"{out.rstrip('/')}/_state/runs/{run}"
     scratch = f"{base}/_state/runs/{run}/scratch/{tag}"
     _remove_chunk_outputs(fs, base, dest, tag)  # left by a run that died while promoting this chunk
-    step = files_per_task(table.num_rows, cluster_capacity().get("CPU", 1.0), cfg.files_per_task)
-    blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)]
-    ds = ray.data.from_arrow(blocks).map_batches(
-        process_batch,  # type: ignore[arg-type]  # fn_kwargs fill in the rest
-        batch_size=None,
-        batch_format="pyarrow",
-        fn_kwargs={
-            "records_cfg": cfg.records,
-            "quarantine_dir": f"{run_dir}/quarantine/{tag}",
-            "stored": extend is None,
-        },
-        num_cpus=1,
-    )
-    if extend is not None:
-        ds = extend(ds)
+    ds = chunk_dataset(table, cfg, f"{run_dir}/quarantine/{tag}", extend)
     afs, scratch_path = arrow_filesystem(f"{run_dir}/scratch/{tag}")
     # Map and write fuse into one task per block: decoded slices never cross the object store.
     # (A min_rows_per_file would make Ray bundle that many *input files* per task; an unfused
@@ -340,8 +349,9 @@ def run_ingest(src: str, out: str, cfg: IngestConfig = IngestConfig(), log=print
     stage = StageDir(out, "ingest", INGEST_OUTPUTS, done=CARD)
     stage.claim([src, *([cfg.manifest.labels] if cfg.manifest.labels else [])], digest, cfg.overwrite)
     fs, base = stage.fs, stage.base
-    manifest = build_manifest(src, out, cfg.manifest, log, cfg.files_per_chunk, cfg.num_cpus)
     ensure_ray(cfg.num_cpus)
+    warm_workers("ray.data", "strokeray.stages.ingest")  # while the driver lists and reads headers
+    manifest = build_manifest(src, out, cfg.manifest, log, cfg.files_per_chunk, cfg.num_cpus)
     summary = IngestSummary(out=out, objects=manifest.rows)
     summary.chunks_done, summary.chunks_skipped = run_chunks(
         manifest, out, lambda index, table, run: run_chunk(index, table, out, run, cfg), "ingest", "shards", log

@@ -41,6 +41,26 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         )
 
 
+def _import_modules(modules: tuple[str, ...]) -> None:
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
+
+
+def warm_workers(*modules: str) -> list:
+    """Have one task worker per CPU that is free now import ``modules``, without waiting for it.
+
+    A stage's first tasks otherwise pay the imports (Ray Data, the decoders: about a second a
+    worker here) after the driver's own first work; started before it, the two overlap, and Ray's
+    worker pool keeps the warmed workers for the run's tasks. Only CPUs already up are asked for,
+    so an autoscaling cluster starts no node for this. Returns the tasks' refs (nothing needs them)."""
+    import ray
+
+    task = ray.remote(num_cpus=1)(_import_modules)
+    return [task.remote(modules) for _ in range(int(ray.available_resources().get("CPU", 0)))]
+
+
 def with_tensors(table: pa.Table) -> pa.Table:
     """``table`` with its stored image columns (``io.shard_schema``) as Ray's tensor type: what
     Ray Data hands a function as an (N, *shape) array; other columns unchanged."""

@@ -264,3 +264,21 @@ def test_decode_tasks_are_cut_for_the_cluster_the_autoscaler_can_grow_to():
     assert files_per_task(1000, 100, 64) == 5  # 200 tasks: two for every CPU the cluster can have
     assert files_per_task(1000, 0, 64) == 64  # nothing up and no autoscaler: as for one CPU
     assert files_per_task(3, 100, 64) == 1
+
+
+def test_a_chunk_runs_without_ray_datas_operator_reservation_and_scoring_keeps_it(ray_local, tmp_path):
+    """Ingest's one fused operator gets every CPU at once (the reservation held half back until a
+    task finished); the setting is that dataset's own, so scoring's pipeline, with an actor stage,
+    and any other dataset of the process keep Ray Data's default."""
+    import pyarrow as pa
+    import ray
+
+    from strokeray.stages.ingest import chunk_dataset
+
+    rows = pa.table({"uri": ["a", "b"], "name": ["a", "b"]})
+    ingest_ds = chunk_dataset(rows, IngestConfig(), str(tmp_path / "q"))
+    scoring_ds = chunk_dataset(rows, IngestConfig(), str(tmp_path / "q"), extend=lambda ds: ds)
+    assert ingest_ds.context.op_resource_reservation_enabled is False
+    assert scoring_ds.context.op_resource_reservation_enabled is True
+    assert ray.data.DataContext.get_current().op_resource_reservation_enabled is True
+    assert ray.data.from_items([1]).context.op_resource_reservation_enabled is True

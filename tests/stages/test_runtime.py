@@ -142,3 +142,24 @@ def test_with_tensors_gives_ray_arrays_and_leaves_other_columns():
     assert rows[1]["cls_image"].shape == (2, 3, 3) and np.array_equal(rows[1]["cls_image"], images[1])
     assert with_tensors(table).equals(table)  # already tensors: unchanged
     assert with_tensors(image_table(images).slice(0, 0))["cls_image"].to_pylist() == []
+
+
+def test_warm_workers_import_in_one_task_a_free_cpu(ray_local):
+    import time
+
+    import ray
+
+    from strokeray.stages.runtime import warm_workers
+
+    def free_cpus() -> int:  # Ray reports a finished task's CPU back after a moment
+        deadline = time.monotonic() + 30
+        while not (free := int(ray.available_resources().get("CPU", 0))) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return free
+
+    free = free_cpus()
+    refs = warm_workers("strokeray.imaging.rle")
+    assert free >= 1 and len(refs) == free and ray.get(refs) == [None] * free  # one per free CPU
+    free_cpus()
+    with pytest.raises(ray.exceptions.RayTaskError, match="ModuleNotFoundError"):  # it really imports
+        ray.get(warm_workers("strokeray.no_such_module"))

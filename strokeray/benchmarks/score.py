@@ -11,7 +11,8 @@ weights: speed does not depend on them) and the same cascade threshold:
     4x larger one in 1,000-file chunks as any archive is scored (the throughput the ceiling is for);
 (d) decode + preprocess alone in a one-process pool, which with (a) gives the ceiling: the two
     cores doing nothing but the cascade's forward passes and the decoding, each slice costing
-    2 / (a, all threads) + 1 / (d) core-seconds.
+    2 / (a, all threads) + 1 / (d) core-seconds. (a, all threads) and (d) are each measured
+    before and after (c), and the ceiling takes their means: the VM's speed drifts within minutes.
 Memory: ``strokeray score`` over N and 4N slices; bounded means 4x the slices cost under 25 % more.
 """
 
@@ -46,6 +47,10 @@ class ScoreBenchmark:
     throughput_slices_per_s: float = 0.0
     throughput_seconds: float = 0.0
     decode_1proc_slices_per_s: float = 0.0
+    # (a, all threads) and (d) again right after the throughput run: this VM's speed drifts by a
+    # third within minutes, so the ceiling takes the mean of the two measurements around the run.
+    floor_all_threads_after_slices_per_s: float = 0.0
+    decode_1proc_before_slices_per_s: float = 0.0
     ceiling_slices_per_s: float = 0.0
     ratios: dict[str, float] = field(default_factory=dict)
     memory: dict[str, dict] = field(default_factory=dict)
@@ -257,6 +262,7 @@ def run_score_benchmark(
         f"[bench] (b) the original study's per-file loop: {bench.study_slices_per_s:.1f} slices/s "
         f"({study_positive:.0%} segmented: the cascade's positives)"
     )
+    bench.decode_1proc_before_slices_per_s = pool(paths, 1)
     r = score_child(str(root / "archive"), bundles, threshold, batch_size, files_per_chunk=1000)
     bench.score_slices_per_s, bench.score_seconds = r["slices_per_s"], r["seconds"]
     log(
@@ -277,12 +283,17 @@ def run_score_benchmark(
         )
     bench.memory["score_positive_share"] = r["positive_share"]
     bench.decode_1proc_slices_per_s = pool(paths, 1)
-    bench.ceiling_slices_per_s = ceiling(
-        bench.floor_all_threads_slices_per_s, bench.decode_1proc_slices_per_s, os.cpu_count() or 1
+    bench.floor_all_threads_after_slices_per_s, _ = floor(
+        cls_views, seg_views, bundles, threshold, batch_size, os.cpu_count() or 1
     )
+    forward = (bench.floor_all_threads_slices_per_s + bench.floor_all_threads_after_slices_per_s) / 2
+    decode = (bench.decode_1proc_before_slices_per_s + bench.decode_1proc_slices_per_s) / 2
+    bench.ceiling_slices_per_s = ceiling(forward, decode, os.cpu_count() or 1)
     log(
-        f"[bench] (d) decode + preprocess in one process: {bench.decode_1proc_slices_per_s:.1f} slices/s; "
-        f"ceiling of forward + decode on {os.cpu_count()} cores: {bench.ceiling_slices_per_s:.1f} slices/s"
+        f"[bench] (d) decode + preprocess in one process: {bench.decode_1proc_before_slices_per_s:.1f} before (c),"
+        f" {bench.decode_1proc_slices_per_s:.1f} after; (a) with {os.cpu_count()} threads again after (c):"
+        f" {bench.floor_all_threads_after_slices_per_s:.1f}; ceiling of forward + decode on {os.cpu_count()} cores"
+        f" (means of before and after): {bench.ceiling_slices_per_s:.1f} slices/s"
     )
     throughput = bench.throughput_slices_per_s or bench.score_slices_per_s
     bench.ratios = {

@@ -10,6 +10,7 @@ carried columns back on what returns.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,6 +167,24 @@ def score_batch(batch: dict[str, np.ndarray], scorers: list) -> dict[str, np.nda
     return {**{k: batch[k] for k in CARRIED}, **scored}
 
 
+def scorer_options(cpus_per_actor: float, use_gpu: bool) -> dict:
+    """Ray options of a scoring actor. A lost node or a killed process: restart it, redo the call.
+
+    On CPUs the actor runs more torch threads than the CPUs it reserves, beside the decode tasks;
+    OpenMP's default busy-wait then burns the core a descheduled thread needs at every barrier, so
+    its threads sleep instead (512-slice scoring on 2 CPUs: 4 of 4 interleaved pairs faster, by 1-12 %).
+    A policy the user set in the job's environment is kept."""
+    options: dict = {
+        "num_cpus": cpus_per_actor,
+        "num_gpus": 1 if use_gpu else 0,
+        "max_restarts": -1,
+        "max_task_retries": -1,
+    }
+    if not use_gpu and "OMP_WAIT_POLICY" not in os.environ:
+        options["runtime_env"] = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
+    return options
+
+
 @dataclass
 class ScorerPool:
     """The run's scoring actors (``start``), the slices each takes per call, and a reference that
@@ -185,9 +204,7 @@ class ScorerPool:
         An error in the constructor is not restarted; ``raise_if_unloaded`` says it."""
         import ray
 
-        remote = ray.remote(CascadeScorer).options(
-            num_cpus=cpus_per_actor, num_gpus=1 if use_gpu else 0, max_restarts=-1, max_task_retries=-1
-        )  # a lost node or a killed process: restart, redo the call
+        remote = ray.remote(CascadeScorer).options(**scorer_options(cpus_per_actor, use_gpu))
         scorers = [remote.remote(**scorer_kwargs) for _ in range(actors)]
         ready = scorers[0].batch_size.remote()  # type: ignore[attr-defined]
         if batch_size is None and use_gpu:

@@ -67,6 +67,17 @@ def test_gpu_batches_are_sized_by_free_memory():
     assert batch_for_memory(gib, 40 * 2**20) == 16  # never under the CPU's batch
 
 
+def test_cpu_scorers_threads_sleep_at_barriers_unless_the_user_chose(monkeypatch):
+    from strokeray.stages.cascade import scorer_options
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    cpu, gpu = scorer_options(1.0, False), scorer_options(1.0, True)
+    assert cpu["runtime_env"] == {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}} and cpu["num_gpus"] == 0
+    assert "runtime_env" not in gpu and gpu["num_gpus"] == 1 and gpu["max_restarts"] == -1
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert "runtime_env" not in scorer_options(1.0, False)
+
+
 def test_every_good_slice_scored_once_every_bad_file_quarantined(scored):
     out, s, summary, _, _ = scored
     slices = pq.read_table(out / "slices.parquet")
@@ -166,6 +177,7 @@ def test_models_default_to_the_registry(planted_zip, bundles, ray_local, tmp_pat
 def test_killed_actor_loses_and_duplicates_nothing(planted_zip, bundles, scored, ray_local, tmp_path):
     reference = sorted(pq.read_table(scored[0] / "slices.parquet").column("id").to_pylist())
     killed: list[int] = []
+    policies: list[str | None] = []
 
     def killer():
         deadline = time.time() + 240
@@ -175,6 +187,7 @@ def test_killed_actor_loses_and_duplicates_nothing(planted_zip, bundles, scored,
                     if "CascadeScorer" not in " ".join(proc.cmdline()):
                         continue
                     time.sleep(0.3)  # let it load the models and take a batch (one slice each)
+                    policies.append(proc.environ().get("OMP_WAIT_POLICY"))
                     proc.kill()
                 except psutil.NoSuchProcess:
                     continue  # gone before the kill (a fast machine): keep looking
@@ -195,6 +208,7 @@ def test_killed_actor_loses_and_duplicates_nothing(planted_zip, bundles, scored,
     )
     thread.join(timeout=5)
     assert killed, "no scoring actor was found to kill"
+    assert policies == ["PASSIVE"]  # a CPU scorer's torch threads sleep at barriers (cascade.scorer_options)
     assert sorted(pq.read_table(out / "slices.parquet").column("id").to_pylist()) == reference
 
 

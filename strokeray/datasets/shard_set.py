@@ -114,6 +114,14 @@ class ShardSet:
                 )
         return total
 
+    def num_rows(self) -> int:
+        """Rows over all shards, from the Parquet footers alone."""
+        total = 0
+        for url in self.files():
+            with fsspec.open(url, "rb") as fh:
+                total += pq.ParquetFile(fh).metadata.num_rows
+        return total
+
     def patient_strata(self, column: str = "label") -> dict[str, int]:
         """Each patient's highest ``column`` value (label or lesion; unknown counts as 0): the class
         stratum that splits and cross-validation folds balance."""

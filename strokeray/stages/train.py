@@ -147,12 +147,14 @@ def datasets_for(
     bags: bool = False,
     context: int = 0,
     ordered: bool = False,
+    seed: int | None = None,
 ):
     """Ray datasets of the train and val splits, reading only the columns the task needs.
 
     ``cache``: read once into Ray's object store instead of re-reading the shards every epoch
-    (None: when the task's columns take under a quarter of the object store). ``bags``: the train
-    split as one row per patient (``learn.bags.make_bag``), grouped once and always cached.
+    (None: when the task's columns take under a quarter of the object store); a cached train
+    split is mixed (``mixed_blocks``; ``seed`` fixes its sequence of block orders). ``bags``: the
+    train split as one row per patient (``learn.bags.make_bag``), grouped once and always cached.
     ``context``: 2.5-D views, ``context`` neighbours a side (``datasets.slice_context``), grouped
     by patient once and always cached. ``ordered``: each split cached with its blocks in the order
     of the shards' files, a patient's rows in id order (``TrainConfig.deterministic``).
@@ -161,18 +163,21 @@ def datasets_for(
 
     wanted = list(dict.fromkeys([*task.columns, *(ORDER_COLUMNS if context else ()), *(("id",) if ordered else ())]))
     columns = shards.read_columns(wanted)
-    base = ray.data.read_parquet(shards.files(), num_cpus=DATA_TASK_CPUS).select_columns(columns)
-    if ordered:
-        # blocks in the order of their files when materialised, a grouping's in the order of its
-        # partitions (by default Ray Data hands blocks on as tasks finish); datasets made from
-        # base share its context
-        base.context.execution_options.preserve_order = True
     if cache is None:
         cache = shards.column_bytes(columns) < 0.25 * ray.cluster_resources().get("object_store_memory", 0)
+    mix = cache and not (ordered or bags or context)
     out = {}
     for split in ("train", "val"):
+        # each split its own read: datasets made from one share its context (block size, order)
+        ds = ray.data.read_parquet(shards.files(), num_cpus=DATA_TASK_CPUS).select_columns(columns)
+        if ordered:
+            # blocks in the order of their files when materialised, a grouping's in the order of
+            # its partitions (by default Ray Data hands blocks on as tasks finish)
+            ds.context.execution_options.preserve_order = True
+        if mix and split == "train":
+            ds.context.target_max_block_size = mix_block_bytes(shards, columns)
         # a partial, not fn_kwargs: seen lost (Ray 2.60) when the read is a list of s3:// files
-        ds = base.map_batches(
+        ds = ds.map_batches(
             functools.partial(_keep_split, split=split, task=task.name, splits=shards.splits),
             batch_format="pyarrow",
             num_cpus=DATA_TASK_CPUS,
@@ -187,28 +192,38 @@ def datasets_for(
             stack = functools.partial(with_context, image_column=task.image_column, k=context)
             grouped = per_patient(ds, functools.partial(in_id_order, fn=stack) if ordered else stack)
             out[split] = grouped.select_columns(list(task.columns)).materialize()
+        elif mix and split == "train":
+            out[split] = mixed_blocks(ds.materialize(), seed=seed)
         else:
             out[split] = ds.materialize() if cache or ordered else ds
     return out
 
 
 # Rows a cached training block holds. Ray Train deals a dataset's blocks to its workers, and each
-# worker shuffles only within a 256-row buffer; cached as read, CT-ICH's training split is 3 blocks
+# worker shuffles only within a 256-row buffer; cached as read, CT-ICH's training split was 3 blocks
 # in shard order, one worker's rows 23 % positive and the other's 67 %, the same every epoch (each
 # worker's batch norm then learns its own class mix). In blocks of 16 drawn in a new random order
-# every epoch, each worker's buffer holds 16 blocks from anywhere in the split. Not on the default
-# path: with it, training in the node-failure test never resumed after its node was lost.
+# every epoch, each worker's buffer holds 16 blocks from anywhere in the split. The read makes the
+# small blocks itself (its target block size): blocks a repartition made were not rebuilt after a
+# node holding them was lost, and training in the node-failure test never resumed.
 MIX_BLOCK_ROWS = 16
 
 
-def mixed_blocks(ds, rows: int = MIX_BLOCK_ROWS, seed: int | None = None):
-    """``ds`` cached in blocks of at most ``rows`` rows, read in a new random block order on every
-    execution (every epoch; the sequence of orders follows from ``seed``): without a full shuffle,
-    no worker's stream keeps the storage order."""
+def mix_block_bytes(shards: ShardSet, columns: list[str], rows: int = MIX_BLOCK_ROWS) -> int:
+    """A target block size (bytes) that makes Ray Data's reads and maps emit blocks of about
+    ``rows`` rows of ``columns``."""
+    per_row = shards.column_bytes(columns) / max(1, shards.num_rows())
+    return max(1, int(per_row * rows))
+
+
+def mixed_blocks(ds, seed: int | None = None):
+    """``ds`` (materialised) read in a new random block order on every execution (every epoch; the
+    sequence of orders follows from ``seed``): with small blocks, no worker's stream keeps the
+    storage order, without a shuffle of the rows."""
     from ray.data import RandomSeedConfig
 
     order = None if seed is None else RandomSeedConfig(seed=seed, reseed_after_execution=True)
-    return ds.repartition(target_num_rows_per_block=rows).materialize().randomize_block_order(seed=order)
+    return ds.randomize_block_order(seed=order)
 
 
 def in_id_order(group: dict[str, np.ndarray], fn):
@@ -641,6 +656,7 @@ def prepare_run(
             bags=patients,
             context=cfg.context_slices,
             ordered=cfg.deterministic,
+            seed=cfg.seed,
         ),
         dataset_config=data_config(cfg.deterministic),
     )

@@ -467,7 +467,7 @@ def run_search(
     # Read once here, while no trial holds the CPUs: each trial reading its own copy took about
     # 40 s of a trial's start on 2 CPUs (its data tasks waiting for a CPU budget) and stored the
     # cached splits once per trial.
-    datasets = datasets_for(data, get_task(cfg.task))
+    datasets = datasets_for(data, get_task(cfg.task), seed=cfg.seed)
     trainable = tune.with_parameters(
         trial_driver,
         cfg=cfg,

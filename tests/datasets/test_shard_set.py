@@ -44,3 +44,10 @@ def test_a_split_override_moves_patients_and_leaves_out_the_unnamed(shards):
     # the ingest's own splits are untouched without an override
     t = pa.table({"patient": ["a"], "split": ["train"]})
     assert apply_splits(t, None) is t
+
+
+def test_rows_and_column_bytes_come_from_the_footers(shards):
+    assert shards.num_rows() == 6
+    label = shards.column_bytes(["label"])
+    assert 0 < label < shards.column_bytes(["label", "patient"])
+    assert shards.column_bytes(["missing"]) == 0

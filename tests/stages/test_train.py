@@ -15,13 +15,15 @@ import torch
 from safetensors.torch import load_file
 
 from strokeray.benchmarks.train import plain_loop, training_rows
+from strokeray.datasets.shard_set import ShardSet
 from strokeray.imaging.rle import decode_rle
 from strokeray.io.shard_schema import tensor_array
 from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.bundle import load_bundle
 from strokeray.learn.models import ModelConfig, build_model
+from strokeray.learn.tasks import get_task
 from strokeray.stages.evaluate import evaluate_on_cluster, run_evaluate
-from strokeray.stages.train import Feed, TrainConfig, concat_rows, in_id_order, mixed_blocks, run_train
+from strokeray.stages.train import Feed, TrainConfig, concat_rows, datasets_for, in_id_order, run_train
 
 from ..conftest import phantom_shards, ray_processes
 
@@ -129,21 +131,41 @@ def test_an_ordered_feed_deals_every_rank_its_rows_of_the_same_global_batches(ra
     assert sum(len(b["id"]) for b in Feed().batches(ds, 5)) == 101
 
 
-def test_mixed_blocks_give_every_ddp_rank_both_classes_of_a_split_stored_class_by_class(ray_local):
-    """Cached as read, a split stored class by class reaches Ray Train's ranks one class each;
-    ``mixed_blocks`` deals each rank both, every row once an epoch, in a new order every epoch."""
-    import ray
+def class_by_class(shards: str, root: Path, rows: int = 800) -> ShardSet:
+    """``shards``' training rows, repeated to ``rows`` rows (each its own patient), stored
+    negatives first in two files, as a folder-per-class export lands."""
+    import pyarrow as pa
 
-    rows = [{"id": i, "label": int(i >= 400)} for i in range(800)]
-    stored = ray.data.from_items(rows, override_num_blocks=2).materialize()
+    src = ShardSet.open(shards)
+    table = pa.concat_tables(pq.read_table(f) for f in src.files())
+    table = table.filter(pa.compute.equal(table["split"], "train")).sort_by("label")
+    table = pa.concat_tables([table] * (rows // table.num_rows + 1)).slice(0, rows).sort_by("label")
+    table = table.set_column(
+        table.column_names.index("patient"), "patient", pa.array([f"r{i:04d}" for i in range(rows)])
+    )
+    (root / "shards").mkdir(parents=True)
+    files = []
+    for k, part in enumerate((table.slice(0, rows // 2), table.slice(rows // 2))):
+        files.append({"file": f"part-{k}.parquet"})
+        pq.write_table(part, root / "shards" / files[-1]["file"])
+    return ShardSet(str(root), {**src.card, "shards": files})
 
-    def deal(ds, epochs: int = 2) -> list[list[np.ndarray]]:
+
+def test_a_cached_training_split_stored_class_by_class_reaches_every_ddp_rank_mixed(shards, tmp_path):
+    """Cached as read, a split stored class by class reached Ray Train's ranks one class each;
+    ``datasets_for`` caches it in small blocks made by the read and deals them in a new random
+    order every epoch: each rank gets both classes, every row once an epoch."""
+    stored = class_by_class(shards, tmp_path)
+    labels = pq.read_table(stored.files()[0], columns=["label"])["label"].to_numpy()
+    assert labels.max() == 0  # the first file holds negatives only: read as stored, a rank gets one class
+
+    def deal(ds, epochs: int = 2) -> list[list[tuple]]:
         """Each epoch, each rank's rows as Ray Train's workers draw them (streaming split, buffer)."""
         ranks = ds.streaming_split(2, equal=True)
 
         def drain(r: int, got: dict) -> None:
             batches = ranks[r].iter_batches(batch_size=16, batch_format="numpy", local_shuffle_buffer_size=64)
-            got[r] = [(b["id"], b["label"]) for b in batches]
+            got[r] = [(b["patient"], b["label"]) for b in batches]
 
         out = []
         for _ in range(epochs):
@@ -154,17 +176,17 @@ def test_mixed_blocks_give_every_ddp_rank_both_classes_of_a_split_stored_class_b
             out.append([got[r] for r in (0, 1)])
         return out
 
+    train = datasets_for(stored, get_task("classify"), cache=True, seed=0)["train"]
+    assert train.materialize().num_blocks() >= 40  # ~16 rows a block, made by the read
     share = lambda rank: np.concatenate([label for _, label in rank]).mean()  # noqa: E731
-    as_read = deal(stored, epochs=1)[0]
-    assert sorted(share(r) for r in as_read) == [0.0, 1.0]  # the failure the mixing is for
-    epochs = deal(mixed_blocks(stored, seed=0))
+    epochs = deal(train)
     for ranks in epochs:
-        ids = np.concatenate([i for rank in ranks for i, _ in rank])
-        assert sorted(ids.tolist()) == list(range(800))
-        # 50 blocks of one class dealt at random: a rank's share is within 0.25 of a half but for
-        # about one draw in a thousand
+        patients = np.concatenate([p for rank in ranks for p, _ in rank])
+        assert sorted(patients.tolist()) == [f"r{i:04d}" for i in range(800)]
+        # ~50 blocks, each of one class but two, dealt at random: a rank's share is within 0.25 of
+        # the split's (about a half) but for about one draw in a thousand
         assert all(0.25 < share(rank) < 0.75 for rank in ranks)
-    assert [i.tolist() for i, _ in epochs[0][0]] != [i.tolist() for i, _ in epochs[1][0]]
+    assert [p.tolist() for p, _ in epochs[0][0]] != [p.tolist() for p, _ in epochs[1][0]]
 
 
 def test_a_patients_rows_reach_the_grouped_function_in_id_order_whatever_order_they_came_in():

@@ -26,6 +26,7 @@ from strokeray.io.json_files import read_json, write_json
 from strokeray.learn.augment import AugmentConfig
 from strokeray.learn.losses import SegLossConfig
 from strokeray.learn.models import ModelConfig
+from strokeray.learn.steps import LR_SCHEDULES
 from strokeray.learn.tasks import CLASSIFY, get_task
 from strokeray.stages.stage_dir import StageDir, settings_digest
 from strokeray.stages.train import TrainConfig, checkpoint_complete, datasets_for
@@ -41,6 +42,8 @@ class SearchSpace:
     batch_size: tuple[int, ...] = (8, 16)
     augment: tuple[float, ...] = (0.0, 0.5, 1.0)  # augmentation strength
     input_size: tuple[int, ...] = (128,)
+    # learning rate per epoch (train.TrainConfig.schedule): constant, or cosine after a warm-up epoch
+    schedule: tuple[str, ...] = ("constant",)
     # the classifier head's dropout (the study's 0.5 slows learning on small sets); the segmenter ignores it
     dropout: tuple[float, ...] = (0.5,)
     # the classifier's head (models.CLASSIFIER_HEADS: the study's dense stack, or one linear layer)
@@ -51,6 +54,9 @@ class SearchSpace:
     def __post_init__(self) -> None:
         if len(self.lr) != 2 or not 0 < self.lr[0] <= self.lr[1]:
             raise ValueError(f"lr must be a range (low, high) with 0 < low <= high, got {self.lr}")
+        unknown = set(self.schedule) - set(LR_SCHEDULES)
+        if unknown or not self.schedule:
+            raise ValueError(f"schedule must name some of {LR_SCHEDULES}, got {self.schedule}")
 
     @classmethod
     def from_json(cls, text: str) -> SearchSpace:
@@ -133,6 +139,7 @@ def param_space(cfg: SearchConfig) -> dict:
         "batch_size": tune.choice(list(s.batch_size)),
         "augment": tune.choice(list(s.augment)),
         "input_size": tune.choice(list(s.input_size)),
+        "schedule": tune.choice(list(s.schedule)),
     }
     if get_task(cfg.task).dense:  # the segmenter's loss weights; the classifier head's dropout
         space["seg_loss"] = tune.choice([list(w) for w in s.seg_loss])
@@ -157,6 +164,7 @@ def trial_train_config(cfg: SearchConfig, params: dict, cpus_per_worker: float) 
         batch_size=int(params["batch_size"]),
         lr=float(params["lr"]),
         weight_decay=float(params["weight_decay"]),
+        schedule=str(params.get("schedule", "constant")),
         input_size=int(params["input_size"]),
         augment=AugmentConfig(strength=float(params["augment"])),
         seg_loss=SegLossConfig(dice=float(seg[0]), ce=float(seg[1]), focal=float(seg[2])),

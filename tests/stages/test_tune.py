@@ -247,3 +247,23 @@ def test_classifier_dropout_and_head_are_searched_and_reach_the_model():
     assert "head" not in param_space(SearchConfig(task="segment"))
     assert SearchSpace.from_json('{"dropout": [0.1]}').dropout == (0.1,)
     assert SearchSpace.from_json('{"head": ["linear"]}').head == ("linear",)
+
+
+def test_the_lr_schedule_is_searched_and_reaches_the_trial():
+    from strokeray.stages.tune import param_space, trial_train_config
+
+    cfg = SearchConfig(task="classify", space=SearchSpace(schedule=("constant", "cosine")))
+    assert param_space(cfg)["schedule"].categories == ["constant", "cosine"]
+    params = {
+        "backbone": "resnet18",
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "batch_size": 8,
+        "augment": 0.5,
+        "input_size": 64,
+    }
+    assert trial_train_config(cfg, params, 0.5).schedule == "constant"  # a trial from before schedules were searched
+    assert trial_train_config(cfg, {**params, "schedule": "cosine"}, 0.5).schedule == "cosine"
+    assert SearchSpace.from_json('{"schedule": ["cosine"]}').schedule == ("cosine",)
+    with pytest.raises(ValueError, match="schedule must name"):
+        SearchSpace(schedule=("onecycle",))

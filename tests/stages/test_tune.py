@@ -222,6 +222,10 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(shards, tm
     assert np.isfinite([r["best_score"] for r in rows]).all()
 
 
+# What param_space samples for every trial (a trial's params before heads and schedules were searched).
+SAMPLED = {"backbone": "resnet18", "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 8, "augment": 0.5, "input_size": 64}
+
+
 def test_classifier_dropout_and_head_are_searched_and_reach_the_model():
     from ray import tune
 
@@ -231,15 +235,7 @@ def test_classifier_dropout_and_head_are_searched_and_reach_the_model():
     space = param_space(cfg)
     assert isinstance(space["dropout"], tune.search.sample.Categorical) and space["dropout"].categories == [0.0, 0.3]
     assert space["head"].categories == ["study", "linear"]
-    params = {
-        "backbone": "resnet18",
-        "lr": 1e-3,
-        "weight_decay": 1e-4,
-        "batch_size": 8,
-        "augment": 0.5,
-        "input_size": 64,
-        "dropout": 0.3,
-    }
+    params = {**SAMPLED, "dropout": 0.3}
     assert trial_train_config(cfg, params, 0.5).model.dropout == 0.3
     assert trial_train_config(cfg, params, 0.5).model.head == "study"  # a trial from before heads were searched
     assert trial_train_config(cfg, {**params, "head": "linear"}, 0.5).model.head == "linear"
@@ -254,14 +250,7 @@ def test_the_lr_schedule_is_searched_and_reaches_the_trial():
 
     cfg = SearchConfig(task="classify", space=SearchSpace(schedule=("constant", "cosine")))
     assert param_space(cfg)["schedule"].categories == ["constant", "cosine"]
-    params = {
-        "backbone": "resnet18",
-        "lr": 1e-3,
-        "weight_decay": 1e-4,
-        "batch_size": 8,
-        "augment": 0.5,
-        "input_size": 64,
-    }
+    params = dict(SAMPLED)
     assert trial_train_config(cfg, params, 0.5).schedule == "constant"  # a trial from before schedules were searched
     assert trial_train_config(cfg, {**params, "schedule": "cosine"}, 0.5).schedule == "cosine"
     assert SearchSpace.from_json('{"schedule": ["cosine"]}').schedule == ("cosine",)

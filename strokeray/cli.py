@@ -896,7 +896,9 @@ def _add_pipeline(sub) -> None:
     p.add_argument("--patients", type=int, help="phantom patients in the demo archive (default 24)")
     p.add_argument("--seed", type=int, help="random seed of the demo archive")
     p.add_argument("--samples", type=int, help="trials per backbone in each search (default 2)")
-    p.add_argument("--max-epochs", type=int, help="epochs per trial (default 8 for both searches)")
+    p.add_argument(
+        "--max-epochs", type=int, help="epochs per trial (default 16 for the classifier search, 8 for the segmenter)"
+    )
     p.add_argument("--backbones", help="classifier backbones to search, comma-separated (default resnet18)")
     p.add_argument("--encoders", help="segmenter encoders to search, comma-separated (default resnet18)")
     p.add_argument("--input-size", type=int, help="model input size in pixels (default 128)")

@@ -79,7 +79,8 @@ def test_pipeline_arguments_shape_every_stage():
     assert cfg.score.use_gpu and cfg.score.overlays
     default = pipeline_config(build_parser().parse_args(["pipeline"]))
     assert default.out == "runs/demo" and default.src is None and default.synth.patients == 24
-    assert default.classify.max_epochs == 8 and default.segment.max_epochs == 8 and not default.classify.use_gpu
+    assert default.classify.max_epochs == 16 and default.segment.max_epochs == 8 and not default.classify.use_gpu
+    assert default.classify.space.schedule == ("cosine",) and default.segment.space.schedule == ("constant",)
     assert default.classify.space.input_size == (128,) and default.segment.space.input_size == (96,)
 
 

@@ -163,8 +163,9 @@ def datasets_for(
 
     wanted = list(dict.fromkeys([*task.columns, *(ORDER_COLUMNS if context else ()), *(("id",) if ordered else ())]))
     columns = shards.read_columns(wanted)
+    nbytes = shards.column_bytes(columns)  # one pass over the footers, for the cache and the block size
     if cache is None:
-        cache = shards.column_bytes(columns) < 0.25 * ray.cluster_resources().get("object_store_memory", 0)
+        cache = nbytes < 0.25 * ray.cluster_resources().get("object_store_memory", 0)
     mix = cache and not (ordered or bags or context)
     out = {}
     for split in ("train", "val"):
@@ -175,7 +176,7 @@ def datasets_for(
             # its partitions (by default Ray Data hands blocks on as tasks finish)
             ds.context.execution_options.preserve_order = True
         if mix and split == "train":
-            ds.context.target_max_block_size = mix_block_bytes(shards, columns)
+            ds.context.target_max_block_size = mix_block_bytes(nbytes, shards.num_rows())
         # a partial, not fn_kwargs: seen lost (Ray 2.60) when the read is a list of s3:// files
         ds = ds.map_batches(
             functools.partial(_keep_split, split=split, task=task.name, splits=shards.splits),
@@ -209,11 +210,10 @@ def datasets_for(
 MIX_BLOCK_ROWS = 16
 
 
-def mix_block_bytes(shards: ShardSet, columns: list[str], rows: int = MIX_BLOCK_ROWS) -> int:
+def mix_block_bytes(nbytes: int, num_rows: int, rows: int = MIX_BLOCK_ROWS) -> int:
     """A target block size (bytes) that makes Ray Data's reads and maps emit blocks of about
-    ``rows`` rows of ``columns``."""
-    per_row = shards.column_bytes(columns) / max(1, shards.num_rows())
-    return max(1, int(per_row * rows))
+    ``rows`` rows, for data of ``nbytes`` over ``num_rows`` rows."""
+    return max(1, int(nbytes / max(1, num_rows) * rows))
 
 
 def mixed_blocks(ds, seed: int | None = None):

@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from strokeray.learn.tasks import LESION_NAMES
-
 # Per-slice columns carried from decoding into the output (identifiers are pseudonyms).
 CARRIED = (
     "id",
@@ -100,6 +98,7 @@ class CascadeScorer:
     def score(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The cascade's columns for a batch of ``SCORER_INPUTS``."""
         from strokeray.imaging.rle import encode_rle
+        from strokeray.learn.tasks import LESION_NAMES  # here: it imports torch, which score_batch's workers never need
 
         prob = self.classifier.stroke_probability(batch["cls_image"])
         positive = prob >= self.threshold

@@ -25,7 +25,6 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from itertools import accumulate
 
 import fsspec
 import pyarrow as pa
@@ -137,28 +136,12 @@ def files_per_task(files: int, cpus: float, most: int) -> int:
     return max(1, min(most, -(-files // (2 * max(1, int(cpus))))))
 
 
-def task_sizes(files: int, cpus: float, most: int) -> list[int]:
-    """Files of each decode task of a chunk, in order: ``files_per_task`` while much is left, then
-    shrinking with what is left (guided self-scheduling, down to an eighth of ``most``), so that the
-    chunk's last tasks end together rather than one core waiting on a long final task."""
-    slots = 2 * max(1, int(cpus))
-    step = files_per_task(files, cpus, most)
-    least = max(1, most // 8) if slots > 2 else step  # one CPU has no second core to leave idle
-    sizes: list[int] = []
-    left = files
-    while left > 0:
-        size = min(left, step, max(least, -(-left // slots)))
-        sizes.append(size)
-        left -= size
-    return sizes
-
-
 def chunk_dataset(table: pa.Table, cfg: IngestConfig, quarantine_dir: str, extend=None):
     """The Ray Data pipeline of one chunk (manifest rows in, slices out), before its write."""
     import ray
 
-    sizes = task_sizes(table.num_rows, cluster_capacity().get("CPU", 1.0), cfg.files_per_task)
-    blocks = [table.slice(start, size) for start, size in zip(accumulate(sizes, initial=0), sizes)]
+    step = files_per_task(table.num_rows, cluster_capacity().get("CPU", 1.0), cfg.files_per_task)
+    blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)]
     # from_blocks computes the blocks' metadata here; from_arrow runs a remote task a block for it,
     # which on a fresh cluster waits for a worker to start and import Ray Data before any decoding.
     ds = ray.data.from_blocks(blocks).map_batches(

@@ -266,17 +266,6 @@ def test_decode_tasks_are_cut_for_the_cluster_the_autoscaler_can_grow_to():
     assert files_per_task(3, 100, 64) == 1
 
 
-def test_task_sizes_shrink_at_the_end_of_a_chunk():
-    from strokeray.stages.ingest import task_sizes
-
-    two = task_sizes(1000, 2, 128)
-    assert sum(two) == 1000 and two[:4] == [128] * 4  # full tasks while much is left
-    assert two == sorted(two, reverse=True) and two[-2] <= 16  # then shrinking, down to most / 8
-    assert task_sizes(1000, 1, 128) == [128] * 7 + [104]  # one CPU: nothing to balance
-    assert task_sizes(1000, 100, 64) == [5] * 200  # small tasks already: unchanged
-    assert task_sizes(24, 2, 128) == [6] * 4
-
-
 def test_a_chunk_runs_without_ray_datas_operator_reservation_and_scoring_keeps_it(ray_local, tmp_path):
     """Ingest's one fused operator gets every CPU at once (the reservation held half back until a
     task finished); the setting is that dataset's own, so scoring's pipeline, with an actor stage,

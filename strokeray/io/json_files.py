@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 
 def read_json(url: str, default: Any = None) -> Any:
@@ -19,5 +22,39 @@ def read_json(url: str, default: Any = None) -> Any:
 
 def write_json(url: str, doc: Any, indent: int | None = 2) -> None:
     """Write ``doc`` (values JSON cannot hold as their text) to ``url``; a local folder is created."""
-    with fsspec.open(url, "w") as fh:
-        json.dump(doc, fh, indent=indent, default=str)
+    fs, path = fsspec.core.url_to_fs(url)
+    write_json_at(fs, path, doc, indent)
+
+
+def write_json_at(fs, path: str, doc: Any, indent: int | None = 2) -> None:
+    """``write_json`` on a filesystem. A local file is written beside its name and renamed over it, so
+    a process killed mid-write leaves the old document or the new one, never a truncated one that
+    would stop the rerun meant to resume it (an object store shows an object only once uploaded)."""
+    text = json.dumps(doc, indent=indent, default=str)
+    if not isinstance(fs, LocalFileSystem):
+        with fs.open(path, "w") as fh:
+            fh.write(text)
+        return
+    path = fs._strip_protocol(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    partial = f"{path}.{uuid.uuid4().hex[:8]}.partial"  # never matches a *.json listing
+    try:
+        with open(partial, "w") as fh:
+            fh.write(text)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def read_marker(fs, path: str) -> dict | None:
+    """A completion marker's document; None when there is none, or when it is not a whole JSON
+    object (one cut short by a killed process before markers were written whole): the work it
+    would mark is redone."""
+    if not fs.exists(path):
+        return None
+    try:
+        doc = json.loads(fs.cat_file(path))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None

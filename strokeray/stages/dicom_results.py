@@ -12,7 +12,6 @@ OUT/_state/dicom and skipped.
 from __future__ import annotations
 
 import io
-import json
 import re
 import warnings
 from collections.abc import Callable
@@ -24,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from strokeray.io.errors import SourceUnavailable
+from strokeray.io.json_files import read_marker, write_json_at
 from strokeray.stages.stage_dir import settings_digest
 
 DICOM_SUMMARY = "dicom.json"
@@ -137,7 +137,7 @@ def run_dicom_results(
             continue
         summary.positive_series += 1
         marker = f"{base}/{STATE}/{row['study']}-{row['series']}.json"
-        if fs.exists(marker) and json.loads(fs.cat_file(marker)).get("digest") == digest:
+        if (read_marker(fs, marker) or {}).get("digest") == digest:
             summary.already += 1
             continue
         todo.append((row, marker))
@@ -168,8 +168,7 @@ def run_dicom_results(
             except DicomwebError as err:  # refused (not unavailable, which stops the run): this series only
                 return {"series": row["series"], "reason": f"stow_refused: {_scrub(str(err), rows, uris)}"}
         fs.makedirs(f"{base}/{STATE}", exist_ok=True)
-        with fs.open(marker, "w") as fh:
-            json.dump({"digest": digest, "objects": [m for _, m, _ in blobs]}, fh)
+        write_json_at(fs, marker, {"digest": digest, "objects": [m for _, m, _ in blobs]}, indent=None)
         done = {"series": row["series"], "objects": [m for _, m, _ in blobs]}
         return {**done, "no_segmentation": _scrub(no_seg, rows, uris)} if no_seg else done
 
@@ -191,8 +190,7 @@ def run_dicom_results(
                 summary.without_segmentation.append({"series": result["series"], "reason": result["no_segmentation"]})
             summary.segmentations += result["objects"].count("SEG")
             summary.reports += result["objects"].count("SR")
-    with fs.open(f"{base}/{DICOM_SUMMARY}", "w") as fh:
-        json.dump(asdict(summary), fh, indent=1)
+    write_json_at(fs, f"{base}/{DICOM_SUMMARY}", asdict(summary), indent=1)
     where = " and ".join(
         x for x in (cfg.out_dir and f"written to {cfg.out_dir}", cfg.store and f"stored in {cfg.store}") if x
     )

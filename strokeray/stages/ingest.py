@@ -34,6 +34,7 @@ from strokeray import __version__
 from strokeray.checks import check_positive
 from strokeray.datasets.shard_set import CARD
 from strokeray.datasets.slice_records import RecordConfig, records_for, stack_records
+from strokeray.io.json_files import read_marker, write_json_at
 from strokeray.io.shard_schema import QUARANTINE_COLUMNS, SCHEMA_VERSION, TENSOR_COLUMNS, stored_tensor
 from strokeray.io.sources import SourceUnavailable, read_bytes
 from strokeray.stages.manifest import Manifest, ManifestConfig, build_manifest, check_source, options_digest
@@ -243,11 +244,10 @@ def run_chunks(manifest: Manifest, out: str, run_one, stage: str, dest: str, log
     for position, (number, rows, digest) in enumerate(chunks):
         tag = _tag(number)
         marker = f"{base}/_state/done/{tag}.json"
+        if (read_marker(fs, marker) or {}).get("digest") == digest:
+            skipped += 1
+            continue
         if fs.exists(marker):
-            with fs.open(marker, "r") as fh:
-                if json.load(fh).get("digest") == digest:
-                    skipped += 1
-                    continue
             fs.rm(marker)
         t0 = time.perf_counter()
         try:
@@ -261,8 +261,7 @@ def run_chunks(manifest: Manifest, out: str, run_one, stage: str, dest: str, log
                 f"The {done + skipped} finished chunks are kept: re-run the same command to resume."
             ) from err
         fs.makedirs(f"{base}/_state/done", exist_ok=True)
-        with fs.open(marker, "w") as fh:
-            json.dump({"files": rows.num_rows, "outputs": files, "digest": digest}, fh)
+        write_json_at(fs, marker, {"files": rows.num_rows, "outputs": files, "digest": digest}, indent=None)
         done += 1
         dt = time.perf_counter() - t0
         log(

@@ -12,7 +12,6 @@ files to a source processes only them, and nothing finished is redone.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 
 import fsspec
@@ -24,6 +23,7 @@ from strokeray.datasets.layouts import DEFERRED_RULE, LabelsTable, ManifestRow, 
 from strokeray.datasets.splits import SplitConfig, assign_splits
 from strokeray.imaging.overlay import HEMORRHAGIC, ISCHEMIC
 from strokeray.io.decode import is_raster
+from strokeray.io.json_files import read_marker, write_json_at
 from strokeray.io.pseudonym import pseudonym
 from strokeray.io.raster import RASTER_SUFFIXES
 from strokeray.io.sources import SourceLimits, SourceUnavailable, list_inputs, read_bytes, read_head
@@ -214,9 +214,8 @@ def _read_previous(fs, base: str, digest: str) -> tuple[dict | None, pa.Table | 
     meta_path, table_path = f"{base}/manifest.json", f"{base}/manifest.parquet"
     if not (fs.exists(meta_path) and fs.exists(table_path)):
         return None, None
-    with fs.open(meta_path, "r") as fh:
-        meta = json.load(fh)
-    if meta.get("digest") != digest:
+    meta = read_marker(fs, meta_path)
+    if meta is None or meta.get("digest") != digest:
         return None, None
     with fs.open(table_path, "rb") as fh:
         table = pq.read_table(fh)
@@ -314,8 +313,7 @@ def write_manifest(fs, base: str, table: pa.Table, meta: dict) -> None:
     fs.makedirs(base, exist_ok=True)
     with fs.open(f"{base}/manifest.parquet", "wb") as fh:
         pq.write_table(table, fh)
-    with fs.open(f"{base}/manifest.json", "w") as fh:
-        json.dump(meta, fh, indent=1)
+    write_json_at(fs, f"{base}/manifest.json", meta, indent=1)
 
 
 def _log_changes(changes: dict, kept: int, log=print) -> None:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import fsspec
 
 from strokeray import __version__
-from strokeray.io.json_files import read_json, write_json
+from strokeray.io.json_files import read_json, write_json, write_json_at
 
 MARKER = ".strokeray.json"
 
@@ -133,17 +133,7 @@ class StageDir:
                 self.clear()
         fs.makedirs(base, exist_ok=True)
         if marker is None or marker.get("digest") != digest:
-            with fs.open(self.path(MARKER), "w") as fh:
-                json.dump(
-                    {
-                        "stage": self.stage,
-                        "digest": digest,
-                        "strokeray_version": __version__,
-                        "claimed": datetime.now(UTC).isoformat(timespec="seconds"),
-                    },
-                    fh,
-                    indent=1,
-                )
+            write_json_at(fs, self.path(MARKER), self._marker_doc(digest), indent=1)
         return same
 
     def finished(self) -> dict | None:
@@ -160,18 +150,15 @@ class StageDir:
         """Mark as this stage's a folder it made before markers existed, recognised by the file
         ``legacy`` it always wrote first; a folder with a marker, or without that file, is left as is."""
         if self.marker() is None and self.fs.exists(self.path(legacy)):
-            with self.fs.open(self.path(MARKER), "w") as fh:
-                json.dump(
-                    {
-                        "stage": self.stage,
-                        "digest": digest,
-                        "strokeray_version": __version__,
-                        "claimed": datetime.now(UTC).isoformat(timespec="seconds"),
-                        "adopted": legacy,
-                    },
-                    fh,
-                    indent=1,
-                )
+            write_json_at(self.fs, self.path(MARKER), {**self._marker_doc(digest), "adopted": legacy}, indent=1)
+
+    def _marker_doc(self, digest: str | None) -> dict:
+        return {
+            "stage": self.stage,
+            "digest": digest,
+            "strokeray_version": __version__,
+            "claimed": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
 
     def clear(self) -> list[str]:
         """Remove this stage's own outputs (never the folder, never other entries); returns what went.

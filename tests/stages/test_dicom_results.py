@@ -120,6 +120,11 @@ def test_a_rerun_stores_nothing_twice(delivered, pacs, ray_local):
     shutil.rmtree(out / "_state" / "dicom")
     redo = run_score(pacs.server.dicomweb, str(out), *bundles, registry=None, cfg=cfg, log=lambda *_: None)
     assert redo.dicom["delivered"] == 22
+    # A record cut short (a process killed while writing it, before records were written whole):
+    # that series is delivered again, not the run stopped by an unreadable record.
+    sorted((out / "_state" / "dicom").glob("*.json"))[0].write_bytes(b"")
+    cut = run_score(pacs.server.dicomweb, str(out), *bundles, registry=None, cfg=cfg, log=lambda *_: None)
+    assert (cut.dicom["delivered"], cut.dicom["already"]) == (1, 21)
     after = {k: sorted(first_value(i, SOP_UID) for i in v) for k, v in _derived(pacs).items()}
     assert after == before
 

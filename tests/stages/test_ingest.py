@@ -137,6 +137,22 @@ def test_interrupted_ingest_resumes_to_the_same_rows(planted_zip, ingested, tmp_
     assert sorted(shards(out).column("id").to_pylist()) == reference
 
 
+def test_a_done_record_cut_short_redoes_its_chunk(planted_zip, ingested, tmp_path):
+    """A chunk's done record left empty (its writer killed mid-write, before records were written
+    whole): the rerun redoes that chunk instead of failing on the record, and the rows are the same."""
+    import shutil
+
+    target, _ = planted_zip
+    out = tmp_path / "cut"
+    shutil.copytree(ingested[0], out)
+    (out / "card.json").unlink()  # unfinished, so the rerun resumes
+    records = sorted((out / "_state" / "done").glob("chunk-*.json"))
+    records[1].write_bytes(b"")
+    done = run_ingest(str(target), str(out), IngestConfig(files_per_chunk=16, files_per_task=4))
+    assert (done.chunks_done, done.chunks_skipped) == (1, len(records) - 1)
+    assert sorted(shards(out).column("id").to_pylist()) == sorted(shards(ingested[0]).column("id").to_pylist())
+
+
 def test_cli_ingest_exit_code_and_counts(phantom_archive, ray_local, tmp_path, capsys):
     root, summary = phantom_archive
     assert main(["ingest", str(root), str(tmp_path / "o"), "--files-per-task", "8"]) == 0

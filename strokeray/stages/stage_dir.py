@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import fsspec
 
 from strokeray import __version__
-from strokeray.io.json_files import read_json, write_json, write_json_at
+from strokeray.io.json_files import read_json, read_marker, write_json, write_json_at
 
 MARKER = ".strokeray.json"
 
@@ -84,15 +84,8 @@ class StageDir:
         return "/".join([self.url.rstrip("/"), *parts])
 
     def marker(self) -> dict | None:
-        fs, path = self.fs, self.path(MARKER)
-        if not fs.exists(path):
-            return None
-        try:
-            with fs.open(path, "r") as fh:
-                doc = json.load(fh)
-        except (OSError, ValueError):
-            return None
-        return doc if isinstance(doc, dict) and "stage" in doc else None
+        doc = read_marker(self.fs, self.path(MARKER))
+        return doc if doc is not None and "stage" in doc else None
 
     def claim(
         self, inputs: tuple[str, ...] | list[str] = (), digest: str | None = None, overwrite: bool = False

@@ -163,7 +163,8 @@ def datasets_for(
 
     wanted = list(dict.fromkeys([*task.columns, *(ORDER_COLUMNS if context else ()), *(("id",) if ordered else ())]))
     columns = shards.read_columns(wanted)
-    nbytes = shards.column_bytes(columns)  # one pass over the footers, for the cache and the block size
+    # one pass over the footers, for the cache decision and the mixing block size (mixing needs the cache)
+    nbytes = shards.column_bytes(columns) if cache is not False else 0
     if cache is None:
         cache = nbytes < 0.25 * ray.cluster_resources().get("object_store_memory", 0)
     mix = cache and not (ordered or bags or context)

@@ -437,10 +437,16 @@ def run_score(
         _digest(options_digest(src, labels, None), versions, cfg),
         cfg.overwrite,
     )
-    manifest = build_manifest(src, out, labels, log, cfg.files_per_chunk, cfg.num_cpus)
-    done = finished_summary(stage, same, manifest.listing, log)
-    if not done:
-        done = _score(manifest, out, (classifier, segmenter), versions, cfg, started, stage, log)
+    pool = early_scorers(stage, same, (classifier, segmenter), cfg, out)
+    try:
+        manifest = build_manifest(src, out, labels, log, cfg.files_per_chunk, cfg.num_cpus)
+        done = finished_summary(stage, same, manifest.listing, log)
+        if not done:
+            handed, pool = pool, None  # score_chunks stops it
+            done = _score(manifest, out, (classifier, segmenter), versions, cfg, started, stage, log, handed)
+    finally:
+        if pool is not None:  # not handed over: the manifest failed, or the run had finished
+            pool.stop()
     if cfg.dicom_out or cfg.dicom_store:
         from strokeray.io.dicom_results import Provenance
         from strokeray.stages.dicom_results import DicomResultsConfig, run_dicom_results
@@ -450,7 +456,20 @@ def run_score(
     return done
 
 
-def _score(manifest, out: str, models: tuple, versions: dict, cfg: ScoreConfig, started: float, stage, log):
+def early_scorers(stage: StageDir, same: bool, models: tuple, cfg: ScoreConfig, out: str):
+    """A CPU run with work ahead starts its scorers before the manifest is built, so that loading
+    torch and both bundles (about 6 s of a core here) overlaps the listing and the first chunk's
+    plan instead of holding up its first decoded batch; else None. A GPU pool is sized from the
+    manifest's file count, and a finished run (same settings, summary written) may need nothing."""
+    from strokeray.stages.runtime import ensure_ray
+
+    if cfg.use_gpu or (same and stage.finished() is not None):
+        return None
+    ensure_ray(cfg.num_cpus)
+    return start_scorers(*models, cfg, out, files=0)
+
+
+def _score(manifest, out: str, models: tuple, versions: dict, cfg: ScoreConfig, started: float, stage, log, pool=None):
     from strokeray.stages.ingest import IngestConfig
     from strokeray.stages.runtime import ensure_ray
 
@@ -468,16 +487,19 @@ def _score(manifest, out: str, models: tuple, versions: dict, cfg: ScoreConfig, 
             **{f"{k}_version": v for k, v in versions.items()},
         },
     )
-    score_chunks(manifest, out, ingest_cfg, (classifier, segmenter), cfg, summary, log)
+    score_chunks(manifest, out, ingest_cfg, (classifier, segmenter), cfg, summary, log, pool)
     return finish_score(stage, manifest, summary, cfg, started, log)
 
 
-def score_chunks(manifest, out: str, ingest_cfg, models: tuple, cfg: ScoreConfig, summary: ScoreSummary, log=print):
-    """Decode and score every unfinished chunk; the scoring actors start with the first chunk that
-    runs (none when every chunk is done) and serve every chunk after it."""
+def score_chunks(
+    manifest, out: str, ingest_cfg, models: tuple, cfg: ScoreConfig, summary: ScoreSummary, log=print, pool=None
+):
+    """Decode and score every unfinished chunk; the scoring actors (``pool``, started early, which
+    this stops) start with the first chunk that runs if not given (none when every chunk is done)
+    and serve every chunk after it."""
     from strokeray.stages.ingest import run_chunk, run_chunks
 
-    pools: list = []
+    pools: list = [pool] if pool is not None else []
 
     def scored(ds):
         if not pools:

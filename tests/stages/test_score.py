@@ -163,6 +163,38 @@ def test_finished_run_rewrites_nothing(scored, bundles, planted_zip):
         )
 
 
+def test_cpu_scorers_load_while_the_manifest_is_built_and_never_outlive_the_run(
+    scored, bundles, planted_zip, ray_local, monkeypatch, tmp_path
+):
+    """A run with work ahead starts its CPU scorers before listing the source (their models load
+    meanwhile); a listing that fails stops them, and a finished run starts none."""
+    from strokeray.stages import manifest
+
+    seen: list[dict] = []
+    real = manifest.build_manifest
+
+    def listing_fails(*args, **kwargs):
+        seen.append(ray_actors())
+        raise OSError("the source stopped answering")
+
+    before = set(ray_actors())
+    monkeypatch.setattr(manifest, "build_manifest", listing_fails)
+    with pytest.raises(OSError, match="stopped answering"):
+        run_score(str(planted_zip[0]), str(tmp_path / "out"), *bundles, registry=None, log=lambda *_: None)
+    early = [k for k, a in seen[0].items() if k not in before and a["ActorClassName"] == "CascadeScorer"]
+    assert len(early) == 1 and seen[0][early[0]]["State"] != "DEAD"
+    deadline = time.time() + 30
+    while ray_actors()[early[0]]["State"] != "DEAD" and time.time() < deadline:
+        time.sleep(0.2)
+    assert ray_actors()[early[0]]["State"] == "DEAD"  # stopped, not left holding a CPU
+
+    monkeypatch.setattr(manifest, "build_manifest", real)
+    before = set(ray_actors())
+    out, _, _, cfg, _ = scored
+    assert run_score(str(planted_zip[0]), str(out), *bundles, registry=None, cfg=cfg, log=lambda *_: None).reused
+    assert not [a for k, a in ray_actors().items() if k not in before and a["ActorClassName"] == "CascadeScorer"]
+
+
 def test_models_default_to_the_registry(planted_zip, bundles, ray_local, tmp_path):
     reg = tmp_path / "registry"
     for task in ("classify", "segment"):

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import fsspec
 
 from strokeray import __version__
-from strokeray.io.json_files import read_json, read_marker, write_json, write_json_at
+from strokeray.io.json_files import read_marker, write_json, write_json_at
 
 MARKER = ".strokeray.json"
 
@@ -130,8 +130,9 @@ class StageDir:
         return same
 
     def finished(self) -> dict | None:
-        """The done document of a finished run here, else None."""
-        return read_json(self.url_of(self.done)) if self.done else None
+        """The done document of a finished run here, else None (also for one cut short by a
+        killed process of an older version, which wrote it in place: the run is then redone)."""
+        return read_marker(self.fs, self.path(self.done)) if self.done else None
 
     def finish(self, doc: dict) -> None:
         """Write the done document: the stage's last write, after every output is in place."""

@@ -168,6 +168,9 @@ def test_a_run_is_finished_exactly_when_its_done_document_is_there(tmp_path):
     assert again.claim(digest=settings_digest({"a": 2}), overwrite=True) is False and again.finished() is None
     with pytest.raises(ValueError, match="names no done document"):
         StageDir(stage.url, "demo", ()).finish({})
+    again.finish({"rows": 3})
+    (tmp_path / "out" / "done.json").write_text('{"rows": ')  # cut short: not finished, done again
+    assert again.finished() is None
 
 
 def test_settings_digest_ignores_key_order_and_sees_every_value():

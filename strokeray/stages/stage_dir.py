@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -24,6 +25,8 @@ from strokeray import __version__
 from strokeray.io.json_files import read_marker, write_json, write_json_at
 
 MARKER = ".strokeray.json"
+# What a claim killed while writing its marker leaves (io.json_files.write_json_at's scratch name)
+MARKER_PARTIAL = re.compile(rf"{re.escape(MARKER)}\.[0-9a-f]{{8}}\.partial")
 
 
 def settings_digest(settings) -> str:
@@ -105,11 +108,15 @@ class StageDir:
         marker = self.marker()
         same = False
         if marker is None:
-            if fs.exists(base) and fs.ls(base, detail=False):
+            entries = fs.ls(base, detail=False) if fs.exists(base) else []
+            stale = [e for e in entries if MARKER_PARTIAL.fullmatch(e.rstrip("/").rsplit("/", 1)[-1])]
+            if len(stale) < len(entries):
                 raise OutputError(
                     f"output {self.url} is not empty and was not made by strokeray: it is never written"
                     " into or cleared; choose a new or empty folder"
                 )
+            for entry in stale:  # a first claim killed while writing its marker: nothing else was written
+                fs.rm(entry)
         elif marker["stage"] != self.stage:
             raise OutputError(
                 f"output {self.url} holds a strokeray {marker['stage']} output, not a {self.stage}"

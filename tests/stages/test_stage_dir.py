@@ -156,6 +156,22 @@ def test_train_and_tune_refuse_a_folder_that_is_no_ingest_before_ray(tmp_path, c
     assert ray.is_initialized() == started
 
 
+def test_a_first_claim_killed_while_writing_its_marker_does_not_lock_the_folder(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".strokeray.json.0a1b2c3d.partial").write_text('{"sta')  # the marker's scratch, cut short
+    stage = StageDir(str(out), "demo", ("result.parquet",))
+    assert stage.claim(digest="d") is False
+    assert sorted(p.name for p in out.iterdir()) == [".strokeray.json"] and stage.marker()["stage"] == "demo"
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / ".strokeray.json.0a1b2c3d.partial").write_text("")
+    (user / "notes.txt").write_text("mine")  # anything else: not strokeray's folder, never touched
+    with pytest.raises(OutputError, match="not made by strokeray"):
+        StageDir(str(user), "demo", ("result.parquet",)).claim(digest="d")
+    assert sorted(p.name for p in user.iterdir()) == [".strokeray.json.0a1b2c3d.partial", "notes.txt"]
+
+
 def test_a_run_is_finished_exactly_when_its_done_document_is_there(tmp_path):
     stage = StageDir(str(tmp_path / "out"), "demo", ("result.parquet", "done.json"), done="done.json")
     assert stage.claim(digest=settings_digest({"a": 1})) is False

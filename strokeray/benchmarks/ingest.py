@@ -109,7 +109,7 @@ def pool(paths: list[str], processes: int) -> float:
 
 
 def storage(paths: list[str], repeats: int = 3) -> dict[str, float]:
-    """(e) Milliseconds a slice to write and to read one shard block (zstd) of ``paths``' slices,
+    """(e) Milliseconds a slice to write and to read one shard block (compressed as shards are) of ``paths``' slices,
     image columns stored as fixed-size binary (what ingest writes) against Ray's tensor type (a
     list of pixels, what it wrote before schema 3); the best of ``repeats``, one warm-up each."""
     import cv2
@@ -119,7 +119,7 @@ def storage(paths: list[str], repeats: int = 3) -> dict[str, float]:
     from strokeray.datasets.layouts import ManifestRow
     from strokeray.datasets.slice_records import records_for, stack_records
     from strokeray.io.shard_schema import TENSOR_COLUMNS, tensor_array
-    from strokeray.stages.ingest import shard_table
+    from strokeray.stages.ingest import SHARD_COMPRESSION, shard_table
 
     cv2.setNumThreads(1)
     rows = [asdict(ManifestRow(uri=p, name=p, size=0, group_rule="file", split="train")) for p in paths]
@@ -135,7 +135,7 @@ def storage(paths: list[str], repeats: int = 3) -> dict[str, float]:
                 for _ in range(repeats + 1):
                     t = time.perf_counter()
                     if step == "write":
-                        pq.write_table(block, path, compression="zstd")
+                        pq.write_table(block, path, compression=SHARD_COMPRESSION)
                     else:
                         table = pq.read_table(path)
                         for c in TENSOR_COLUMNS:

@@ -109,9 +109,10 @@ def pool(paths: list[str], processes: int) -> float:
 
 
 def storage(paths: list[str], repeats: int = 3) -> dict[str, float]:
-    """(e) Milliseconds a slice to write and to read one shard block (compressed as shards are) of ``paths``' slices,
-    image columns stored as fixed-size binary (what ingest writes) against Ray's tensor type (a
-    list of pixels, what it wrote before schema 3); the best of ``repeats``, one warm-up each."""
+    """(e) Milliseconds a slice to write and to read one shard block of ``paths``' slices (compressed
+    as shards are), image columns stored as fixed-size binary (what ingest writes) against Ray's
+    tensor type (a list of pixels, what it wrote before schema 3); the best of ``repeats``, one
+    warm-up each."""
     import cv2
     import pyarrow.parquet as pq
     from ray.data.block import BlockAccessor

@@ -41,12 +41,12 @@ from strokeray.stages.manifest import Manifest, ManifestConfig, build_manifest, 
 from strokeray.stages.runtime import arrow_filesystem, cluster_capacity, ensure_ray, warm_workers
 from strokeray.stages.stage_dir import StageDir, settings_digest
 
-# Everything ingest writes in OUT (what --overwrite may remove); anything else there is left alone.
 # LZ4, not zstd: a 2-CPU ingest of 1,024 phantom slices spent 1.8 ms a slice less in its decode
-# workers and ran 10-19 % faster (3 of 3 alternating pairs); a shard reads back 5-10x faster (0.1 ms
-# a slice); the price is 15-23 % more bytes. (A process's first zstd write costs 2.0 ms a slice
-# against 0.8 for LZ4: every decode task pays it, a benchmark that keeps the best of a loop does not.)
+# workers and ran 10-19 % faster (3 of 3 alternating pairs); a shard reads back several times
+# faster; the price is 15-23 % more bytes. (A loop that keeps its best write shows a smaller gap
+# than the pipeline does; a fresh process's first zstd write costs 2.0 ms a slice, LZ4's 0.8.)
 SHARD_COMPRESSION = "lz4"
+# Everything ingest writes in OUT (what --overwrite may remove); anything else there is left alone.
 INGEST_OUTPUTS = ("manifest.parquet", "manifest.json", "shards", "quarantine.parquet", CARD, "_state")
 
 

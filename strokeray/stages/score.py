@@ -466,7 +466,8 @@ def early_scorers(stage: StageDir, same: bool, models: tuple, cfg: ScoreConfig, 
     if cfg.use_gpu or (same and stage.finished() is not None):
         return None
     ensure_ray(cfg.num_cpus)
-    return start_scorers(*models, cfg, out, files=0)
+    classifier, segmenter = models
+    return start_scorers(classifier, segmenter, cfg, out, 0)  # on CPUs the pool is not sized by files
 
 
 def _score(manifest, out: str, models: tuple, versions: dict, cfg: ScoreConfig, started: float, stage, log, pool=None):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from typing import Any
 
@@ -26,6 +27,16 @@ def write_json(url: str, doc: Any, indent: int | None = 2) -> None:
     write_json_at(fs, path, doc, indent)
 
 
+_SCRATCH = re.compile(r"(?P<name>.+)\.[0-9a-f]{8}\.partial")  # write_json_at's name beside the document
+
+
+def scratch_of(name: str) -> str | None:
+    """The document a ``write_json_at`` scratch file called ``name`` was being written for (one a
+    killed process left behind), else None."""
+    match = _SCRATCH.fullmatch(name)
+    return match["name"] if match else None
+
+
 def write_json_at(fs, path: str, doc: Any, indent: int | None = 2) -> None:
     """``write_json`` on a filesystem. A local file is written beside its name and renamed over it, so
     a process killed mid-write leaves the old document or the new one, never a truncated one that
@@ -37,7 +48,7 @@ def write_json_at(fs, path: str, doc: Any, indent: int | None = 2) -> None:
         return
     path = fs._strip_protocol(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    partial = f"{path}.{uuid.uuid4().hex[:8]}.partial"  # never matches a *.json listing
+    partial = f"{path}.{uuid.uuid4().hex[:8]}.partial"  # never matches a *.json listing; see scratch_of
     try:
         with open(partial, "w") as fh:
             fh.write(text)

@@ -15,18 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import fsspec
 
 from strokeray import __version__
-from strokeray.io.json_files import read_marker, write_json, write_json_at
+from strokeray.io.json_files import read_marker, scratch_of, write_json, write_json_at
 
 MARKER = ".strokeray.json"
-# What a claim killed while writing its marker leaves (io.json_files.write_json_at's scratch name)
-MARKER_PARTIAL = re.compile(rf"{re.escape(MARKER)}\.[0-9a-f]{{8}}\.partial")
 
 
 def settings_digest(settings) -> str:
@@ -109,7 +106,7 @@ class StageDir:
         same = False
         if marker is None:
             entries = fs.ls(base, detail=False) if fs.exists(base) else []
-            stale = [e for e in entries if MARKER_PARTIAL.fullmatch(e.rstrip("/").rsplit("/", 1)[-1])]
+            stale = [e for e in entries if scratch_of(e.rstrip("/").rsplit("/", 1)[-1]) == MARKER]
             if len(stale) < len(entries):
                 raise OutputError(
                     f"output {self.url} is not empty and was not made by strokeray: it is never written"

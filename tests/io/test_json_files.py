@@ -8,7 +8,7 @@ import os
 import fsspec
 import pytest
 
-from strokeray.io.json_files import read_marker, write_json, write_json_at
+from strokeray.io.json_files import read_marker, scratch_of, write_json, write_json_at
 
 
 def test_a_write_that_fails_leaves_the_old_document_whole(tmp_path, monkeypatch):
@@ -38,3 +38,12 @@ def test_object_stores_are_written_directly():
     assert json.loads(fs.cat_file("/bucket/s.json")) == {"a": 1} and fs.ls("/bucket", detail=False) == [
         "/bucket/s.json"
     ]
+
+
+def test_a_scratch_file_names_the_document_it_was_for(tmp_path, monkeypatch):
+    seen: list[str] = []
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (seen.append(os.path.basename(a)), real(a, b)))
+    write_json(str(tmp_path / "done.json"), {})
+    assert [scratch_of(n) for n in seen] == ["done.json"]  # the name write_json_at really uses
+    assert scratch_of("done.json") is None and scratch_of("done.json.xyz.partial") is None

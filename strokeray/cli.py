@@ -659,6 +659,12 @@ def _add_tune(sub) -> None:
     )
     p.add_argument("--seed", type=int)
     p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="every trial reads its splits in one order (each worker the whole split) and torch uses "
+        "deterministic algorithms: trials differ by their settings only, and the search repeats itself",
+    )
+    p.add_argument(
         "--overwrite", action="store_true", help="discard a search of the same name made with other settings"
     )
     p.set_defaults(func=_cmd_tune)
@@ -681,6 +687,7 @@ def search_config(args):
         task=args.task,
         space=space,
         use_gpu=args.gpu,
+        deterministic=args.deterministic,
         **_given(
             args,
             samples="samples",

@@ -85,6 +85,10 @@ class SearchConfig:
     gpus_per_trial: float | None = None
     cpus_per_worker: float | None = None  # None: 1, or 0.5 when the cluster has under 3 CPUs
     seed: int = 0
+    # Every trial reads its splits in one order and torch runs deterministic algorithms
+    # (TrainConfig.deterministic): trials then differ by their hyperparameters, not by the order
+    # in which Ray Data handed them blocks, and the search repeats itself.
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         get_task(self.task)
@@ -174,6 +178,7 @@ def trial_train_config(cfg: SearchConfig, params: dict, cpus_per_worker: float) 
         cpus_per_worker=cpus_per_worker,
         seed=cfg.seed,
         score_metric=cfg.metric_name(),
+        deterministic=cfg.deterministic,
     )
 
 
@@ -351,10 +356,20 @@ def settings_of(path: str) -> dict:
     return read_json(f"{path.rstrip('/')}/{SETTINGS}", {})
 
 
+# Settings added after searches were already on disk, with the value every earlier search ran
+# with: left out of a search's settings at that value, so an earlier search keeps its digest and
+# resumes (instead of being refused as "other settings").
+LATER_SETTINGS = {"deterministic": False}
+
+
 def search_settings(shards: ShardSet, cfg: SearchConfig) -> dict:
     """What makes a search this search: the shards (and their version: a search finished on other
     data is not this one's result) and the settings."""
-    return {"shards": shards.url, "shards_version": shards.version, "config": json.loads(json.dumps(asdict(cfg)))}
+    config = json.loads(json.dumps(asdict(cfg)))
+    for key, before in LATER_SETTINGS.items():
+        if config[key] == before:
+            del config[key]
+    return {"shards": shards.url, "shards_version": shards.version, "config": config}
 
 
 def make_tuner(path: str, trainable, cfg: SearchConfig, max_trials: int, settings: dict, log):
@@ -475,7 +490,7 @@ def run_search(
     # Read once here, while no trial holds the CPUs: each trial reading its own copy took about
     # 40 s of a trial's start on 2 CPUs (its data tasks waiting for a CPU budget) and stored the
     # cached splits once per trial.
-    datasets = datasets_for(data, get_task(cfg.task), seed=cfg.seed)
+    datasets = datasets_for(data, get_task(cfg.task), ordered=cfg.deterministic, seed=cfg.seed)
     trainable = tune.with_parameters(
         trial_driver,
         cfg=cfg,

@@ -256,3 +256,36 @@ def test_the_lr_schedule_is_searched_and_reaches_the_trial():
     assert SearchSpace.from_json('{"schedule": ["cosine"]}').schedule == ("cosine",)
     with pytest.raises(ValueError, match="schedule must name"):
         SearchSpace(schedule=("onecycle",))
+
+
+def test_a_deterministic_search_compares_trials_by_their_settings_only(shards, tmp_path):
+    """--deterministic: two trials of the same sampled settings, trained side by side, report the
+    same history and keep the same weights, bit for bit; a search made without the flag keeps the
+    settings digest it had before the flag existed. (On these few phantom rows the default path
+    happened to repeat too, so the flag reaching each trial's TrainConfig is checked directly.)"""
+    from strokeray.datasets.shard_set import ShardSet
+    from strokeray.stages.tune import search_settings, trial_train_config
+
+    space = SearchSpace(
+        backbones=("resnet18",),
+        lr=(1e-3, 1e-3),
+        weight_decay=(1e-4,),
+        batch_size=(8,),
+        augment=(0.5,),
+        input_size=(64,),
+    )
+    cfg = SearchConfig(task="classify", space=space, samples=2, max_epochs=2, grace_period=2, deterministic=True)
+    assert trial_train_config(cfg, SAMPLED, 0.5).deterministic
+    assert not trial_train_config(SearchConfig(task="classify"), SAMPLED, 0.5).deterministic
+    r = run_search(shards, str(tmp_path / "tune"), cfg, registry=str(tmp_path / "registry"), log=lambda *_: None)
+    assert len(r.rows) == 2 and all(row["epochs_run"] == 2 for row in r.rows), r.rows
+    a, b = r.rows
+    params = [{k: v for k, v in row.items() if k.startswith("param_")} for row in r.rows]
+    assert params[0] == params[1] and a["trial_id"] != b["trial_id"]  # nothing sampled differs
+    assert a["best_score"] == b["best_score"]
+    weights = [load_file(str(Path(row["checkpoint"]) / "model.safetensors")) for row in r.rows]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    data = ShardSet.open(shards)
+    assert "deterministic" not in search_settings(data, SearchConfig())["config"]
+    assert search_settings(data, cfg)["config"]["deterministic"] is True

@@ -101,6 +101,7 @@ def test_options_left_out_take_the_config_defaults():
         task="segment", model=ModelConfig(backbone="resnet34")
     )
     assert search_config(parse(["tune", "segment", "S"])) == SearchConfig(task="segment")
+    assert search_config(parse(["tune", "classify", "S", "--deterministic"])).deterministic
     assert score_config(parse(["score", "SRC", "OUT"])) == ScoreConfig()
     assert ingest_config(parse(["ingest", "SRC", "OUT"])) == IngestConfig()
     assert ingest_config(parse(["ingest", "SRC", "OUT", "--mask-lesion", "hemorrhagic"])).manifest.mask_lesion == 2

@@ -591,7 +591,7 @@ def _add_compare(sub) -> None:
         "compare",
         help="paired comparison of two classifier cross-validations on the same slices",
         description="Slice and patient AUC of each of two finished cross-validations (OUT/NAME folders of "
-        "`strokeray crossval`), B minus A with a 95 %% interval from resampling patients, the same patients "
+        "`strokeray crossval`), B minus A with a 95 % interval from resampling patients, the same patients "
         "for both runs in every draw, and the share of draws in which B does not beat A.",
     )
     p.add_argument("a", help="the reference cross-validation (e.g. the plain baseline)")
@@ -858,7 +858,7 @@ def _add_evaluate(sub) -> None:
         help="metrics of a model bundle on one split of ingest shards (test by default)",
         description="Classifier: slice- and patient-level accuracy, sensitivity, specificity, F1, "
         "ROC AUC. Segmenter: per-class IoU and Dice, mean lesion IoU, competition IoU, and the pooled "
-        "IoU and Dice with 95 %% patient-bootstrap intervals.",
+        "IoU and Dice with 95 % patient-bootstrap intervals.",
     )
     p.add_argument(
         "bundle",

@@ -1,3 +1,4 @@
+import argparse
 import json
 
 import pytest
@@ -6,11 +7,13 @@ from strokeray.cli import build_parser, main
 
 SUBCOMMANDS = [
     "synth",
+    "synth-lesions",
     "decode",
     "preview",
     "ingest",
     "train",
     "crossval",
+    "compare",
     "tune",
     "evaluate",
     "score",
@@ -20,12 +23,20 @@ SUBCOMMANDS = [
 ]
 
 
+def test_the_list_above_is_every_subcommand():
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert sorted(sub.choices) == sorted(SUBCOMMANDS)
+
+
 @pytest.mark.parametrize("cmd", [[], *[[c] for c in SUBCOMMANDS]])
 def test_help_everywhere(cmd, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*cmd, "--help"])
     assert exc.value.code == 0
-    assert "usage: strokeray" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "usage: strokeray" in out
+    # argparse %-formats argument help but prints descriptions as written: "%%" there shows doubled
+    assert "%%" not in out and "%(" not in out
 
 
 def test_parser_knows_every_subcommand():

@@ -266,6 +266,7 @@ class LoopState:
     start_epoch: int = 0
     best: float = -math.inf
     history: list = field(default_factory=list)
+    streams: dict = field(default_factory=dict)  # every rank's random streams (learn.random_streams)
 
 
 def restore(model, checkpoint) -> tuple[LoopState, dict | None, dict | None]:
@@ -283,14 +284,19 @@ def restore(model, checkpoint) -> tuple[LoopState, dict | None, dict | None]:
         model.load_state_dict(load_file(os.path.join(d, "model.safetensors")))
         optimizer_state = torch.load(os.path.join(d, "optimizer.pt"), map_location="cpu", weights_only=True)
         state = json.loads(open(os.path.join(d, "state.json")).read())
-    return LoopState(state["epoch"], state["best"], state["history"]), optimizer_state, state.get("scaler")
+        streams_file = os.path.join(d, STREAMS_FILE)  # absent from checkpoints written before it was saved
+        streams = load_file(streams_file) if os.path.isfile(streams_file) else {}
+    loop = LoopState(state["epoch"], state["best"], state["history"], streams)
+    return loop, optimizer_state, state.get("scaler")
 
 
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt")
+STREAMS_FILE = "random_streams.safetensors"
 
 
 def write_checkpoint(folder: str, model, optimizer, scaler, state: LoopState, epoch: int) -> None:
-    """A checkpoint's files in ``folder``: safetensors weights, optimizer state, loop and AMP scaler state."""
+    """A checkpoint's files in ``folder``: safetensors weights, optimizer state, every rank's random
+    streams (safetensors), loop and AMP scaler state."""
     import torch
     from safetensors.torch import save_file
 
@@ -299,10 +305,14 @@ def write_checkpoint(folder: str, model, optimizer, scaler, state: LoopState, ep
         os.path.join(folder, "model.safetensors"),
     )
     torch.save(optimizer.state_dict(), os.path.join(folder, "optimizer.pt"))
+    files = list(CHECKPOINT_FILES)
+    if state.streams:
+        save_file(state.streams, os.path.join(folder, STREAMS_FILE))
+        files.append(STREAMS_FILE)
     # the scaler's loss scale and growth tracker: without them a resumed AMP run starts again at
     # 2**16 and skips steps until the scale has come down. The sizes of the other files: a copy to
     # storage cut off by a lost node can leave a full state.json beside a truncated model.
-    sizes = {name: os.path.getsize(os.path.join(folder, name)) for name in CHECKPOINT_FILES}
+    sizes = {name: os.path.getsize(os.path.join(folder, name)) for name in files}
     doc = {"epoch": epoch, "best": state.best, "history": state.history, "scaler": scaler.state_dict(), "sizes": sizes}
     with open(os.path.join(folder, "state.json"), "w") as fh:
         json.dump(doc, fh)
@@ -504,6 +514,7 @@ def train_loop(config: dict) -> None:
     import ray.train.torch
     import torch
 
+    from strokeray.learn import random_streams
     from strokeray.learn.accel import for_device
     from strokeray.learn.models import build_model, freeze_unused
     from strokeray.learn.steps import TaskSteps
@@ -539,6 +550,14 @@ def train_loop(config: dict) -> None:
     )
     if scaler_state:
         steps.scaler.load_state_dict(scaler_state)
+    # Resumed: go on drawing flips and dropout where the checkpoint left off, as the uninterrupted run does.
+    resumed = random_streams.restore(state.streams, rank, world, steps.generator, steps.device)
+    if state.streams and not resumed and rank == 0:
+        print(
+            f"[train] the checkpoint's random streams are {random_streams.ranks_saved(state.streams)} workers', "
+            f"this run has {world}: they start afresh",
+            flush=True,
+        )
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     for epoch in range(state.start_epoch, cfg.epochs):
         for group in optimizer.param_groups:
@@ -557,6 +576,7 @@ def train_loop(config: dict) -> None:
                 f"{metrics.get(cfg.score_name(), float('nan')):.4f} ({metrics['train_images_per_s']:.1f} images/s)",
                 flush=True,
             )
+        state.streams = random_streams.gather(random_streams.capture(steps.generator, steps.device), world)
         save_checkpoint(model, optimizer, steps.scaler, state, metrics, rank)
 
 

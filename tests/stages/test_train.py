@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import replace
@@ -195,28 +196,59 @@ def test_a_patients_rows_reach_the_grouped_function_in_id_order_whatever_order_t
     assert in_id_order({k: v[::-1] for k, v in group.items()}, lambda g: g["id"].tolist()) == ["s0", "s1", "s2"]
 
 
-def test_a_deterministic_run_repeats_itself_weight_for_weight(shards, tmp_path):
-    """--deterministic with 2 DDP workers, flips and a shuffled feed: the same config twice gives
-    the same history and the same best weights, bit for bit."""
-    cfg = replace(small("classify", 2), deterministic=True, augment=AugmentConfig.preset("flips"))
-    runs = [run_train(shards, str(tmp_path / name), cfg, log=lambda *_: None) for name in ("a", "b")]
-    histories = [[(h["train_loss"], h["val_loss"], h["train_images"]) for h in r.history] for r in runs]
+def _deterministic_config() -> TrainConfig:
+    # flips draw from the steps generator, dropout from torch's: both streams are in play
+    cfg = replace(small("classify", 3), deterministic=True, augment=AugmentConfig.preset("flips"))
+    return replace(cfg, model=replace(cfg.model, dropout=0.2))
+
+
+@pytest.fixture(scope="module")
+def deterministic_run(shards, tmp_path_factory):
+    """One uninterrupted --deterministic run, the reference of the two tests below."""
+    return run_train(
+        shards, str(tmp_path_factory.mktemp("deterministic")), _deterministic_config(), log=lambda *_: None
+    )
+
+
+def _same_run(a, b) -> None:
+    """``a`` and ``b`` trained alike: the same losses every epoch and the same best weights, bit for bit."""
+    histories = [[(h["train_loss"], h["val_loss"], h["train_images"]) for h in r.history] for r in (a, b)]
     assert histories[0] == histories[1]
-    weights = [load_file(str(Path(r.best_checkpoint) / "model.safetensors")) for r in runs]
+    weights = [load_file(str(Path(r.best_checkpoint) / "model.safetensors")) for r in (a, b)]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_deterministic_run_repeats_itself_weight_for_weight(shards, deterministic_run, tmp_path):
+    """--deterministic with 2 DDP workers, flips, dropout and a shuffled feed: the same config twice
+    gives the same history and the same best weights, bit for bit."""
+    _same_run(deterministic_run, run_train(shards, str(tmp_path), _deterministic_config(), log=lambda *_: None))
     rows = training_rows(shards, "classify")
     n = len(rows[next(iter(rows))])
-    assert n - 2 < runs[0].history[0]["train_images"] <= n  # every training slice, as the split feed
+    assert n - 2 < deterministic_run.history[0]["train_images"] <= n  # every training slice, as the split feed
 
 
-def test_killed_worker_resumes_from_checkpoint(shards, tmp_path):
-    out = tmp_path / "runs"
+def test_a_deterministic_run_that_lost_a_worker_ends_where_the_uninterrupted_one_does(
+    shards, deterministic_run, tmp_path
+):
+    """Killed after its first checkpoint, the run resumes with that checkpoint's weights, optimizer
+    and random streams, and trains the later epochs exactly as the run that was not killed (with
+    the streams seeded afresh on resuming, the later epochs' flips and dropout masks differ)."""
+    killed = _kill_a_training_worker_after_its_first_checkpoint(tmp_path)
+    resumed = run_train(shards, str(tmp_path), _deterministic_config(), log=lambda *_: None)
+    assert killed, "no training worker was found to kill"
+    assert resumed.history[-1]["started_at_epoch"] >= 1  # it did resume
+    _same_run(deterministic_run, resumed)
+
+
+def _kill_a_training_worker_after_its_first_checkpoint(out: Path) -> list[int]:
+    """Start a thread that kills one Ray Train worker once a run under ``out`` has checkpointed;
+    the returned list gets the killed pid."""
     killed: list[int] = []
 
     def killer():
         deadline = time.time() + 240
-        while time.time() < deadline and not list(out.glob("classify-resnet18/checkpoint_*")):
+        while time.time() < deadline and not list(out.glob("*/checkpoint_*")):
             time.sleep(0.2)
         time.sleep(4)  # the folder appears before the controller has registered the checkpoint
         for proc in ray_processes():  # this test's Ray only: another Ray on the machine is not ours to kill
@@ -229,10 +261,14 @@ def test_killed_worker_resumes_from_checkpoint(shards, tmp_path):
                 killed.append(proc.pid)
                 return
 
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
+    threading.Thread(target=killer, daemon=True).start()
+    return killed
+
+
+def test_killed_worker_resumes_from_checkpoint(shards, tmp_path):
+    out = tmp_path / "runs"
+    killed = _kill_a_training_worker_after_its_first_checkpoint(out)
     r = run_train(shards, str(out), small("classify", 3), log=lambda *_: None)
-    thread.join(timeout=5)
     assert killed, "no training worker was found to kill"
     assert [h["epoch"] for h in r.history] == [1, 2, 3]  # every epoch once, none repeated
     # The first epoch ran from scratch; the restarted workers began from the checkpoint, not over.
@@ -242,8 +278,8 @@ def test_killed_worker_resumes_from_checkpoint(shards, tmp_path):
 
 
 def test_a_checkpoint_round_trips_weights_optimizer_loop_and_amp_scaler(tmp_path):
-    """What resuming reads back is what was written: weights, AdamW moments, loop state and the AMP
-    loss scale (lost before, so a resumed AMP run restarted at 2**16), all onto the CPU."""
+    """What resuming reads back is what was written: weights, AdamW moments, loop state, the random
+    streams and the AMP loss scale (lost before, so a resumed AMP run restarted at 2**16), all onto the CPU."""
     from ray.train import Checkpoint
 
     from strokeray.stages.train import LoopState, restore, write_checkpoint
@@ -257,13 +293,17 @@ def test_a_checkpoint_round_trips_weights_optimizer_loop_and_amp_scaler(tmp_path
         scaler.scale(model(torch.rand(2, 3, 64, 64)).sum()).backward()
         scaler.step(optimizer)
         scaler.update()
-    state = LoopState(start_epoch=0, best=0.75, history=[{"epoch": 1, "val_loss": 0.5}])
+    streams = {"rank0.torch": torch.get_rng_state(), "rank0.steps": torch.Generator().manual_seed(5).get_state()}
+    state = LoopState(start_epoch=0, best=0.75, history=[{"epoch": 1, "val_loss": 0.5}], streams=streams)
     write_checkpoint(str(tmp_path), model, optimizer, scaler, state, epoch=1)
 
     fresh = build_model(ModelConfig(backbone="resnet18", head="linear"))
     loop, optimizer_state, scaler_state = restore(fresh, Checkpoint.from_directory(str(tmp_path)))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
     assert (loop.start_epoch, loop.best, loop.history) == (1, 0.75, state.history)
+    assert loop.streams.keys() == streams.keys() and all(torch.equal(loop.streams[k], streams[k]) for k in streams)
+    sizes = json.loads((tmp_path / "state.json").read_text())["sizes"]
+    assert "random_streams.safetensors" in sizes  # so a copy cut off mid-file is seen
     resumed = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
     resumed.load_state_dict(optimizer_state)
     first = next(iter(optimizer.state.values()))

@@ -4,15 +4,14 @@ A worker draws augmentation (and bag sampling) from its ``TaskSteps`` generator 
 torch's global generator (CUDA's on a GPU). Both are seeded once, when the worker starts; a run
 resumed from a checkpoint would seed them again and draw the later epochs' flips and dropout
 masks from the start of the streams, so a ``--deterministic`` run that lost a worker would not end
-where the uninterrupted run ends. Every rank's states travel to rank 0, which saves them beside
-the weights (``rank{r}.{stream}``, uint8 tensors: safetensors, nothing unpickled on loading).
+where the uninterrupted run ends. Every rank's states travel to rank 0 with the epoch's metrics,
+and it saves them beside the weights (``rank{r}.{stream}``, uint8 tensors: safetensors, nothing
+unpickled on loading).
 """
 
 from __future__ import annotations
 
 import torch
-
-STREAMS = ("torch", "steps", "cuda")
 
 
 def capture(generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
@@ -23,14 +22,8 @@ def capture(generator: torch.Generator, device: torch.device) -> dict[str, torch
     return states
 
 
-def gather(local: dict[str, torch.Tensor], world: int) -> dict[str, torch.Tensor]:
-    """Every rank's ``local`` states keyed ``rank{r}.{stream}`` (a collective: all ranks call it)."""
-    import torch.distributed as dist
-
-    per_rank: list = [local]
-    if world > 1:
-        per_rank = [None] * world
-        dist.all_gather_object(per_rank, {k: v.cpu() for k, v in local.items()})
+def by_rank(per_rank: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Every rank's captured states (rank order, as gathered) in one dict keyed ``rank{r}.{stream}``."""
     return {f"rank{r}.{k}": v.cpu() for r, states in enumerate(per_rank) for k, v in states.items()}
 
 

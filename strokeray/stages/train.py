@@ -566,7 +566,10 @@ def train_loop(config: dict) -> None:
         if cfg.bn_recalibration_batches:
             recalibrate_bn(model, steps, train_shard, cfg, world, feed)
         local.update(evaluate(model, steps, val_shard, cfg, feed))
-        metrics = epoch_metrics(gather(local, world), cfg, epoch, state.start_epoch)
+        local["streams"] = random_streams.capture(steps.generator, steps.device)  # after the epoch's last draw
+        gathered = gather(local, world)
+        metrics = epoch_metrics(gathered, cfg, epoch, state.start_epoch)
+        state.streams = random_streams.by_rank([g["streams"] for g in gathered])
         state.best = max(state.best, metrics["val_score"])
         state.history.append({k: (None if isinstance(v, float) and v != v else v) for k, v in metrics.items()})
         if rank == 0:
@@ -576,7 +579,6 @@ def train_loop(config: dict) -> None:
                 f"{metrics.get(cfg.score_name(), float('nan')):.4f} ({metrics['train_images_per_s']:.1f} images/s)",
                 flush=True,
             )
-        state.streams = random_streams.gather(random_streams.capture(steps.generator, steps.device), world)
         save_checkpoint(model, optimizer, steps.scaler, state, metrics, rank)
 
 

@@ -15,7 +15,7 @@ def test_restored_streams_draw_what_the_captured_ones_would_have():
     torch.manual_seed(3)
     g = torch.Generator().manual_seed(7)
     _draws(g)  # an epoch's worth of drawing
-    saved = random_streams.gather(random_streams.capture(g, CPU), world=1)
+    saved = random_streams.by_rank([random_streams.capture(g, CPU)])
     expected = _draws(g)
     torch.manual_seed(3)  # a restarted worker seeds afresh ...
     fresh = torch.Generator().manual_seed(7)
@@ -27,7 +27,7 @@ def test_restored_streams_draw_what_the_captured_ones_would_have():
 
 def test_streams_saved_by_another_number_of_workers_are_left_alone():
     g = torch.Generator().manual_seed(1)
-    saved = random_streams.gather(random_streams.capture(g, CPU), world=1)
+    saved = random_streams.by_rank([random_streams.capture(g, CPU)])
     before = g.get_state()
     assert not random_streams.restore(saved, rank=0, world=2, generator=g, device=CPU)
     assert not random_streams.restore({}, rank=0, world=1, generator=g, device=CPU)
